@@ -1,0 +1,1 @@
+"""The `ml-connector` command line: operators' entry point to every part of the product."""

@@ -1,0 +1,124 @@
+"""The one audit writer: a row per attempt to move a record, and the queries replay needs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from connector.storage.database import Database
+from connector.storage.models import AuditRecord, utcnow
+
+IFS_TO_PIPEDRIVE = "ifs_to_pipedrive"
+PIPEDRIVE_TO_IFS = "pipedrive_to_ifs"
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"
+REPLAYED = "replayed"  # a failed row whose replay has been queued
+
+
+@dataclass
+class Attempt:
+    """What one attempt did; filled in by the code inside `AuditLog.attempt`."""
+
+    tenant: str
+    direction: str
+    entity: str
+    record_key: str
+    operation: str = "sync"
+    status: str = SUCCEEDED
+    error: str | None = None
+    request_summary: dict[str, Any] | None = None
+    response_summary: dict[str, Any] | None = None
+    replay_task: str | None = None
+    replay_args: dict[str, Any] | None = None
+    replay_of: int | None = None
+    correlation_id: str | None = None
+    attempt: int = 1
+    started_at: datetime = field(default_factory=utcnow)
+    audit_id: int | None = None
+
+    def skip(self, operation: str, reason: str) -> None:
+        self.operation, self.status, self.error = operation, SKIPPED, reason
+
+
+class AuditLog:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @contextmanager
+    def attempt(self, attempt: Attempt) -> Iterator[Attempt]:
+        """Time the block and write its row; an exception marks the row failed and propagates."""
+        started = time.perf_counter()
+        try:
+            yield attempt
+        except Exception as error:
+            attempt.status = FAILED
+            attempt.error = f"{type(error).__name__}: {error}"
+            raise
+        finally:
+            self.write(attempt, duration_ms=int((time.perf_counter() - started) * 1000))
+
+    def write(self, attempt: Attempt, *, duration_ms: int | None = None) -> int:
+        with self.database.session() as session:
+            row = AuditRecord(
+                tenant=attempt.tenant,
+                direction=attempt.direction,
+                entity=attempt.entity,
+                record_key=attempt.record_key,
+                operation=attempt.operation,
+                status=attempt.status,
+                attempt=attempt.attempt,
+                error=attempt.error,
+                request_summary=attempt.request_summary,
+                response_summary=attempt.response_summary,
+                replay_task=attempt.replay_task,
+                replay_args=attempt.replay_args,
+                replay_of=attempt.replay_of,
+                correlation_id=attempt.correlation_id,
+                started_at=attempt.started_at,
+                finished_at=utcnow(),
+                duration_ms=duration_ms,
+            )
+            session.add(row)
+            session.flush()
+            attempt.audit_id = row.id
+            return row.id
+
+    def get(self, audit_id: int) -> AuditRecord | None:
+        with self.database.session() as session:
+            return session.get(AuditRecord, audit_id)
+
+    def list(
+        self,
+        *,
+        tenant: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """Newest first."""
+        query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
+        if tenant:
+            query = query.where(AuditRecord.tenant == tenant)
+        if status:
+            query = query.where(AuditRecord.status == status)
+        if since:
+            query = query.where(AuditRecord.started_at >= since)
+        with self.database.session() as session:
+            return list(session.scalars(query))
+
+    def mark_replayed(self, audit_id: int) -> bool:
+        """Flag a failed row as replayed; False if it was not (or no longer) failed."""
+        with self.database.session() as session:
+            row = session.get(AuditRecord, audit_id, with_for_update=True)
+            if row is None or row.status != FAILED:
+                return False
+            row.status = REPLAYED
+            return True

@@ -1,0 +1,56 @@
+"""Validation of five-field cron strings used for per-tenant sync schedules."""
+
+from __future__ import annotations
+
+import re
+
+# (name, low, high, symbolic names)
+_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
+                      "nov", "dec")),
+    ("day of week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+_ITEM = re.compile(r"^(\*|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/([0-9]+))?$")
+
+
+class CronError(ValueError):
+    """A cron string that is not five valid fields."""
+
+
+def _value(token: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    if token in names:
+        return names.index(token) + (low if low == 1 else 0)
+    if not token.isdigit():
+        raise CronError(f"{name} field: {token!r} is not a number")
+    number = int(token)
+    # Cron also accepts 7 for Sunday.
+    upper = 7 if name == "day of week" else high
+    if not low <= number <= upper:
+        raise CronError(f"{name} field: {number} is outside {low}-{high}")
+    return number
+
+
+def parse_cron(expression: str) -> tuple[str, str, str, str, str]:
+    """Check `expression` and return its five fields (minute hour day month weekday)."""
+    fields = expression.lower().split()
+    if len(fields) != 5:
+        raise CronError(
+            f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+        )
+    for text, (name, low, high, names) in zip(fields, _FIELDS, strict=True):
+        for item in text.split(","):
+            match = _ITEM.match(item)
+            if not match:
+                raise CronError(f"{name} field: {item!r} is not valid cron syntax")
+            span, step = match.group(1), match.group(2)
+            if step is not None and int(step) == 0:
+                raise CronError(f"{name} field: step 0 in {item!r}")
+            if span == "*":
+                continue
+            bounds = [_value(t, name, low, high, names) for t in span.split("-")]
+            if len(bounds) == 2 and bounds[0] > bounds[1]:
+                raise CronError(f"{name} field: range {span!r} runs backwards")
+    return fields[0], fields[1], fields[2], fields[3], fields[4]

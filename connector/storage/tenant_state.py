@@ -1,0 +1,49 @@
+"""Small per-tenant facts learnt from the remotes (field keys, pipeline ids) in the tenant_state table."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from connector.storage.database import Database
+from connector.storage.models import TenantState, utcnow
+
+
+class TenantStateStore(Protocol):
+    """Where provisioning caches what it learnt; one JSON object per (tenant, key)."""
+
+    def get(self, tenant: str, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, tenant: str, key: str, value: dict[str, Any]) -> None: ...
+
+
+class DatabaseTenantState:
+    """TenantStateStore over the connector database."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def get(self, tenant: str, key: str) -> dict[str, Any] | None:
+        with self.database.session() as session:
+            row = session.get(TenantState, (tenant, key))
+            return dict(row.value) if row is not None else None
+
+    def put(self, tenant: str, key: str, value: dict[str, Any]) -> None:
+        with self.database.session() as session:
+            row = session.scalars(
+                select(TenantState)
+                .where(TenantState.tenant == tenant, TenantState.key == key)
+                .with_for_update()
+            ).one_or_none()
+            if row is None:
+                session.add(TenantState(tenant=tenant, key=key, value=dict(value)))
+            else:
+                row.value = dict(value)
+                row.updated_at = utcnow()
+
+    def delete(self, tenant: str, key: str) -> None:
+        with self.database.session() as session:
+            row = session.get(TenantState, (tenant, key))
+            if row is not None:
+                session.delete(row)

@@ -1,0 +1,309 @@
+"""The tenants file: per-tenant endpoints, schedules, field mapping and stage map (no secrets)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from connector.cron import CronError, parse_cron
+from connector.errors import ConfigError, UnknownTenantError
+
+TENANT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+IFS_STATES = (
+    "Planned",
+    "Released",
+    "Reserved",
+    "Picked",
+    "PartiallyDelivered",
+    "Delivered",
+    "Invoiced",
+    "Cancelled",
+    "Blocked",
+)
+
+
+class _Strict(BaseModel):
+    # An unknown key is almost always a typo; refusing it beats silently ignoring it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected an http(s) URL such as https://host.example.com")
+    return value.rstrip("/")
+
+
+class IfsConfig(_Strict):
+    """Where and how to reach one tenant's IFS Cloud."""
+
+    base_url: str
+    namespace: str = Field(description="IAM realm in /auth/realms/<namespace>/...")
+    client_id: str = "ml-connector"
+    token_url: str | None = None
+    scope: str = "openid microprofile-jwt"
+    customer_projection: str = "CustomerHandling.svc"
+    customer_entity_set: str = "CustomerInfoSet"
+    order_projection: str = "CustomerOrderHandling.svc"
+    order_entity_set: str = "CustomerOrderSet"
+    requests_per_minute: int = Field(default=1000, gt=0)
+    page_size: int = Field(default=200, gt=0, le=5000)
+
+    _url = field_validator("base_url")(classmethod(lambda cls, v: _check_url(v)))
+
+    @property
+    def effective_token_url(self) -> str:
+        return self.token_url or (
+            f"{self.base_url}/auth/realms/{self.namespace}/protocol/openid-connect/token"
+        )
+
+    @property
+    def projection_root(self) -> str:
+        return f"{self.base_url}/main/ifsapplications/projection/v1"
+
+
+class PipedriveConfig(_Strict):
+    """Where and how to reach one tenant's Pipedrive company, and its plan limits."""
+
+    api_domain: str = Field(description="https://<company>.pipedrive.com")
+    auth: Literal["api_token", "oauth2"] = "api_token"
+    oauth_client_id: str | None = None
+    oauth_token_url: str = "https://oauth.pipedrive.com/oauth/token"
+    burst_limit: int = Field(default=20, gt=0, description="requests per rolling 2 s window")
+    search_burst_limit: int = Field(default=10, gt=0)
+    daily_budget: int = Field(default=30_000, gt=0, description="token cost per day")
+    integration_user_id: int | None = Field(
+        default=None, description="user behind the connector's token; its changes are echoes"
+    )
+    pipeline: str = "IFS sales orders"
+
+    _url = field_validator("api_domain", "oauth_token_url")(
+        classmethod(lambda cls, v: _check_url(v))
+    )
+
+    @model_validator(mode="after")
+    def _oauth_needs_client(self) -> PipedriveConfig:
+        if self.auth == "oauth2" and not self.oauth_client_id:
+            raise ValueError("auth oauth2 needs oauth_client_id")
+        return self
+
+
+class CustomFieldNames(_Strict):
+    """Display names of the Pipedrive custom fields the connector provisions."""
+
+    ifs_customer_id: str = "IFS customer id"
+    ifs_order_no: str = "IFS order number"
+    order_status: str = "IFS order status"
+    cost_center: str = "Cost center"
+    profit_center: str = "Profit center"
+    region: str = "Region"
+
+
+class CustomerMapping(_Strict):
+    """IFS CustomerInfo properties that feed a Pipedrive organization."""
+
+    customer_id: str = "CustomerId"
+    name: str = "Name"
+    country: str = "Country"
+    cost_center: str = "Cf_Cost_Center"
+    profit_center: str = "Cf_Profit_Center"
+    region: str = "Cf_Region"
+
+
+class OrderMapping(_Strict):
+    """IFS CustomerOrder properties that feed a Pipedrive deal."""
+
+    order_no: str = "OrderNo"
+    customer_no: str = "CustomerNo"
+    title: str = Field(
+        default="{OrderNo} {CustomerName}", description="format string over order properties"
+    )
+    value: str = "TotalAmount"
+    currency: str = "CurrencyCode"
+    status: str = "Objstate"
+    cost_center: str = "Cf_Cost_Center"
+    profit_center: str = "Cf_Profit_Center"
+    region: str = "RegionCode"
+
+
+class IfsChange(_Strict):
+    """How a deal reaching a stage changes the IFS order: a bound state action or a PATCH."""
+
+    action: str | None = Field(default=None, description="e.g. Release → CustomerOrder_Release")
+    patch: dict[str, str | int | float | bool | None] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> IfsChange:
+        if (self.action is None) == (self.patch is None):
+            raise ValueError("give exactly one of action or patch")
+        return self
+
+
+class StageRule(_Strict):
+    """One IFS order state and the Pipedrive stage/status it corresponds to."""
+
+    ifs_state: str
+    stage: str | None = Field(default=None, description="stage name in the tenant pipeline")
+    deal_status: Literal["open", "won", "lost"] = "open"
+    to_ifs: IfsChange | None = None
+
+    @field_validator("ifs_state")
+    @classmethod
+    def _known_state(cls, value: str) -> str:
+        if value not in IFS_STATES:
+            raise ValueError(f"expected one of {', '.join(IFS_STATES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _stage_or_status(self) -> StageRule:
+        if self.stage is None and self.deal_status == "open":
+            raise ValueError("an open deal needs a stage")
+        return self
+
+
+DEFAULT_STAGE_MAP: tuple[StageRule, ...] = (
+    StageRule(ifs_state="Planned", stage="Planned"),
+    StageRule(ifs_state="Released", stage="Released", to_ifs=IfsChange(action="Release")),
+    StageRule(ifs_state="Reserved", stage="Reserved"),
+    StageRule(ifs_state="Picked", stage="Picked"),
+    StageRule(ifs_state="PartiallyDelivered", stage="Partially delivered"),
+    StageRule(ifs_state="Blocked", stage="Blocked", to_ifs=IfsChange(action="Block")),
+    StageRule(
+        ifs_state="Delivered",
+        stage="Delivered",
+        deal_status="won",
+        to_ifs=IfsChange(patch={"Cf_Crm_Stage": "Won"}),
+    ),
+    StageRule(ifs_state="Invoiced", stage="Delivered", deal_status="won"),
+    StageRule(
+        ifs_state="Cancelled", stage="Planned", deal_status="lost",
+        to_ifs=IfsChange(action="Cancel"),
+    ),
+)
+
+
+class WebhookConfig(_Strict):
+    """How the receiver authenticates this tenant's Pipedrive webhooks."""
+
+    auth: Literal["basic", "hmac", "both"] = "basic"
+    hmac_header: str = "X-ML-Signature"
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    subscription_url: str | None = Field(
+        default=None, description="public URL Pipedrive posts to (…/webhooks/pipedrive/<tenant>)"
+    )
+
+
+class TenantConfig(_Strict):
+    """One tenant: an IFS installation paired with a Pipedrive company."""
+
+    id: str
+    name: str | None = None
+    ifs: IfsConfig
+    pipedrive: PipedriveConfig
+    schedule: str = "*/15 * * * *"
+    fields: CustomFieldNames = CustomFieldNames()
+    customer_mapping: CustomerMapping = CustomerMapping()
+    order_mapping: OrderMapping = OrderMapping()
+    stage_map: tuple[StageRule, ...] = DEFAULT_STAGE_MAP
+    webhook: WebhookConfig = WebhookConfig()
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        try:
+            parse_cron(value)
+        except CronError as error:
+            raise ValueError(f"expected a 5-field cron string: {error}") from error
+        return value
+
+    @field_validator("stage_map")
+    @classmethod
+    def _one_rule_per_state(cls, rules: tuple[StageRule, ...]) -> tuple[StageRule, ...]:
+        states = [rule.ifs_state for rule in rules]
+        duplicates = sorted({s for s in states if states.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"IFS state listed twice: {', '.join(duplicates)}")
+        return rules
+
+    def rule_for_state(self, ifs_state: str) -> StageRule | None:
+        return next((rule for rule in self.stage_map if rule.ifs_state == ifs_state), None)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Stage names of the tenant pipeline, in stage-map order, without repeats."""
+        names: list[str] = []
+        for rule in self.stage_map:
+            if rule.stage and rule.stage not in names:
+                names.append(rule.stage)
+        return names
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return f"key {location!r}: {message.removeprefix('Value error, ')}"
+
+
+def parse_tenants(document: Any, source: str = "tenants file") -> dict[str, TenantConfig]:
+    """Validate a parsed tenants document; raise ConfigError naming tenant, key and expectation."""
+    if not isinstance(document, dict) or not isinstance(document.get("tenants"), dict):
+        raise ConfigError(f"{source}: expected a mapping with a 'tenants:' mapping at the top")
+    unknown_top = sorted(set(document) - {"tenants"})
+    if unknown_top:
+        raise ConfigError(f"{source}: unknown top-level key(s): {', '.join(unknown_top)}")
+    tenants: dict[str, TenantConfig] = {}
+    problems: list[str] = []
+    for tenant_id, body in document["tenants"].items():
+        tenant_id = str(tenant_id)
+        if not TENANT_ID.match(tenant_id):
+            problems.append(
+                f"tenant {tenant_id!r}: the id must be a slug (lowercase letters, digits, "
+                "inner hyphens, at most 63 characters)"
+            )
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"tenant {tenant_id!r}: expected a mapping of settings")
+            continue
+        if "id" in body:
+            problems.append(f"tenant {tenant_id!r}: key 'id': unknown key (the id is the name)")
+            continue
+        try:
+            tenants[tenant_id] = TenantConfig.model_validate({**body, "id": tenant_id})
+        except ValidationError as error:
+            problems.extend(
+                f"tenant {tenant_id!r}: {_describe(dict(detail))}" for detail in error.errors()
+            )
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    return tenants
+
+
+def load_tenants(path: Path | str) -> dict[str, TenantConfig]:
+    """Read and validate the tenants YAML file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise ConfigError(
+            f"tenants file {path} does not exist (set --tenants or CONNECTOR_TENANTS_FILE)"
+        ) from error
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    return parse_tenants(document, source=str(path))
+
+
+def get_tenant(tenants: dict[str, TenantConfig], tenant_id: str) -> TenantConfig:
+    """The tenant named `tenant_id`, or UnknownTenantError listing the known ones."""
+    try:
+        return tenants[tenant_id]
+    except KeyError:
+        raise UnknownTenantError(tenant_id, list(tenants)) from None

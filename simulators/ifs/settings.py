@@ -1,0 +1,34 @@
+"""Settings of the IFS Cloud simulator (realm, clients, token lifetime, budget, faults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _default_clients() -> dict[str, str]:
+    return {"ml-connector": "sim-ifs-secret"}
+
+
+@dataclass(frozen=True)
+class IfsSimSettings:
+    """How one simulated IFS Cloud installation behaves.
+
+    `namespace` is the IAM (Keycloak) realm in the token URL. Faults start as given here and
+    can be changed at run time through `POST /_sim/faults`.
+    """
+
+    namespace: str = "ifsdemo"
+    clients: dict[str, str] = field(default_factory=_default_clients)
+    token_ttl_s: float = 180
+    requests_per_minute: int = 1000
+    latency_ms: int = 0
+    error_rate: float = 0.0
+    timeout_rate: float = 0.0
+    fault_seed: int | None = None
+    # Server-driven page size used when the client sends no `Prefer: odata.maxpagesize`;
+    # None returns the whole result, as IFS does for small sets.
+    default_page_size: int | None = None
+    # Data seeded when the app is created (the demo and `ml-connector simulate ifs`).
+    seed_customers: int = 0
+    seed_orders: int = 0
+    seed: int = 42
