@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         default=None,
         description="Celery broker URL; unset = the Redis URL, or in-memory when that is unset.",
     )
+    queue: str = Field(
+        default="ml-connector", description="Celery queue the workers consume and tasks go to."
+    )
     encryption_keys: str = Field(
         default="",
         description="Comma-separated Fernet keys, newest first (MultiFernet).",

@@ -179,7 +179,9 @@ DEFAULT_STAGE_MAP: tuple[StageRule, ...] = (
     ),
     StageRule(ifs_state="Invoiced", stage="Delivered", deal_status="won"),
     StageRule(
-        ifs_state="Cancelled", stage="Planned", deal_status="lost",
+        ifs_state="Cancelled",
+        stage="Planned",
+        deal_status="lost",
         to_ifs=IfsChange(action="Cancel"),
     ),
 )

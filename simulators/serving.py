@@ -6,7 +6,13 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # One log line per request drowns test output and slows the simulators down.
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
 
 
 class RunningServer:
@@ -17,7 +23,9 @@ class RunningServer:
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self._server: BaseWSGIServer = make_server(
+            host, port, app, threaded=True, request_handler=_QuietHandler
+        )
         self.host = host
         self.port = self._server.server_port
         self._thread = threading.Thread(

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.ifs_sim",
     "tests.fixtures.pipedrive_sim",
+    "tests.fixtures.stack",
 ]

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import click
 
+from cli.commands.audit import audit, replay
+from cli.commands.credentials import credentials
+from cli.commands.db import db
+from cli.commands.keys import keys
 from cli.commands.simulate import simulate
+from cli.commands.sync import sync
+from cli.commands.tenant import tenant
 
-ALL: list[click.Command] = [simulate]
+ALL: list[click.Command] = [sync, audit, replay, tenant, credentials, keys, db, simulate]

@@ -1,4 +1,4 @@
-"""Token costs (`x-token-cost` of the official OpenAPI specs) of the Pipedrive operations we call."""
+"""Token costs (`x-token-cost` in the official OpenAPI specs) of the Pipedrive calls we make."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Small per-tenant facts learnt from the remotes (field keys, pipeline ids) in the tenant_state table."""
+"""Small per-tenant facts learnt from the remotes (field keys, pipeline ids): tenant_state."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from connector.storage.database import Database
 from connector.storage.models import TenantState, utcnow
@@ -30,17 +31,17 @@ class DatabaseTenantState:
             return dict(row.value) if row is not None else None
 
     def put(self, tenant: str, key: str, value: dict[str, Any]) -> None:
+        """Insert or replace, atomically: two workers writing at once both succeed."""
+        insert = sqlite_insert if self.database.is_sqlite else postgresql_insert
+        now = utcnow()
+        statement = insert(TenantState).values(
+            tenant=tenant, key=key, value=dict(value), updated_at=now
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["tenant", "key"], set_={"value": dict(value), "updated_at": now}
+        )
         with self.database.session() as session:
-            row = session.scalars(
-                select(TenantState)
-                .where(TenantState.tenant == tenant, TenantState.key == key)
-                .with_for_update()
-            ).one_or_none()
-            if row is None:
-                session.add(TenantState(tenant=tenant, key=key, value=dict(value)))
-            else:
-                row.value = dict(value)
-                row.updated_at = utcnow()
+            session.execute(statement)
 
     def delete(self, tenant: str, key: str) -> None:
         with self.database.session() as session:

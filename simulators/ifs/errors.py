@@ -34,7 +34,7 @@ class IfsError(Exception):
 
 
 def syntax_error(text: str, position: int) -> IfsError:
-    """Olingo's parser failure, as IFS reports it (position is 1-based like IFS's)."""
+    """Olingo's parser failure, as IFS reports it (0-based position, as in IFS's messages)."""
     return IfsError(
         400,
         "ODP_UNSUPPORTED_URL",

@@ -85,7 +85,7 @@ class _Tokenizer:
             if word == "null":
                 return Token("literal", word, pos, None, NULL)
             return Token("ident", word, pos)
-        raise syntax_error(text, pos + 1)
+        raise syntax_error(text, pos)
 
     def _quoted(self, start: int) -> tuple[str, int]:
         """Read a '...' literal from `start`; '' is an escaped quote. Returns (value, end)."""
@@ -99,7 +99,7 @@ class _Tokenizer:
                 return "".join(parts), pos + 1
             parts.append(text[pos])
             pos += 1
-        raise syntax_error(text, start + 1)
+        raise syntax_error(text, start)
 
 
 def _parse_temporal(literal: str, kind: str, pos: int, text: str) -> date | datetime:
@@ -108,7 +108,7 @@ def _parse_temporal(literal: str, kind: str, pos: int, text: str) -> date | date
             return date.fromisoformat(literal)
         return datetime.fromisoformat(literal.replace("Z", "+00:00"))
     except ValueError:
-        raise syntax_error(text, pos + 1) from None
+        raise syntax_error(text, pos) from None
 
 
 def coerce(value: Any, edm_type: str) -> Any:
@@ -169,17 +169,17 @@ class FilterParser:
 
     def _expect(self, kind: str) -> Token:
         if self.current.kind != kind:
-            raise syntax_error(self.text, self.current.pos + 1)
+            raise syntax_error(self.text, self.current.pos)
         return self._advance()
 
     # -- grammar
     def parse(self) -> Evaluator:
         if self.current.kind == "eof":
-            raise syntax_error(self.text, 1)
+            raise syntax_error(self.text, 0)
         expr = self._or()
         if self.current.kind != "eof":
             self._reject_operator()
-            raise syntax_error(self.text, self.current.pos + 1)
+            raise syntax_error(self.text, self.current.pos)
         if expr.type not in (BOOLEAN, NULL):
             raise _types_not_compatible(expr.type, BOOLEAN)
         return expr.evaluate
@@ -218,6 +218,12 @@ class FilterParser:
             if not self._is_word(*_COMPARISONS):
                 return left
             operator = self._advance().text
+            token = self.current
+            if token.kind == "ident" and token.text not in self.entity.properties:
+                following = self.tokens[self.index + 1]
+                if following.kind != "(" and token.text != "not":
+                    # IFS reports `Contract eq ILER2` (an unquoted value) as a syntax error.
+                    raise syntax_error(self.text, token.pos)
             right = self._unary()
             left = self._compare(operator, left, right)
 
@@ -251,7 +257,7 @@ class FilterParser:
             return self._enum_literal(token)
         if token.kind == "ident":
             if token.text in _COMPARISONS | {"and", "or"}:
-                raise syntax_error(self.text, token.pos + 1)
+                raise syntax_error(self.text, token.pos)
             self._advance()
             if self.current.kind == "(":
                 return self._call(token)
@@ -260,7 +266,7 @@ class FilterParser:
                     "Navigation paths and the lambda operators any/all are not supported."
                 )
             return self._property(token)
-        raise syntax_error(self.text, token.pos + 1)
+        raise syntax_error(self.text, token.pos)
 
     def _enum_literal(self, token: Token) -> Expr:
         type_name, member = token.value
@@ -429,12 +435,12 @@ def parse_select(text: str, entity: EntityType) -> list[str] | None:
     """`$select` → property names in the order given; None means all (`*`)."""
     names = [part.strip() for part in text.split(",")]
     if any(not name for name in names):
-        raise syntax_error(text, text.find(",,") + 2 if ",," in text else len(text))
+        raise syntax_error(text, text.find(",,") + 1 if ",," in text else len(text))
     if "*" in names:
         return None
     for name in names:
         if not _IDENT_RE.fullmatch(name) or "." in name:
-            raise syntax_error(text, text.find(name) + 1)
+            raise syntax_error(text, text.find(name))
         if name not in entity.properties:
             raise property_not_found(name, entity.name)
     return list(dict.fromkeys(names))
@@ -446,7 +452,7 @@ def parse_orderby(text: str, entity: EntityType) -> list[tuple[str, bool]]:
     offset = 0
     for part in text.split(","):
         words = part.split()
-        position = offset + 1
+        position = offset
         offset += len(part) + 1
         if not words or len(words) > 2 or (len(words) == 2 and words[1] not in ("asc", "desc")):
             raise syntax_error(text, position)

@@ -1,1 +1,1 @@
-"""Pipedrive simulator: a faithful local stand-in for the Pipedrive REST API (v1 + v2) and webhooks."""
+"""Pipedrive simulator: a local stand-in for the Pipedrive REST API (v1, v2) and webhooks."""

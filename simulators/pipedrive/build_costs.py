@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-DEFAULT_SPEC_DIR = Path("/work/shared/specs/pipedrive")
+DEFAULT_SPEC_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "specs" / "pipedrive"
 OUTPUT = Path(__file__).with_name("token_costs.json")
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 

@@ -50,9 +50,7 @@ class RateLimiter:
     def daily_left(self) -> int:
         return max(0, self.settings.daily_budget - self.daily_spent)
 
-    def check(
-        self, token: str, oauth: bool, search: bool, cost: int, write: bool
-    ) -> Verdict:
+    def check(self, token: str, oauth: bool, search: bool, cost: int, write: bool) -> Verdict:
         """Count one request of `token`; charge `cost` daily tokens when it is let through."""
         now = time.monotonic()
         settings = self.settings

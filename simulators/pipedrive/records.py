@@ -31,7 +31,15 @@ NULLABLE_V2 = {
 ENTITY_PLURAL = {"deal": "deals", "organization": "organizations"}
 
 # Custom field types whose values the search endpoints match as text.
-SEARCHABLE_FIELD_TYPES = {"varchar", "varchar_auto", "text", "double", "monetary", "phone", "address"}
+SEARCHABLE_FIELD_TYPES = {
+    "varchar",
+    "varchar_auto",
+    "text",
+    "double",
+    "monetary",
+    "phone",
+    "address",
+}
 STRING_FIELD_TYPES = {
     "varchar",
     "varchar_auto",
@@ -45,9 +53,7 @@ STRING_FIELD_TYPES = {
 }
 NUMBER_FIELD_TYPES = {"double", "monetary"}
 REFERENCE_FIELD_TYPES = {"user", "org", "people", "visible_to"}
-FIELD_TYPES = (
-    STRING_FIELD_TYPES | NUMBER_FIELD_TYPES | REFERENCE_FIELD_TYPES | {"enum", "set"}
-)
+FIELD_TYPES = STRING_FIELD_TYPES | NUMBER_FIELD_TYPES | REFERENCE_FIELD_TYPES | {"enum", "set"}
 
 
 class ApiError(Exception):

@@ -22,10 +22,9 @@ from simulators.pipedrive.records import rfc3339, utc_now
 if TYPE_CHECKING:
     from simulators.pipedrive.state import PipedriveSim
 
-# Reordering holds events until this many are waiting (or the oldest waited HOLD_S), then
-# releases them newest first.
+# Reordering holds events until this many are waiting (or the oldest waited
+# Faults.reorder_hold_s), then releases them newest first.
 REORDER_BATCH = 2
-REORDER_HOLD_S = 0.5
 DELIVERY_LOG_SIZE = 10_000
 
 
@@ -119,7 +118,11 @@ class WebhookDispatcher:
     def _release_held(self, now: float, force: bool = False) -> None:
         if not self._held:
             return
-        if force or len(self._held) >= REORDER_BATCH or now - self._held_since >= REORDER_HOLD_S:
+        if (
+            force
+            or len(self._held) >= REORDER_BATCH
+            or now - self._held_since >= self.sim.faults.reorder_hold_s
+        ):
             for delivery in reversed(self._held):
                 delivery.due = now
                 delivery.seq = next(self._seq)
@@ -139,7 +142,7 @@ class WebhookDispatcher:
         if self._heap:
             waits.append(self._heap[0].due - now)
         if self._held:
-            waits.append(self._held_since + REORDER_HOLD_S - now)
+            waits.append(self._held_since + self.sim.faults.reorder_hold_s - now)
         return None, (max(0.001, min(waits)) if waits else None)
 
     def _work(self) -> None:

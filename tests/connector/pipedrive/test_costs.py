@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from connector.pipedrive.costs import OPERATIONS
+from tests.data import PIPEDRIVE_SPECS
 
-SPEC_DIR = Path("/work/shared/specs/pipedrive")
+SPEC_DIR = PIPEDRIVE_SPECS
 
 
 @pytest.fixture(scope="module")
 def specs() -> dict[str, dict[str, Any]]:
     if not SPEC_DIR.is_dir():
-        pytest.skip(f"Pipedrive specs not present at {SPEC_DIR}")
+        pytest.fail(f"Pipedrive specs not present at {SPEC_DIR}")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loaded = {}
     for version in ("v1", "v2"):

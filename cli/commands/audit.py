@@ -1,0 +1,185 @@
+"""`ml-connector audit list|show` and `ml-connector replay`: the audit trail and its replays."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from cli.commands.db import migrated_database, reported_errors
+from cli.context import CliContext, pass_context
+from connector.audit import AuditLog
+from connector.storage.models import AuditRecord
+
+
+def _row(row: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "tenant": row.tenant,
+        "direction": row.direction,
+        "entity": row.entity,
+        "record_key": row.record_key,
+        "operation": row.operation,
+        "status": row.status,
+        "attempt": row.attempt,
+        "error": row.error,
+        "correlation_id": row.correlation_id,
+        "replay_of": row.replay_of,
+        "started_at": row.started_at.isoformat() if row.started_at else None,
+        "duration_ms": row.duration_ms,
+    }
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """An ISO time, or a span back from now such as 30m, 6h, 2d."""
+    if not value:
+        return None
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: expected an ISO time (2026-11-28T10:00) or a span like 30m, 6h, 2d"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@click.group(short_help="List and show audit rows (one per attempt).")
+def audit() -> None:
+    """Read the audit trail: one row per attempt to move a record, in either direction."""
+
+
+@audit.command("list")
+@click.option("--tenant", "tenant_id", default=None, help="Only this tenant.")
+@click.option(
+    "--status",
+    type=click.Choice(["succeeded", "failed", "skipped", "retrying", "replayed"]),
+    default=None,
+)
+@click.option("--since", default=None, help="ISO time or span (30m, 6h, 2d).")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_context
+def audit_list(
+    obj: CliContext,
+    tenant_id: str | None,
+    status: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List audit rows, newest first."""
+    database = migrated_database(obj)
+    rows = AuditLog(database).list(
+        tenant=tenant_id, status=status, since=parse_since(since), limit=limit
+    )
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(_row(row)))
+        return
+    if not rows:
+        click.echo("no audit rows match")
+        return
+    click.echo(
+        f"{'ID':>7}  {'TENANT':<12} {'ENTITY':<9} {'KEY':<16} {'OPERATION':<10} "
+        f"{'STATUS':<10} ERROR"
+    )
+    for row in rows:
+        error = (row.error or "").splitlines()[0][:70] if row.error else ""
+        click.echo(
+            f"{row.id:>7}  {row.tenant:<12} {row.entity:<9} {row.record_key:<16} "
+            f"{row.operation:<10} {row.status:<10} {error}"
+        )
+
+
+@audit.command("show")
+@click.argument("audit_id", type=int, metavar="ID")
+@pass_context
+def audit_show(obj: CliContext, audit_id: int) -> None:
+    """Show one audit row in full, with its request and response summaries (JSON)."""
+    database = migrated_database(obj)
+    row = AuditLog(database).get(audit_id)
+    if row is None:
+        raise click.ClickException(f"no audit row {audit_id}")
+    data = _row(row) | {
+        "request_summary": row.request_summary,
+        "response_summary": row.response_summary,
+        "replay_task": row.replay_task,
+        "replay_args": row.replay_args,
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+    }
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.command()
+@click.argument("audit_ids", type=int, nargs=-1, metavar="[ID]...")
+@click.option(
+    "--failed", "all_failed", is_flag=True, help="Every record whose newest attempt failed."
+)
+@click.option("--tenant", "tenant_id", default=None, help="With --failed: only this tenant.")
+@click.option("--since", default=None, help="With --failed: ISO time or span (30m, 6h, 2d).")
+@click.option("--wait", is_flag=True, help="Run the replays and wait for their outcome.")
+@pass_context
+def replay(
+    obj: CliContext,
+    audit_ids: tuple[int, ...],
+    all_failed: bool,
+    tenant_id: str | None,
+    since: str | None,
+    wait: bool,
+) -> None:
+    """Re-queue failed records: by audit row ID, or all with --failed. Replay is idempotent."""
+    if bool(audit_ids) == all_failed:
+        raise click.UsageError("give audit row IDs or --failed (not both)")
+    database = migrated_database(obj)
+    from cli.commands.sync import _workers_for_cli
+    from workers.runtime import set_runtime
+    from workers.tasks import latest_failed, requeue
+
+    set_runtime(obj.runtime)
+    with reported_errors():
+        if all_failed:
+            rows = latest_failed(tenant_id, parse_since(since))
+        else:
+            log = AuditLog(database)
+            rows = []
+            for audit_id in audit_ids:
+                row = log.get(audit_id)
+                if row is None:
+                    raise click.ClickException(f"no audit row {audit_id}")
+                if row.status != "failed":
+                    raise click.ClickException(
+                        f"audit row {audit_id} is {row.status}, not failed: nothing to replay"
+                    )
+                rows.append(row)
+    with _workers_for_cli() as embedded:
+        queued = [row.id for row in rows if requeue(row)]
+        click.echo(f"queued {len(queued)} replay(s): {', '.join(map(str, queued)) or 'none'}")
+        if queued and (wait or embedded):
+            _wait_for_replays(obj, queued)
+
+
+def _wait_for_replays(obj: CliContext, audit_ids: list[int], timeout_s: float = 600.0) -> None:
+    import time
+
+    from sqlalchemy import select
+
+    deadline = time.monotonic() + timeout_s
+    database = obj.runtime.database
+    outcome: dict[int, str] = {}
+    while time.monotonic() < deadline and len(outcome) < len(audit_ids):
+        with database.session() as session:
+            rows = session.scalars(
+                select(AuditRecord).where(
+                    AuditRecord.replay_of.in_(audit_ids),
+                    AuditRecord.status.in_(("succeeded", "failed", "skipped")),
+                )
+            )
+            outcome = {row.replay_of: row.status for row in rows if row.replay_of is not None}
+        time.sleep(0.3)
+    for audit_id in audit_ids:
+        click.echo(f"  {audit_id}: {outcome.get(audit_id, 'still running')}")

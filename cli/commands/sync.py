@@ -1,0 +1,196 @@
+"""`ml-connector sync` and `ml-connector check`: run a tenant's IFS → Pipedrive sync, or test it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from cli.commands.db import migrated_database, reported_errors
+from cli.context import CliContext, pass_context
+from connector.idmap import CUSTOMER, ORDER
+from connector.runs import RunSummary, run_summary
+
+ENTITY_CHOICES = {"customers": (CUSTOMER,), "orders": (ORDER,), "all": (CUSTOMER, ORDER)}
+
+
+@contextmanager
+def _workers_for_cli() -> Iterator[bool]:
+    """Yield True when this process must run the worker itself (embedded setup)."""
+    from workers.embedded import embedded_worker, is_embedded
+
+    if is_embedded():
+        with embedded_worker():
+            yield True
+    else:
+        yield False
+
+
+def wait_for_run(
+    obj: CliContext,
+    run_id: str,
+    expected_entities: int,
+    *,
+    timeout_s: float,
+    show_progress: bool,
+) -> RunSummary:
+    """Poll the run's audit rows until every queued record has a final outcome."""
+    database = obj.runtime.database
+    deadline = time.monotonic() + timeout_s
+
+    def poll(bar: Any) -> RunSummary:
+        while True:
+            summary = run_summary(database, run_id)
+            if bar is not None:
+                bar.length = max(summary.queued, 1)
+                bar.update(summary.done - bar.pos)
+            if summary.finished(expected_entities):
+                return summary
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"run {run_id} did not finish within {timeout_s:.0f}s "
+                    f"({summary.done}/{summary.queued} records done); are workers running?"
+                )
+            time.sleep(0.3)
+
+    if not show_progress:
+        return poll(None)
+    stderr = click.get_text_stream("stderr")
+    with click.progressbar(length=1, label="syncing", show_pos=True, file=stderr) as bar:
+        summary = poll(bar)
+    return summary
+
+
+def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
+    data = summary.as_dict() | {"seconds": round(seconds, 2)}
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    click.echo(
+        f"created {summary.created}, updated {summary.updated}, unchanged {summary.unchanged}, "
+        f"failed {summary.failed} (read {summary.read}, queued {summary.queued}) in {seconds:.1f}s"
+    )
+    requests = ", ".join(f"{k} {v}" for k, v in sorted(summary.requests.items())) or "none"
+    click.echo(f"requests: {requests}")
+    for failure in summary.failures[:20]:
+        click.echo(f"  failed {failure['entity']} {failure['key']}: {failure['error']}")
+    if summary.failed:
+        click.echo(
+            "see `ml-connector audit list --status failed`; fix the cause, then "
+            "`ml-connector replay --failed`"
+        )
+
+
+def _dry_run(
+    obj: CliContext, tenant_id: str, entities: tuple[str, ...], full: bool, as_json: bool
+) -> None:
+    from connector.sync import TenantSync
+
+    with reported_errors():
+        sync = TenantSync(obj.runtime, tenant_id)
+        report: list[dict[str, Any]] = []
+        counts: dict[str, int] = {"create": 0, "update": 0, "unchanged": 0, "failed": 0}
+        for entity in entities:
+            plan = sync.plan(entity, full=full)
+            counts["unchanged"] += plan.unchanged
+            for item in plan.items:
+                result = sync.sync_record(
+                    entity,
+                    item.key,
+                    snapshot={"etag": item.etag, "data": item.data},
+                    hint=item.hint,
+                    full=full,
+                    dry_run=True,
+                )
+                attempt = result.attempt
+                operation = "failed" if attempt.status == "failed" else attempt.operation
+                counts[operation if operation in counts else "unchanged"] += 1
+                entry = {"entity": entity, "key": item.key, "operation": operation}
+                if attempt.error and operation == "failed":
+                    entry["error"] = attempt.error
+                if attempt.request_summary and "payload" in attempt.request_summary:
+                    entry["payload"] = attempt.request_summary["payload"]
+                report.append(entry)
+    if as_json:
+        click.echo(json.dumps({"dry_run": True, "counts": counts, "records": report}, default=str))
+        return
+    for entry in report:
+        detail = entry.get("error") or ", ".join(sorted(entry.get("payload", {}))) or ""
+        click.echo(f"would {entry['operation']:<9} {entry['entity']:<8} {entry['key']}  {detail}")
+    click.echo(
+        f"dry run: {counts['create']} to create, {counts['update']} to update, "
+        f"{counts['unchanged']} unchanged, {counts['failed']} failing; nothing was written"
+    )
+
+
+@click.command()
+@click.argument("tenant_id", metavar="TENANT")
+@click.option(
+    "--entity", type=click.Choice(sorted(ENTITY_CHOICES)), default="all", show_default=True
+)
+@click.option("--full", is_flag=True, help="Re-read everything and repair drift in Pipedrive.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be created or updated; write nothing."
+)
+@click.option("--wait", is_flag=True, help="Wait with a progress bar and print a summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds --wait waits before giving up.",
+)
+@pass_context
+def sync(
+    obj: CliContext,
+    tenant_id: str,
+    entity: str,
+    full: bool,
+    dry_run: bool,
+    wait: bool,
+    as_json: bool,
+    timeout_s: float,
+) -> None:
+    """Sync TENANT's IFS customers and orders to Pipedrive organizations and deals.
+
+    Queues a plan on the workers (CONNECTOR_BROKER_URL). Without a broker configured the
+    command runs an embedded worker itself and always waits. With --wait, the exit status
+    is 2 when any record failed.
+    """
+    with reported_errors():
+        obj.runtime.tenant(tenant_id)
+    migrated_database(obj)
+    entities = ENTITY_CHOICES[entity]
+    if dry_run:
+        _dry_run(obj, tenant_id, entities, full, as_json)
+        return
+    from workers.app import celery_app
+
+    run_id = uuid.uuid4().hex
+    started = time.monotonic()
+    with _workers_for_cli() as embedded:
+        celery_app.send_task(
+            "ml_connector.plan_sync",
+            kwargs={
+                "tenant": tenant_id,
+                "entity": entities[0] if len(entities) == 1 else "all",
+                "full": full,
+                "run_id": run_id,
+            },
+        )
+        if not (wait or embedded):
+            click.echo(f"queued sync run {run_id}; follow it with `ml-connector audit list`")
+            return
+        summary = wait_for_run(
+            obj, run_id, len(entities), timeout_s=timeout_s, show_progress=not as_json
+        )
+    _print_summary(summary, as_json, time.monotonic() - started)
+    if summary.failed:
+        raise SystemExit(2)

@@ -1,0 +1,127 @@
+"""What workers share: rate limiters and per-record locks, in Redis or in-process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from connector.errors import ConnectorError
+from connector.ratelimit import Limit, LocalRateLimiter, RateLimiter, RedisRateLimiter, acquire
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+
+    from connector.http import Acquire
+
+log = logging.getLogger(__name__)
+
+
+class LockTimeout(ConnectorError):
+    """Another worker held a record lock for longer than we were willing to wait."""
+
+    def __init__(self, name: str, wait_s: float) -> None:
+        super().__init__(f"lock {name!r} not acquired within {wait_s:.1f}s")
+        self.name = name
+
+
+class _LocalLocks:
+    """Named locks for the threads of one process; names are forgotten once released."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._changed = threading.Condition()
+
+    def acquire(self, name: str, wait_s: float) -> bool:
+        with self._changed:
+            if not self._changed.wait_for(lambda: name not in self._held, timeout=wait_s):
+                return False
+            self._held.add(name)
+            return True
+
+    def release(self, name: str) -> None:
+        with self._changed:
+            self._held.discard(name)
+            self._changed.notify_all()
+
+
+class Coordination:
+    """Rate limiters and record locks shared by every worker of a deployment.
+
+    With Redis they are shared across processes and hosts; without, within one process
+    (the embedded demo runs everything in one process).
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        redis: redis_lib.Redis | None = None,
+        prefix: str = "mlc:",
+    ) -> None:
+        self.limiter = limiter
+        self.redis = redis
+        self.prefix = prefix
+        self._local_locks = _LocalLocks()
+
+    @classmethod
+    def from_url(cls, redis_url: str | None, *, prefix: str = "mlc:") -> Coordination:
+        """Redis-backed when `redis_url` is given, else in-process."""
+        if redis_url is None:
+            return cls(LocalRateLimiter(), prefix=prefix)
+        import redis as redis_lib
+
+        client = redis_lib.Redis.from_url(redis_url)
+        return cls(RedisRateLimiter(client, prefix=f"{prefix}rl:"), redis=client, prefix=prefix)
+
+    @contextmanager
+    def lock(self, name: str, *, ttl_s: float = 60.0, wait_s: float = 30.0) -> Iterator[None]:
+        """Hold the lock `name` for the block; LockTimeout if not acquired within `wait_s`.
+
+        In Redis the lock expires after `ttl_s` so that a crashed worker cannot hold a
+        record forever; work under the lock must finish well within that.
+        """
+        if self.redis is None:
+            if not self._local_locks.acquire(name, wait_s):
+                raise LockTimeout(name, wait_s)
+            try:
+                yield
+            finally:
+                self._local_locks.release(name)
+            return
+
+        from redis.exceptions import LockError
+
+        redis_lock = self.redis.lock(
+            f"{self.prefix}lock:{name}", timeout=ttl_s, blocking_timeout=wait_s, sleep=0.05
+        )
+        if not redis_lock.acquire():
+            raise LockTimeout(name, wait_s)
+        try:
+            yield
+        finally:
+            try:
+                redis_lock.release()
+            except LockError:
+                # The TTL ran out under us: another worker may have taken the record since.
+                log.warning("lock %r expired before release (held longer than %.0fs)", name, ttl_s)
+
+    def acquirer(
+        self,
+        key: str,
+        limits_for: Callable[[str], Sequence[Limit]],
+        *,
+        max_wait_s: float = 5.0,
+    ) -> Acquire:
+        """An `Acquire` for RemoteSession: the bucket picks the limits, `key` the counters."""
+
+        def take(bucket: str, cost: int) -> None:
+            acquire(self.limiter, key, cost, limits_for(bucket), max_wait_s=max_wait_s)
+
+        return take
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.close()

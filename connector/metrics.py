@@ -1,0 +1,210 @@
+"""Prometheus metrics of the connector, safe for multi-process servers (gunicorn, Celery prefork).
+
+Multi-process mode: set PROMETHEUS_MULTIPROC_DIR (or CONNECTOR_METRICS_DIR) to a directory
+that exists and is EMPTY when the process tree starts, before anything imports
+prometheus_client. Every process then writes its samples to files there and the exposition
+(render_latest, start_worker_metrics_server) adds them up across processes. Files left by a
+previous run would be counted again, hence the emptying (deploy/entrypoint.sh does it).
+Without the variable, samples live in process memory (fine for one process, and for tests).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIServer
+
+# prometheus_client picks its storage (memory or mmap files) when it is first imported, so the
+# connector's own setting has to be in place before that import.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and os.environ.get("CONNECTOR_METRICS_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["CONNECTOR_METRICS_DIR"]
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+SYNC_OUTCOMES = frozenset({"created", "updated", "unchanged", "failed"})
+WEBHOOK_RESULTS = frozenset({"accepted", "rejected", "duplicate"})
+# Celery's Redis transport keeps priorities 3, 6 and 9 in lists named queue + sep + priority.
+_CELERY_PRIORITY_SEP = "\x06\x16"
+_CELERY_PRIORITY_STEPS = ("3", "6", "9")
+
+RECORDS_SYNCED = Counter(
+    "mlc_records_synced_total",
+    "Records a sync operation handled, by outcome.",
+    ["tenant", "entity", "outcome"],
+)
+REMOTE_REQUESTS = Counter(
+    "mlc_remote_requests_total",
+    "HTTP requests to IFS Cloud or Pipedrive; status 'error' = no response.",
+    ["system", "method", "status"],
+)
+REMOTE_429 = Counter(
+    "mlc_remote_429_total",
+    "429 Too Many Requests answers from a remote system.",
+    ["system"],
+)
+REMOTE_SECONDS = Histogram(
+    "mlc_remote_request_seconds",
+    "Duration of HTTP requests to a remote system.",
+    ["system", "method"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LIMITER_WAIT = Histogram(
+    "mlc_limiter_wait_seconds",
+    "Time spent waiting for a rate-limit token before a remote request.",
+    ["system"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+WEBHOOKS = Counter(
+    "mlc_webhooks_total",
+    "Pipedrive webhook deliveries the receiver answered, by result.",
+    ["tenant", "result"],
+)
+WEBHOOK_REJECTIONS = Counter(
+    "mlc_webhook_rejections_total",
+    "Rejected webhook deliveries, by reason.",
+    ["reason"],
+)
+STAGE_PUSH = Histogram(
+    "mlc_stage_push_seconds",
+    "Time from a Pipedrive stage change to its IFS order update being done.",
+    ["tenant", "outcome"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600, 1800),
+)
+QUEUE_DEPTH = Gauge(
+    "mlc_queue_depth",
+    "Messages waiting in a Celery queue (Redis list length), as last measured.",
+    ["queue"],
+    # Whichever process measured last is right; summing the processes would not be.
+    multiprocess_mode="mostrecent",
+)
+
+
+class _RedisLists(Protocol):
+    def llen(self, name: str) -> Any: ...
+
+
+def multiprocess_dir() -> str | None:
+    """The multi-process directory in force, or None when samples stay in memory."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def record_sync(tenant: str, entity: str, outcome: str) -> None:
+    """Count one record a sync handled; outcome is created|updated|unchanged|failed."""
+    if outcome not in SYNC_OUTCOMES:
+        raise ValueError(f"sync outcome must be one of {sorted(SYNC_OUTCOMES)}, not {outcome!r}")
+    RECORDS_SYNCED.labels(tenant=tenant, entity=entity, outcome=outcome).inc()
+
+
+def observe_remote(system: str, method: str, status: int | None, seconds: float) -> None:
+    """Count one HTTP attempt to `system` (ifs|pipedrive); status None = no response."""
+    status_label = "error" if status is None else str(status)
+    REMOTE_REQUESTS.labels(system=system, method=method.upper(), status=status_label).inc()
+    REMOTE_SECONDS.labels(system=system, method=method.upper()).observe(max(seconds, 0.0))
+    if status == 429:
+        REMOTE_429.labels(system=system).inc()
+
+
+def observe_limiter_wait(system: str, seconds: float) -> None:
+    """Record how long a request waited for the rate limiter of `system`."""
+    LIMITER_WAIT.labels(system=system).observe(max(seconds, 0.0))
+
+
+def count_webhook(tenant: str, result: str, reason: str | None = None) -> None:
+    """Count one webhook delivery; result is accepted|rejected|duplicate, a rejection has a
+    reason (e.g. bad_auth, bad_signature, unknown_tenant, too_large, bad_payload)."""
+    if result not in WEBHOOK_RESULTS:
+        raise ValueError(f"webhook result must be one of {sorted(WEBHOOK_RESULTS)}, not {result!r}")
+    WEBHOOKS.labels(tenant=tenant, result=result).inc()
+    if result == "rejected":
+        WEBHOOK_REJECTIONS.labels(reason=reason or "unspecified").inc()
+
+
+def observe_stage_push(tenant: str, outcome: str, seconds: float) -> None:
+    """Record one stage push to IFS (outcome e.g. applied, conflict, skipped, failed)."""
+    STAGE_PUSH.labels(tenant=tenant, outcome=outcome).observe(max(seconds, 0.0))
+
+
+def update_queue_depth(redis_client: _RedisLists, queue_names: Iterable[str]) -> dict[str, int]:
+    """Measure the Celery queues in the broker's Redis, set mlc_queue_depth, return the depths.
+
+    A queue's messages sit in a Redis list named after it, plus one list per priority step.
+    """
+    depths: dict[str, int] = {}
+    for queue in queue_names:
+        lists = [
+            queue,
+            *(f"{queue}{_CELERY_PRIORITY_SEP}{step}" for step in _CELERY_PRIORITY_STEPS),
+        ]
+        depth = sum(int(redis_client.llen(name)) for name in lists)
+        QUEUE_DEPTH.labels(queue=queue).set(depth)
+        depths[queue] = depth
+    return depths
+
+
+def _exposition_registry() -> CollectorRegistry:
+    directory = multiprocess_dir()
+    if directory is None:
+        return REGISTRY
+    # A fresh registry per scrape: the collector reads the files of every process.
+    registry = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition body (all processes in multi-process mode) and its content type."""
+    return generate_latest(_exposition_registry()), CONTENT_TYPE_LATEST
+
+
+_observer_lock = threading.Lock()
+_observer_installed = False
+
+
+def install_remote_observer() -> bool:
+    """Have connector.http report every request to observe_remote; True once installed.
+
+    Call it at process start (workers, receiver); calling it again does nothing.
+    """
+    global _observer_installed
+    with _observer_lock:
+        if _observer_installed:
+            return True
+        try:
+            from connector import http
+        except ImportError:
+            return False
+        add_observer = getattr(http, "add_observer", None)
+        if add_observer is None:
+            return False
+        add_observer(observe_remote)
+        _observer_installed = True
+        return True
+
+
+def start_worker_metrics_server(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, Any]:
+    """Serve /metrics on `port` from a background thread (for Celery workers, which have no
+    web server of their own). Start it in the worker's main process: in multi-process mode it
+    reports the pool children too. Port 0 picks a free port (server.server_port).
+    """
+    install_remote_observer()
+    server, thread = start_http_server(port, addr=addr, registry=_MultiProcessAware())
+    return server, thread
+
+
+class _MultiProcessAware(CollectorRegistry):
+    """A registry that re-reads the process files on every scrape, or the memory registry."""
+
+    def collect(self) -> Iterator[Any]:
+        yield from _exposition_registry().collect()

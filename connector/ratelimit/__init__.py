@@ -1,0 +1,98 @@
+"""Rate limiting shared by all workers: one limiter interface, a Redis and an in-process backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from connector.errors import ConnectorError
+
+
+class RateLimited(ConnectorError):
+    """Rate-limit tokens were not available within the allowed wait; try again later."""
+
+    def __init__(self, key: str, retry_after_s: float) -> None:
+        super().__init__(f"rate limit for {key!r} exhausted; retry in {retry_after_s:.2f}s")
+        self.key = key
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `capacity` cost units in any rolling `window_s` seconds.
+
+    `name` separates two limits of the same shape that count different things (e.g. the
+    search burst limit next to the general burst limit of one Pipedrive token).
+    """
+
+    capacity: int
+    window_s: float
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.capacity <= 0 or self.window_s <= 0:
+            raise ValueError(f"a limit needs capacity > 0 and window > 0, got {self}")
+
+    @property
+    def slot(self) -> str:
+        """Stable identity of the counter behind this limit (part of its storage key)."""
+        window_ms = round(self.window_s * 1000)
+        return f"{self.name}:{self.capacity}/{window_ms}ms"
+
+
+class RateLimiter(Protocol):
+    def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
+        """0.0 if `cost` was taken from ALL limits at once; else seconds to wait (nothing taken)."""
+        ...
+
+
+def check_request(cost: int, limits: Sequence[Limit]) -> None:
+    """Refuse requests that no amount of waiting could grant."""
+    if cost <= 0:
+        raise ValueError(f"cost must be positive, got {cost}")
+    slots = [limit.slot for limit in limits]
+    if len(set(slots)) != len(slots):
+        raise ValueError(f"the same limit is listed twice: {limits}")
+    for limit in limits:
+        if cost > limit.capacity:
+            raise ValueError(f"cost {cost} exceeds the capacity of {limit}")
+
+
+def acquire(
+    limiter: RateLimiter,
+    key: str,
+    cost: int,
+    limits: Sequence[Limit],
+    *,
+    max_wait_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Take `cost` from every limit, sleeping up to `max_wait_s` in total; return seconds waited.
+
+    Raises RateLimited (with the wait still needed) when the tokens would come later than that.
+    """
+    waited = 0.0
+    while True:
+        wait = limiter.try_acquire(key, cost, limits)
+        if wait <= 0:
+            return waited
+        if waited + wait > max_wait_s:
+            raise RateLimited(key, wait)
+        sleep(wait)
+        waited += wait
+
+
+from connector.ratelimit.local import LocalRateLimiter  # noqa: E402
+from connector.ratelimit.redis import RedisRateLimiter  # noqa: E402
+
+__all__ = [
+    "Limit",
+    "LocalRateLimiter",
+    "RateLimited",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "acquire",
+    "check_request",
+]

@@ -1,0 +1,61 @@
+"""In-process rate limiter for the embedded setup: exact rolling logs under one lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from connector.ratelimit import Limit, check_request
+
+
+class _Log:
+    """Grants of one limit, oldest first, with their running total."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def expire(self, now: float, window_s: float) -> None:
+        while self.entries and self.entries[0][0] + window_s <= now:
+            self.total -= self.entries.popleft()[1]
+
+    def wait_for(self, excess: int, now: float, window_s: float) -> float:
+        freed = 0
+        for stamp, cost in self.entries:
+            freed += cost
+            if freed >= excess:
+                return stamp + window_s - now
+        return window_s
+
+
+class LocalRateLimiter:
+    """Same semantics as RedisRateLimiter, shared by the threads of one process only."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._logs: dict[tuple[str, str], _Log] = {}
+
+    def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
+        check_request(cost, limits)
+        with self._lock:
+            now = self._clock()
+            logs = []
+            wait = 0.0
+            for limit in limits:
+                log = self._logs.setdefault((key, limit.slot), _Log())
+                log.expire(now, limit.window_s)
+                excess = log.total + cost - limit.capacity
+                if excess > 0:
+                    wait = max(wait, log.wait_for(excess, now, limit.window_s))
+                logs.append(log)
+            if wait > 0:
+                return max(wait, 1e-6)
+            for log in logs:
+                log.entries.append((now, cost))
+                log.total += cost
+            return 0.0

@@ -1,0 +1,41 @@
+"""Redis rate limiter shared by every worker process: one atomic Lua script per request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from connector.ratelimit import Limit, check_request
+
+if TYPE_CHECKING:
+    import redis as redis_lib
+
+# Bucket a window into this many slices: grants count for at most window/SLICES too long.
+SLICES = 1000
+_SCRIPT = resources.files("connector.ratelimit").joinpath("sliding_window.lua").read_text("utf-8")
+
+
+class RedisRateLimiter:
+    """Cost-weighted rolling-window limits kept in Redis; all limits are taken together or not."""
+
+    def __init__(self, client: redis_lib.Redis, prefix: str = "mlc:rl:") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._script: Any = client.register_script(_SCRIPT)
+
+    def keys_for(self, key: str, limit: Limit) -> tuple[str, str]:
+        # The hash tag keeps every counter of one key in one cluster slot, as Lua requires.
+        base = f"{self.prefix}{{{key}}}:{limit.slot}"
+        return f"{base}:z", f"{base}:h"
+
+    def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
+        check_request(cost, limits)
+        keys: list[str] = []
+        args: list[int] = [cost]
+        for limit in limits:
+            keys.extend(self.keys_for(key, limit))
+            window_us = round(limit.window_s * 1_000_000)
+            args.extend([limit.capacity, window_us, max(1000, window_us // SLICES)])
+        wait_us = int(self._script(keys=keys, args=args))
+        return wait_us / 1_000_000

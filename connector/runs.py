@@ -1,0 +1,92 @@
+"""Progress and summary of one sync run, read back from its audit rows (by correlation id)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from connector.storage.database import Database
+from connector.storage.models import AuditRecord
+
+FINAL_STATUSES = ("succeeded", "failed", "skipped")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    planned_entities: int = 0  # plan rows written so far
+    read: int = 0
+    queued: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    requests: Counter[str] = field(default_factory=Counter)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    unchanged_by_task: int = 0  # queued, but the task found nothing to write
+
+    @property
+    def done(self) -> int:
+        """Queued records whose newest attempt is final."""
+        return self.created + self.updated + self.unchanged_by_task + self.failed
+
+    def finished(self, expected_entities: int) -> bool:
+        return self.planned_entities >= expected_entities and self.done >= self.queued
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "read": self.read,
+            "queued": self.queued,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "requests": dict(self.requests),
+            "failures": self.failures,
+        }
+
+
+def run_summary(database: Database, run_id: str) -> RunSummary:
+    summary = RunSummary(run_id)
+    with database.session() as session:
+        rows = list(
+            session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.correlation_id == run_id)
+                .order_by(AuditRecord.id)
+            )
+        )
+    newest: dict[tuple[str, str], AuditRecord] = {}
+    for row in rows:
+        requests = (row.response_summary or {}).get("requests") or {}
+        summary.requests.update({k: int(v) for k, v in requests.items()})
+        if row.record_key == "*" and row.operation == "plan":
+            summary.planned_entities += 1
+            plan = row.response_summary or {}
+            summary.read += int(plan.get("read", 0))
+            summary.queued += int(plan.get("queued", 0))
+            summary.unchanged += int(plan.get("unchanged", 0))
+            if row.status == "failed":
+                summary.failures.append({"entity": row.entity, "key": "*", "error": row.error})
+            continue
+        newest[(row.entity, row.record_key)] = row
+    for (entity, key), row in newest.items():
+        if row.status not in FINAL_STATUSES:
+            continue
+        if row.status == "failed":
+            summary.failed += 1
+            summary.failures.append(
+                {"audit_id": row.id, "entity": entity, "key": key, "error": row.error}
+            )
+        elif row.operation == "create":
+            summary.created += 1
+        elif row.operation == "update":
+            summary.updated += 1
+        else:
+            summary.unchanged_by_task += 1
+            summary.unchanged += 1
+    return summary

@@ -1,0 +1,1 @@
+"""Alembic migrations of the connector database; run them with `ml-connector db upgrade`."""

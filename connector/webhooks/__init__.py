@@ -1,0 +1,1 @@
+"""Pipedrive webhooks: authenticating deliveries and parsing their payloads (Flask-free)."""

@@ -1,0 +1,144 @@
+"""Provisioning a tenant's Pipedrive company: custom fields and pipeline created once, cached
+in tenant_state, and never twice when workers race."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from connector.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, map_customer
+from connector.pipedrive.client import PipedriveClient
+from connector.pipedrive.provisioning import (
+    FIELD_KEYS,
+    PIPELINE,
+    ensure_custom_fields,
+    ensure_layout,
+    ensure_pipeline,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def field_creations(pipedrive_sim) -> int:
+    requests = pipedrive_sim.state.stats()["requests"]
+    paths = ("organizationFields", "dealFields")
+    return sum(requests.get(f"POST /api/v1/{path}", 0) for path in paths)
+
+
+def test_creates_missing_fields_once_and_caches_keys(client, tenant, tenant_state, pipedrive_sim):
+    keys = ensure_custom_fields(client, tenant, tenant_state)
+
+    assert set(keys.organization) == set(ORGANIZATION_FIELDS)
+    assert set(keys.deal) == set(DEAL_FIELDS)
+    assert all(len(key) == 40 for key in [*keys.organization.values(), *keys.deal.values()])
+    assert field_creations(pipedrive_sim) == len(ORGANIZATION_FIELDS) + len(DEAL_FIELDS)
+    names = {f["key"]: f["name"] for f in client.list_fields("deal")}
+    assert names[keys.deal["ifs_order_no"]] == tenant.fields.ifs_order_no
+
+    sent = client.requests_sent
+    assert ensure_custom_fields(client, tenant, tenant_state) == keys
+    assert client.requests_sent == sent  # served from tenant_state
+    assert tenant_state.get(tenant.id, FIELD_KEYS) == keys.to_json()
+
+
+def test_finds_existing_fields_by_name_without_creating(
+    client, tenant, tenant_state, pipedrive_sim
+):
+    seeded = pipedrive_sim.control(
+        "seed",
+        {"organization_fields": [{"name": tenant.fields.ifs_customer_id, "field_type": "varchar"}]},
+    )["organization_fields"][0]
+    first = ensure_custom_fields(client, tenant, tenant_state)
+    assert first.organization["ifs_customer_id"] == seeded["key"]
+    created = field_creations(pipedrive_sim)
+    assert created == len(ORGANIZATION_FIELDS) + len(DEAL_FIELDS) - 1
+
+    # A lost cache (or refresh=True) finds every field again instead of duplicating it.
+    again = ensure_custom_fields(client, tenant, tenant_state, refresh=True)
+    assert again == first
+    assert field_creations(pipedrive_sim) == created
+
+
+def test_two_workers_at_once_create_each_field_once(
+    pipedrive_sim, tenant, tenant_state, vault, coordination
+):
+    vault.set(tenant.id, "pipedrive", "api_token", pipedrive_sim.api_token)
+    clients = [
+        PipedriveClient.for_tenant(tenant, vault=vault, coordination=coordination) for _ in range(2)
+    ]
+    barrier = threading.Barrier(len(clients))
+    results: list[object] = []
+
+    def run(client: PipedriveClient) -> None:
+        barrier.wait()
+        try:
+            results.append(ensure_custom_fields(client, tenant, tenant_state))
+            results.append(ensure_pipeline(client, tenant, tenant_state))
+        except BaseException as error:  # surfaced by the assertion below
+            results.append(error)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert results[0] == results[2] and results[1] == results[3]
+    assert field_creations(pipedrive_sim) == len(ORGANIZATION_FIELDS) + len(DEAL_FIELDS)
+    assert pipedrive_sim.state.stats()["requests"]["POST /api/v2/pipelines"] == 1
+
+
+def test_pipeline_and_stages_created_once(client, tenant, tenant_state, pipedrive_sim):
+    ids = ensure_pipeline(client, tenant, tenant_state)
+
+    assert list(ids.stage_ids) == tenant.stage_names
+    stages = client.list_stages(ids.pipeline_id)
+    assert [s["name"] for s in stages] == tenant.stage_names
+    assert {s["name"]: s["id"] for s in stages} == ids.stage_ids
+    assert tenant_state.get(tenant.id, PIPELINE) == ids.to_json()
+
+    tenant_state.put(tenant.id, PIPELINE, {"pipeline_id": 0, "stage_ids": {}})  # stale cache
+    assert ensure_pipeline(client, tenant, tenant_state) == ids
+    requests = pipedrive_sim.state.stats()["requests"]
+    assert requests["POST /api/v2/pipelines"] == 1
+    assert requests["POST /api/v2/stages"] == len(tenant.stage_names)
+
+
+def test_existing_pipeline_only_gets_missing_stages(client, tenant, tenant_state, pipedrive_sim):
+    seeded = pipedrive_sim.control(
+        "seed",
+        {"pipelines": [{"name": tenant.pipedrive.pipeline, "stages": ["Planned", "Picked"]}]},
+    )["pipelines"][0]
+
+    ids = ensure_pipeline(client, tenant, tenant_state)
+
+    assert ids.pipeline_id == seeded["id"]
+    assert ids.stage_ids["Planned"] == seeded["stages"][0]
+    assert ids.stage_ids["Picked"] == seeded["stages"][1]
+    requests = pipedrive_sim.state.stats()["requests"]
+    assert "POST /api/v2/pipelines" not in requests
+    assert requests["POST /api/v2/stages"] == len(tenant.stage_names) - 2
+
+
+def test_layout_feeds_the_mapping(client, tenant, tenant_state, pipedrive_sim) -> None:
+    layout = ensure_layout(client, tenant, tenant_state)
+    body = map_customer(
+        tenant, {"CustomerId": "C-9", "Name": "Nine AB", "Cf_Region": "North"}, layout
+    )
+    created = client.create_organization(body)
+    assert created["custom_fields"][layout.organization_fields["ifs_customer_id"]] == "C-9"
+    assert [o["id"] for o in client.search_organizations("C-9")] == [created["id"]]
+
+
+def test_tenant_state_store_round_trip(tenant, tenant_state, database) -> None:
+    from connector.storage.tenant_state import DatabaseTenantState
+
+    assert tenant_state.get(tenant.id, "x") is None
+    tenant_state.put(tenant.id, "x", {"a": 1})
+    tenant_state.put(tenant.id, "x", {"a": 2})
+    assert DatabaseTenantState(database).get(tenant.id, "x") == {"a": 2}
+    assert tenant_state.get("other-tenant", "x") is None
+    tenant_state.delete(tenant.id, "x")
+    assert tenant_state.get(tenant.id, "x") is None

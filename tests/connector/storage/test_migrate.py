@@ -1,0 +1,129 @@
+"""The Alembic migrations: same schema as the models on Postgres and SQLite, clear errors."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from connector.errors import ConfigError
+from connector.storage.database import Database
+from connector.storage.migrate import (
+    NOT_MIGRATED,
+    alembic_config,
+    current_revision,
+    head_revision,
+    is_up_to_date,
+    require_migrated,
+    upgrade,
+)
+from connector.storage.models import Base
+from tests.connector.storage.databases import fresh_postgres
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def empty_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sub' / 'connector.db'}"
+    else:
+        with fresh_postgres(request.getfixturevalue("postgres_url")) as url:
+            yield url
+
+
+def _schema_differences(url: str) -> list:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_exactly_the_schema_of_the_models(empty_url):
+    assert current_revision(empty_url) is None
+    assert not is_up_to_date(empty_url)
+
+    assert upgrade(empty_url) == head_revision()
+
+    assert current_revision(empty_url) == head_revision()
+    assert is_up_to_date(empty_url)
+    assert _schema_differences(empty_url) == []
+    tables = set(sa.inspect(sa.create_engine(empty_url)).get_table_names())
+    assert tables == set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_upgrade_again_changes_nothing(empty_url):
+    upgrade(empty_url)
+    assert upgrade(empty_url) == head_revision()
+    assert _schema_differences(empty_url) == []
+
+
+def test_downgrade_to_base_removes_every_table_and_upgrade_restores_them(empty_url):
+    upgrade(empty_url)
+    command.downgrade(alembic_config(empty_url), "base")
+    assert set(sa.inspect(sa.create_engine(empty_url)).get_table_names()) <= {"alembic_version"}
+    assert current_revision(empty_url) is None
+    upgrade(empty_url)
+    assert _schema_differences(empty_url) == []
+
+
+def test_require_migrated_tells_the_operator_to_run_db_upgrade(empty_url):
+    database = Database(empty_url)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            require_migrated(database)
+        assert NOT_MIGRATED in str(caught.value)
+        assert "database not migrated: run `ml-connector db upgrade`" in str(caught.value)
+        upgrade(empty_url)
+        require_migrated(database)
+    finally:
+        database.dispose()
+
+
+def test_tables_made_without_alembic_count_as_not_migrated(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = sa.create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    database = Database(url)
+    with pytest.raises(ConfigError, match="database not migrated"):
+        require_migrated(database)
+    database.dispose()
+
+
+def test_a_revision_from_newer_code_is_reported_as_unknown(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    upgrade(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    database = Database(url)
+    with pytest.raises(ConfigError, match="'9999', which this version of ml-connector does not"):
+        require_migrated(database)
+    database.dispose()
+    assert not is_up_to_date(url)
+
+
+def test_unreachable_database_is_a_config_error_without_the_password():
+    url = "postgresql+psycopg2://postgres:s3cr3t-pw@127.0.0.1:1/nothing"
+    with pytest.raises(ConfigError) as caught:
+        upgrade(url)
+    assert "cannot migrate database postgresql+psycopg2://postgres:***@127.0.0.1:1/nothing" in str(
+        caught.value
+    )
+    assert "s3cr3t-pw" not in str(caught.value)
+    with pytest.raises(ConfigError, match="cannot read the schema revision"):
+        current_revision(url)
+
+
+def test_concurrent_upgrades_on_postgres_take_turns(postgres_url):
+    with fresh_postgres(postgres_url) as url, ThreadPoolExecutor(max_workers=3) as pool:
+        revisions = list(pool.map(lambda _: upgrade(url), range(3)))
+        assert revisions == [head_revision()] * 3
+        assert _schema_differences(url) == []

@@ -1,0 +1,49 @@
+"""Cron strings for tenant schedules: valid forms pass, each invalid form says why."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.cron import CronError, parse_cron
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "* * * * *",
+        "*/15 * * * *",
+        "0 6-18/2 * * mon-fri",
+        "5,35 0 1 jan,jul *",
+        "0 0 * * 7",
+        "  0   3 * * SUN ",
+    ],
+)
+def test_valid_cron_strings_are_accepted(expression):
+    assert len(parse_cron(expression)) == 5
+
+
+def test_fields_come_back_in_order():
+    assert parse_cron("1 2 3 4 5") == ("1", "2", "3", "4", "5")
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("* * * *", "expected 5 fields (minute hour day-of-month month day-of-week), got 4"),
+        ("* * * * * *", "got 6"),
+        ("60 * * * *", "minute field: 60 is outside 0-59"),
+        ("* 24 * * *", "hour field: 24 is outside 0-23"),
+        ("* * 0 * *", "day of month field: 0 is outside 1-31"),
+        ("* * * 13 *", "month field: 13 is outside 1-12"),
+        ("* * * * 8", "day of week field: 8 is outside 0-6"),
+        ("*/0 * * * *", "minute field: step 0"),
+        ("30-10 * * * *", "minute field: range '30-10' runs backwards"),
+        ("* * * foo *", "month field: 'foo' is not a number"),
+        ("? * * * *", "minute field: '?' is not valid cron syntax"),
+        ("1,,2 * * * *", "minute field: '' is not valid cron syntax"),
+    ],
+)
+def test_invalid_cron_strings_say_which_field_and_why(expression, reason):
+    with pytest.raises(CronError) as caught:
+        parse_cron(expression)
+    assert reason in str(caught.value)

@@ -1,0 +1,110 @@
+"""Helpers shared by the webhook receiver and stage push tests: tenants, runtimes, payloads."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from connector.runtime import Runtime
+from connector.settings import Settings
+from connector.storage.database import Database
+from connector.storage.models import Base, WebhookEvent
+from connector.tenants import parse_tenants
+
+KEY = Fernet.generate_key().decode()
+INTEGRATION_USER = 900
+APP_USER = 17
+_prepared: set[str] = set()
+
+
+def prepare_database(url: str) -> None:
+    """Create the tables once per database (the session database is shared, see storage tests)."""
+    if url in _prepared:
+        return
+    database = Database(url)
+    Base.metadata.create_all(database.engine)
+    database.dispose()
+    _prepared.add(url)
+
+
+def unique_tenant(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def tenant_body(
+    *,
+    ifs_url: str = "https://ifs.example.com",
+    namespace: str = "ns",
+    client_id: str = "ml-connector",
+    auth: str = "basic",
+    **webhook: Any,
+) -> dict[str, Any]:
+    return {
+        "ifs": {"base_url": ifs_url, "namespace": namespace, "client_id": client_id},
+        "pipedrive": {
+            "api_domain": "https://acme.pipedrive.com",
+            "integration_user_id": INTEGRATION_USER,
+        },
+        "webhook": {"auth": auth, **webhook},
+    }
+
+
+def make_runtime(database_url: str, tenants: dict[str, dict[str, Any]]) -> Runtime:
+    settings = Settings(database_url=database_url, encryption_keys=KEY, redis_url=None)
+    return Runtime(settings, tenants=parse_tenants({"tenants": tenants}))
+
+
+def v2_deal_event(
+    deal_id: int,
+    *,
+    stage_id: int | None = 2,
+    previous_stage_id: int | None = 1,
+    status: str = "open",
+    previous_status: str | None = None,
+    timestamp: str = "2026-03-01T10:00:00Z",
+    change_source: str = "app",
+    user_id: int = APP_USER,
+    event_id: str | None = None,
+    entity: str = "deal",
+    action: str = "change",
+) -> dict[str, Any]:
+    """A Pipedrive webhooks v2 payload (ids in meta are strings, as Pipedrive sends them)."""
+    previous: dict[str, Any] = {}
+    if previous_stage_id is not None:
+        previous["stage_id"] = previous_stage_id
+    if previous_status is not None:
+        previous["status"] = previous_status
+    return {
+        "data": {"id": deal_id, "stage_id": stage_id, "status": status, "title": "Deal"},
+        "previous": previous or None,
+        "meta": {
+            "action": action,
+            "entity": entity,
+            "entity_id": str(deal_id),
+            "id": event_id or str(uuid.uuid4()),
+            "timestamp": timestamp,
+            "change_source": change_source,
+            "user_id": str(user_id),
+            "version": "2.0",
+            "attempt": 1,
+        },
+    }
+
+
+def encode(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def events_of(runtime: Runtime, tenant_id: str) -> list[WebhookEvent]:
+    with runtime.database.session() as session:
+        return list(
+            session.scalars(
+                select(WebhookEvent)
+                .where(WebhookEvent.tenant == tenant_id)
+                .order_by(WebhookEvent.id)
+            )
+        )

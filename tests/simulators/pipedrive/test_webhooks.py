@@ -1,0 +1,214 @@
+"""Webhook delivery to a real HTTP receiver: auth, payloads, retries, ban, faults."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from simulators.serving import RunningServer
+
+
+class Receiver:
+    """A tiny WSGI endpoint that records every delivery and answers with scripted statuses."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[dict] = []
+        self.statuses: list[int] = []  # answered in order; 200 once exhausted
+
+    def __call__(self, environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length)
+        with self.lock:
+            status = self.statuses.pop(0) if self.statuses else 200
+            self.calls.append(
+                {
+                    "body": json.loads(raw),
+                    "raw": raw,
+                    "authorization": environ.get("HTTP_AUTHORIZATION"),
+                    "signature": environ.get("HTTP_X_PIPEDRIVE_SIGNATURE"),
+                    "status": status,
+                }
+            )
+        start_response(f"{status} X", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+
+@pytest.fixture(scope="module")
+def receiver_server() -> Iterator[tuple[Receiver, str]]:
+    app = Receiver()
+    with RunningServer(app) as server:
+        yield app, f"{server.url}/pipedrive"
+
+
+@pytest.fixture
+def receiver(pipedrive_sim, receiver_server) -> tuple[Receiver, str]:
+    """The module's receiver, emptied after the simulator was reset for this test."""
+    app, url = receiver_server
+    with app.lock:
+        app.calls.clear()
+        app.statuses.clear()
+    return app, url
+
+
+def _subscribe(sim, url, **extra):
+    body = {
+        "name": "ml-connector",
+        "subscription_url": url,
+        "event_action": "*",
+        "event_object": "*",
+        "http_auth_user": "hook",
+        "http_auth_password": "s3cret",
+        "version": "2.0",
+        **extra,
+    }
+    response = sim.api("POST", "/v1/webhooks", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]
+
+
+def test_api_change_is_delivered_with_basic_auth_and_v2_payload(pipedrive_sim, receiver):
+    app, url = receiver
+    hook = _subscribe(pipedrive_sim, url)
+    deal = pipedrive_sim.api("POST", "/api/v2/deals", json={"title": "Order 1"}).json()["data"]
+    pipedrive_sim.api("PATCH", f"/api/v2/deals/{deal['id']}", json={"title": "Order 1b"})
+    assert pipedrive_sim.wait_for(lambda: len(app.calls) >= 2)
+    create, change = (call["body"] for call in app.calls)
+    expected_auth = "Basic " + base64.b64encode(b"hook:s3cret").decode()
+    assert all(call["authorization"] == expected_auth for call in app.calls)
+    assert create["meta"]["action"] == "create" and create["previous"] is None
+    meta = change["meta"]
+    assert meta["action"] == "change" and meta["entity"] == "deal"
+    assert meta["entity_id"] == str(deal["id"])
+    assert meta["change_source"] == "api"
+    assert meta["user_id"] == str(pipedrive_sim.settings.integration_user_id)
+    assert meta["webhook_id"] == str(hook["id"])
+    assert meta["attempt"] == 1 and meta["version"] == "2.0"
+    assert meta["id"] != create["meta"]["id"]
+    assert change["data"]["title"] == "Order 1b"
+    assert change["previous"] == {"title": "Order 1"}
+
+
+def test_user_move_in_the_app_is_a_change_from_source_app(pipedrive_sim, receiver):
+    app, url = receiver
+    _subscribe(pipedrive_sim, url, event_action="change", event_object="deal")
+    deal = pipedrive_sim.api("POST", "/api/v2/deals", json={"title": "x"}).json()["data"]
+    stages = pipedrive_sim.api("GET", "/api/v2/stages").json()["data"]
+    pipedrive_sim.control(f"deals/{deal['id']}/move", {"stage_id": stages[1]["id"]})
+    assert pipedrive_sim.wait_for(lambda: len(app.calls) >= 1)
+    body = app.calls[0]["body"]
+    assert len(app.calls) == 1  # the create was not subscribed
+    assert body["meta"]["change_source"] == "app"
+    assert body["meta"]["user_id"] == str(pipedrive_sim.settings.app_user_id)
+    assert body["data"]["stage_id"] == stages[1]["id"]
+    assert body["previous"]["stage_id"] == stages[0]["id"]
+
+
+def test_failed_delivery_is_retried_with_scaled_delays(pipedrive_sim, receiver):
+    app, url = receiver
+    app.statuses = [500, 503, 200]
+    _subscribe(pipedrive_sim, url)
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "Acme"})
+    assert pipedrive_sim.wait_for(lambda: len(app.calls) >= 3)
+    attempts = [call["body"]["meta"]["attempt"] for call in app.calls]
+    assert attempts == [1, 2, 3]
+    assert len({call["body"]["meta"]["id"] for call in app.calls}) == 1
+    stats = pipedrive_sim.control("stats")["webhooks"]
+    assert stats["delivered_ok"] == 1 and stats["failed_attempts"] == 2
+
+
+def test_retries_stop_after_the_last_delay(pipedrive_sim, receiver):
+    app, url = receiver
+    app.statuses = [500] * 10
+    pipedrive_sim.settings.webhook_retry_delays_s = (1.0, 1.0)
+    _subscribe(pipedrive_sim, url)
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "Acme"})
+    assert pipedrive_sim.wait_for(lambda: len(app.calls) >= 3)
+    assert pipedrive_sim.wait_for(
+        lambda: pipedrive_sim.control("stats")["webhooks"]["pending"] == 0
+    )
+    assert [c["body"]["meta"]["attempt"] for c in app.calls] == [1, 2, 3]
+
+
+def test_repeated_first_try_failures_ban_the_webhook_and_drop_events(pipedrive_sim, receiver):
+    app, url = receiver
+    pipedrive_sim.settings.ban_after_failures = 3
+    pipedrive_sim.settings.webhook_retry_delays_s = (1000.0,)  # retries stay out of the way
+    app.statuses = [500] * 3
+    _subscribe(pipedrive_sim, url)
+    for number in range(3):
+        pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": f"Org {number}"})
+    assert pipedrive_sim.wait_for(lambda: pipedrive_sim.control("stats")["webhooks"]["bans"] == 1)
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "during ban"})
+    stats = pipedrive_sim.control("stats")["webhooks"]
+    assert stats["dropped"] >= 1
+    assert len(app.calls) == 3
+
+
+def test_duplicate_deliveries_share_the_event_id(pipedrive_sim, receiver):
+    app, url = receiver
+    pipedrive_sim.control("faults", {"duplicate_webhooks": 1.0, "seed": 3})
+    _subscribe(pipedrive_sim, url)
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "Acme"})
+    assert pipedrive_sim.wait_for(lambda: len(app.calls) >= 2)
+    assert app.calls[0]["body"]["meta"]["id"] == app.calls[1]["body"]["meta"]["id"]
+    log = pipedrive_sim.control("webhook-deliveries")
+    assert sorted(entry["duplicate"] for entry in log) == [False, True]
+
+
+def test_reordering_delivers_a_later_event_first(pipedrive_sim, receiver):
+    app, url = receiver
+    pipedrive_sim.control("faults", {"reorder_webhooks": True, "reorder_hold_s": 30.0})
+    _subscribe(pipedrive_sim, url, event_object="deal")
+    deal = pipedrive_sim.api("POST", "/api/v2/deals", json={"title": "v1"}).json()["data"]
+    pipedrive_sim.api("PATCH", f"/api/v2/deals/{deal['id']}", json={"title": "v2"})
+    assert pipedrive_sim.wait_for(lambda: len(app.calls) >= 2)
+    assert [c["body"]["meta"]["action"] for c in app.calls] == ["change", "create"]
+
+
+def test_hmac_secret_signs_the_raw_body(pipedrive_sim, receiver):
+    app, url = receiver
+    hook = _subscribe(pipedrive_sim, url)
+    pipedrive_sim.control(f"webhooks/{hook['id']}/hmac_secret", {"secret": "k"})
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "Acme"})
+    assert pipedrive_sim.wait_for(lambda: app.calls)
+    call = app.calls[0]
+    assert call["signature"] == hmac.new(b"k", call["raw"], hashlib.sha256).hexdigest()
+
+
+def test_v1_subscription_gets_a_v1_payload(pipedrive_sim, receiver):
+    app, url = receiver
+    _subscribe(pipedrive_sim, url, version="1.0", http_auth_user=None, http_auth_password=None)
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "Acme"})
+    assert pipedrive_sim.wait_for(lambda: app.calls)
+    body = app.calls[0]["body"]
+    assert body["event"] == "added.organization"
+    assert body["meta"]["action"] == "added" and body["current"]["name"] == "Acme"
+    assert app.calls[0]["authorization"] is None
+
+
+def test_webhook_deleted_by_pipedrive_stops_deliveries(pipedrive_sim, receiver):
+    app, url = receiver
+    hook = _subscribe(pipedrive_sim, url)
+    pipedrive_sim.control(f"webhooks/{hook['id']}/delete", {})
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "Acme"})
+    assert pipedrive_sim.api("GET", "/v1/webhooks").json()["data"] == []
+    assert pipedrive_sim.control("stats")["webhooks"]["deleted_by_pipedrive"] == 1
+    assert app.calls == []
+
+
+def test_webhook_creation_requires_a_name(pipedrive_sim, receiver):
+    _, url = receiver
+    response = pipedrive_sim.api(
+        "POST",
+        "/v1/webhooks",
+        json={"subscription_url": url, "event_action": "*", "event_object": "deal"},
+    )
+    assert response.status_code == 400
+    assert "name" in response.json()["errors"]

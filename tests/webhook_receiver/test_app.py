@@ -1,0 +1,372 @@
+"""The receiver over real HTTP: authentication, size limits, dedupe, persist-then-enqueue, health."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import pytest
+import requests
+
+from connector.stage_push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
+from connector.webhooks.auth import sign
+from simulators.serving import RunningServer
+from tests.connector.webhooks.support import (
+    encode,
+    events_of,
+    make_runtime,
+    prepare_database,
+    tenant_body,
+    unique_tenant,
+    v2_deal_event,
+)
+from webhook_receiver.app import create_app
+
+USER, PASSWORD, HMAC_SECRET = "pipedrive", "s3cret-Basic-pw", "hmac-shared-secret"
+HEADER = "X-ML-Signature"
+
+
+class Broker:
+    """The injected enqueue: records calls, or fails like a broker that is down."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.down = False
+
+    def enqueue(self, name: str, kwargs: dict[str, Any]) -> None:
+        if self.down:
+            raise ConnectionError("broker unreachable")
+        self.calls.append((name, kwargs))
+
+    def check(self) -> None:
+        if self.down:
+            raise ConnectionError("broker unreachable")
+
+
+@pytest.fixture
+def tenants() -> dict[str, str]:
+    return {
+        "basic": unique_tenant("basic"),
+        "hmac": unique_tenant("hmac"),
+        "both": unique_tenant("both"),
+        "small": unique_tenant("small"),
+    }
+
+
+@pytest.fixture
+def runtime(postgres_url, tenants):
+    prepare_database(postgres_url)
+    runtime = make_runtime(
+        postgres_url,
+        {
+            tenants["basic"]: tenant_body(auth="basic"),
+            tenants["hmac"]: tenant_body(auth="hmac"),
+            tenants["both"]: tenant_body(auth="both"),
+            tenants["small"]: tenant_body(auth="basic", max_body_bytes=1000),
+        },
+    )
+    for tenant_id in tenants.values():
+        runtime.vault.set(tenant_id, "webhook", "basic_user", USER)
+        runtime.vault.set(tenant_id, "webhook", "basic_password", PASSWORD)
+        runtime.vault.set(tenant_id, "webhook", "hmac_secret", HMAC_SECRET)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def broker() -> Broker:
+    return Broker()
+
+
+@pytest.fixture
+def app(runtime, broker):
+    return create_app(runtime, broker.enqueue, {"TESTING": True}, check_broker=broker.check)
+
+
+@pytest.fixture
+def server(app):
+    with RunningServer(app) as running:
+        yield running
+
+
+def basic(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+
+def post(server: RunningServer, tenant_id: str, body: bytes, headers: dict[str, str]):
+    return requests.post(
+        f"{server.url}/webhooks/pipedrive/{tenant_id}", data=body, headers=headers, timeout=10
+    )
+
+
+# -- accepted deliveries ------------------------------------------------------------------
+
+
+def test_a_valid_event_is_persisted_and_enqueued_once_when_delivered_three_times(
+    server, runtime, broker, tenants
+):
+    tenant = tenants["basic"]
+    payload = v2_deal_event(101)
+    answers = []
+    for attempt in (1, 2, 3):
+        payload["meta"]["attempt"] = attempt  # Pipedrive's retries differ only in the attempt
+        answers.append(post(server, tenant, encode(payload), basic()))
+
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert answers[0].json()["status"] == "accepted"
+    assert [a.json()["status"] for a in answers[1:]] == ["duplicate", "duplicate"]
+    rows = events_of(runtime, tenant)
+    assert len(rows) == 1
+    assert rows[0].event_id == payload["meta"]["id"]
+    assert rows[0].entity_id == 101 and rows[0].status == ENQUEUED
+    assert broker.calls == [(PUSH_TASK, {"tenant": tenant, "webhook_event_id": rows[0].id})]
+
+
+def test_a_v1_event_without_an_event_id_is_deduplicated_by_its_content(
+    server, runtime, broker, tenants
+):
+    tenant = tenants["basic"]
+    payload = {
+        "v": 1,
+        "event": "updated.deal",
+        "current": {"id": 7, "stage_id": 3, "status": "open"},
+        "previous": {"id": 7, "stage_id": 2, "status": "open"},
+        "retry": 0,
+        "meta": {"v": 1, "action": "updated", "object": "deal", "id": 7, "timestamp": 1767261600},
+    }
+    first = post(server, tenant, encode(payload), basic())
+    payload["retry"] = 1
+    second = post(server, tenant, encode(payload), basic())
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json()["status"] == "duplicate"
+    rows = events_of(runtime, tenant)
+    assert len(rows) == 1 and rows[0].entity_id == 7 and rows[0].action == "change"
+    assert len(broker.calls) == 1
+
+
+def test_an_event_of_another_entity_is_stored_as_ignored_and_not_enqueued(
+    server, runtime, broker, tenants
+):
+    tenant = tenants["basic"]
+    payload = v2_deal_event(5, entity="organization")
+    answer = post(server, tenant, encode(payload), basic())
+
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
+    assert [row.status for row in events_of(runtime, tenant)] == [IGNORED]
+    assert broker.calls == []
+
+
+def test_hmac_signature_with_or_without_prefix_is_accepted(server, runtime, broker, tenants):
+    tenant = tenants["hmac"]
+    first, second = encode(v2_deal_event(1)), encode(v2_deal_event(2))
+    plain = post(server, tenant, first, {HEADER: sign(HMAC_SECRET, first)})
+    prefixed = post(server, tenant, second, {HEADER: "sha256=" + sign(HMAC_SECRET, second)})
+
+    assert (plain.status_code, prefixed.status_code) == (200, 200)
+    assert len(events_of(runtime, tenant)) == 2 and len(broker.calls) == 2
+
+
+def test_mode_both_needs_basic_and_signature(server, runtime, broker, tenants):
+    tenant = tenants["both"]
+    body = encode(v2_deal_event(3))
+    only_basic = post(server, tenant, body, basic())
+    only_signature = post(server, tenant, body, {HEADER: sign(HMAC_SECRET, body)})
+    both = post(server, tenant, body, {**basic(), HEADER: sign(HMAC_SECRET, body)})
+
+    assert (only_basic.status_code, only_signature.status_code, both.status_code) == (
+        401,
+        401,
+        200,
+    )
+    assert len(events_of(runtime, tenant)) == 1 and len(broker.calls) == 1
+
+
+# -- rejections ---------------------------------------------------------------------------
+
+
+def _rejected(runtime, broker, tenant_ids):
+    for tenant_id in tenant_ids:
+        assert events_of(runtime, tenant_id) == []
+    assert broker.calls == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(basic(password="wrong"), id="wrong-password"),
+        pytest.param(basic(user="someone-else"), id="wrong-user"),
+        pytest.param({"Authorization": "Basic !!!notbase64"}, id="garbled"),
+        pytest.param({"Authorization": "Bearer " + PASSWORD}, id="other-scheme"),
+        pytest.param({}, id="no-credentials"),
+    ],
+)
+def test_bad_basic_credentials_are_401_and_nothing_is_stored(
+    server, runtime, broker, tenants, headers
+):
+    answer = post(server, tenants["basic"], encode(v2_deal_event(1)), headers)
+
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "unauthorized"}
+    _rejected(runtime, broker, [tenants["basic"]])
+
+
+def test_unknown_tenant_gets_the_same_401_as_bad_credentials(server, runtime, broker, tenants):
+    unknown = post(server, "no-such-tenant", encode(v2_deal_event(1)), basic())
+    wrong = post(server, tenants["basic"], encode(v2_deal_event(1)), basic(password="x"))
+
+    assert unknown.status_code == wrong.status_code == 401
+    assert unknown.content == wrong.content
+    _rejected(runtime, broker, [tenants["basic"], "no-such-tenant"])
+
+
+def test_tampered_body_and_bad_signatures_are_401(server, runtime, broker, tenants):
+    tenant = tenants["hmac"]
+    body = encode(v2_deal_event(1, stage_id=2))
+    signature = sign(HMAC_SECRET, body)
+    tampered = body.replace(b'"stage_id":2', b'"stage_id":9')
+    answers = [
+        post(server, tenant, tampered, {HEADER: signature}),
+        post(server, tenant, body, {HEADER: sign("another-secret", body)}),
+        post(server, tenant, body, {HEADER: "sha256=" + "0" * 64}),
+        post(server, tenant, body, {HEADER: "not hex at all"}),
+        post(server, tenant, body, {}),
+    ]
+
+    assert tampered != body
+    assert [a.status_code for a in answers] == [401] * 5
+    _rejected(runtime, broker, [tenant])
+
+
+def test_a_10_mb_body_is_413_and_nothing_is_stored(app, runtime, broker, tenants):
+    client = app.test_client()
+    body = b'{"meta": {}, "pad": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+    answer = client.post(f"/webhooks/pipedrive/{tenants['basic']}", data=body, headers=basic())
+
+    assert answer.status_code == 413
+    _rejected(runtime, broker, [tenants["basic"]])
+
+
+def test_a_chunked_body_over_the_tenant_limit_is_413(server, runtime, broker, tenants):
+    payload = v2_deal_event(1)
+    payload["data"]["title"] = "x" * 3000  # the "small" tenant allows 1000 bytes
+
+    def chunks():  # a generator makes requests send Transfer-Encoding: chunked
+        yield encode(payload)
+
+    answer = requests.post(
+        f"{server.url}/webhooks/pipedrive/{tenants['small']}",
+        data=chunks(),
+        headers=basic(),
+        timeout=10,
+    )
+
+    assert answer.status_code == 413
+    _rejected(runtime, broker, [tenants["small"]])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"meta": {"action": "change",', id="broken-json"),
+        pytest.param(b"\xff\xfe not utf-8", id="not-utf8"),
+        pytest.param(b"[1, 2, 3]", id="array"),
+        pytest.param(b'{"data": {"id": 1}}', id="no-meta"),
+        pytest.param(b'{"meta": {"action": "change"}, "data": {"id": 1}}', id="no-entity"),
+        pytest.param(
+            b'{"meta": {"action": "explode", "entity": "deal"}, "data": {"id": 1}}',
+            id="unknown-action",
+        ),
+    ],
+)
+def test_malformed_payloads_are_400_and_nothing_is_stored(server, runtime, broker, tenants, body):
+    answer = post(server, tenants["basic"], body, basic())
+
+    assert answer.status_code == 400
+    _rejected(runtime, broker, [tenants["basic"]])
+
+
+def test_rejections_are_logged_without_credentials(server, runtime, broker, tenants, caplog):
+    caplog.set_level(logging.INFO, logger="webhook_receiver")
+    post(server, tenants["basic"], encode(v2_deal_event(1)), basic(password="guess-" + PASSWORD))
+    body = encode(v2_deal_event(1))
+    post(server, tenants["hmac"], body, {HEADER: sign(HMAC_SECRET, body + b" ")})
+
+    rejections = [r for r in caplog.records if r.name == "webhook_receiver"]
+    assert len(rejections) == 2
+    text = caplog.text
+    assert "bad_auth" in text and "bad_signature" in text
+    for secret in (PASSWORD, HMAC_SECRET, "Basic ", sign(HMAC_SECRET, body + b" ")):
+        assert secret not in text
+
+
+def test_rejections_are_counted_in_the_metrics(server, tenants):
+    def rejected(reason: str) -> float:
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith("mlc_webhook_rejections_total") and f'reason="{reason}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = rejected("bad_auth")
+    post(server, tenants["basic"], encode(v2_deal_event(1)), basic(password="nope"))
+
+    assert rejected("bad_auth") == before + 1
+
+
+# -- availability -------------------------------------------------------------------------
+
+
+def test_enqueue_failure_is_503_and_the_redelivery_enqueues(server, runtime, broker, tenants):
+    tenant = tenants["basic"]
+    body = encode(v2_deal_event(42))
+    broker.down = True
+    first = post(server, tenant, body, basic())
+
+    assert first.status_code == 503
+    assert [row.status for row in events_of(runtime, tenant)] == [RECEIVED]
+    assert broker.calls == []
+
+    broker.down = False
+    second = post(server, tenant, body, basic())
+    third = post(server, tenant, body, basic())
+
+    assert (second.status_code, third.status_code) == (200, 200)
+    assert third.json()["status"] == "duplicate"
+    rows = events_of(runtime, tenant)
+    assert [row.status for row in rows] == [ENQUEUED]
+    assert broker.calls == [(PUSH_TASK, {"tenant": tenant, "webhook_event_id": rows[0].id})]
+
+
+def test_database_down_is_503_and_nothing_is_enqueued(broker):
+    tenant = unique_tenant()
+    runtime = make_runtime(
+        "postgresql+psycopg2://postgres@127.0.0.1:9/none?connect_timeout=2",
+        {tenant: tenant_body(auth="basic")},
+    )
+    client = create_app(runtime, broker.enqueue, check_broker=broker.check).test_client()
+
+    answer = client.post(
+        f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(1)), headers=basic()
+    )
+    ready = client.get("/readyz")
+
+    assert answer.status_code == 503
+    assert broker.calls == []
+    assert ready.status_code == 503
+    assert ready.get_json()["database"] == "unavailable" and ready.get_json()["broker"] == "ok"
+
+
+def test_health_and_readiness(server, broker):
+    assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    ready = requests.get(f"{server.url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "database": "ok", "broker": "ok"}
+
+    broker.down = True
+    not_ready = requests.get(f"{server.url}/readyz", timeout=10)
+    assert not_ready.status_code == 503
+    assert not_ready.json()["broker"] == "unavailable"
+    assert not_ready.json()["database"] == "ok"

@@ -1,0 +1,340 @@
+"""The Flask application factory of the webhook receiver: webhook, health and metrics routes.
+
+A delivery is authenticated, size-checked, parsed, persisted (the unique (tenant, event_id)
+key drops duplicates), committed, and only then enqueued; the answer comes fast. Anything
+that would lose an accepted event (database or broker down) answers 503 so Pipedrive retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from connector.errors import ConfigError, MissingCredentialError, VaultError
+from connector.runtime import Runtime
+from connector.settings import get_settings
+from connector.stage_push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
+from connector.storage.models import WebhookEvent
+from connector.tenants import TenantConfig, WebhookConfig
+from connector.webhooks.auth import verify_basic, verify_hmac
+from connector.webhooks.events import PayloadError, WebhookEventData, parse_payload
+
+log = logging.getLogger("webhook_receiver")
+
+Enqueue = Callable[[str, dict[str, Any]], None]
+CheckBroker = Callable[[], None]  # returns when the broker answers, raises when it does not
+
+EXTENSION = "ml_connector_receiver"
+UNAUTHORIZED_BODY = {"error": "unauthorized"}  # one body for every 401: no hint what failed
+READ_CHUNK = 64 * 1024
+
+
+def celery_enqueue(name: str, kwargs: dict[str, Any]) -> None:
+    """Send a task through the workers' Celery app (imported late: receiver starts without it)."""
+    from workers.app import celery_app
+
+    celery_app.send_task(name, kwargs=kwargs)
+
+
+def celery_broker_check() -> None:
+    """Connect to the Celery broker once; raises when it cannot be reached."""
+    from workers.app import celery_app
+
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+
+
+@dataclass
+class ReceiverContext:
+    """What the views need, kept on the app (not in module globals)."""
+
+    runtime: Runtime
+    enqueue: Enqueue
+    check_broker: CheckBroker
+
+
+class Rejection(Exception):
+    """A delivery refused before anything was stored."""
+
+    def __init__(self, status: int, reason: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.body = body or {"error": reason}
+
+
+def create_app(
+    runtime: Runtime | None = None,
+    enqueue: Enqueue | None = None,
+    config: dict[str, Any] | None = None,
+    *,
+    check_broker: CheckBroker | None = None,
+) -> Flask:
+    """Build the receiver; the defaults read CONNECTOR_* settings and send through Celery."""
+    app = Flask("webhook_receiver")
+    runtime = runtime if runtime is not None else Runtime(get_settings())
+    app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
+    if config:
+        app.config.update(config)
+    app.extensions[EXTENSION] = ReceiverContext(
+        runtime=runtime,
+        enqueue=enqueue if enqueue is not None else celery_enqueue,
+        check_broker=check_broker if check_broker is not None else celery_broker_check,
+    )
+    app.register_blueprint(webhooks)
+    app.register_blueprint(health)
+    return app
+
+
+def _largest_body_limit(runtime: Runtime) -> int:
+    # A process-wide cap in front of the per-tenant one, so no request is read unbounded.
+    try:
+        limits = [tenant.webhook.max_body_bytes for tenant in runtime.tenants.values()]
+    except ConfigError as error:
+        log.error("tenants file unreadable at start-up: %s", error)
+        limits = []
+    return max(limits, default=WebhookConfig().max_body_bytes)
+
+
+def _context() -> ReceiverContext:
+    context: ReceiverContext = current_app.extensions[EXTENSION]
+    return context
+
+
+def _count(tenant: str, result: str, reason: str | None = None) -> None:
+    try:
+        from connector import metrics
+    except ImportError:  # metrics are optional for the receiver to run
+        return
+    try:
+        metrics.count_webhook(tenant, result, reason)
+    except Exception:  # a broken counter must never fail a delivery
+        log.exception("could not count webhook %s/%s", result, reason)
+
+
+# -- webhooks -----------------------------------------------------------------------------
+
+webhooks = Blueprint("webhooks", __name__)
+
+
+@webhooks.post("/webhooks/pipedrive/<tenant_id>")
+def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
+    context = _context()
+    label = tenant_id
+    try:
+        try:
+            tenant = context.runtime.tenant(tenant_id)
+        except ConfigError:
+            label = "unknown"  # attacker-chosen names must not become metric labels
+            raise Rejection(401, "unknown_tenant", UNAUTHORIZED_BODY) from None
+        body = _authenticated_body(context.runtime, tenant)
+        payload, event = _parse(body)
+    except Rejection as rejection:
+        log.warning(
+            "webhook rejected: tenant=%s reason=%s status=%s remote=%s",
+            label,
+            rejection.reason,
+            rejection.status,
+            request.remote_addr,
+        )
+        _count(label, "rejected", rejection.reason)
+        return jsonify(rejection.body), rejection.status
+    return _accept(context, tenant, payload, event)
+
+
+def _authenticated_body(runtime: Runtime, tenant: TenantConfig) -> bytes:
+    """The raw body once size and credentials check out; Rejection otherwise."""
+    settings = tenant.webhook
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise Rejection(413, "too_large")
+    try:
+        if settings.auth in ("basic", "both"):
+            user = runtime.vault.get(tenant.id, "webhook", "basic_user")
+            password = runtime.vault.get(tenant.id, "webhook", "basic_password")
+            # Basic needs no body: a wrong password is refused before anything is read.
+            if not verify_basic(request.headers.get("Authorization"), user, password):
+                raise Rejection(401, "bad_auth", UNAUTHORIZED_BODY)
+        body = _read_body(limit)
+        if settings.auth in ("hmac", "both"):
+            secret = runtime.vault.get(tenant.id, "webhook", "hmac_secret")
+            if not verify_hmac(request.headers.get(settings.hmac_header), body, secret):
+                raise Rejection(401, "bad_signature", UNAUTHORIZED_BODY)
+    except MissingCredentialError as error:
+        log.error("tenant %s: webhook credential missing: %s", tenant.id, error.name)
+        raise Rejection(401, "bad_auth", UNAUTHORIZED_BODY) from None
+    except (VaultError, SQLAlchemyError) as error:
+        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, type(error).__name__)
+        raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
+    return body
+
+
+def _read_body(limit: int) -> bytes:
+    """Read at most `limit` bytes (chunked bodies have no Content-Length to check up front)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = request.stream.read(min(READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise Rejection(413, "too_large")
+    except RequestEntityTooLarge:
+        raise Rejection(413, "too_large") from None
+    return b"".join(chunks)
+
+
+def _parse(body: bytes) -> tuple[dict[str, Any], WebhookEventData]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejection(400, "bad_payload", {"error": "body is not valid JSON"}) from None
+    try:
+        return payload, parse_payload(payload)
+    except PayloadError as error:
+        raise Rejection(400, "bad_payload", {"error": str(error)}) from None
+
+
+def _accept(
+    context: ReceiverContext,
+    tenant: TenantConfig,
+    payload: dict[str, Any],
+    event: WebhookEventData,
+) -> tuple[Response, int]:
+    """Persist, commit, then enqueue; a duplicate is enqueued only if it never was."""
+    try:
+        row_id, status, created = _persist(context.runtime, tenant.id, payload, event)
+    except SQLAlchemyError as error:
+        log.error("tenant %s: cannot store webhook event: %s", tenant.id, type(error).__name__)
+        _count(tenant.id, "rejected", "unavailable")
+        return jsonify({"error": "unavailable"}), 503
+    if status == IGNORED:
+        _count(tenant.id, "accepted" if created else "duplicate")
+        return jsonify({"status": "ignored" if created else "duplicate"}), 200
+    if status != RECEIVED:
+        _count(tenant.id, "duplicate")
+        return jsonify({"status": "duplicate"}), 200
+    try:
+        context.enqueue(PUSH_TASK, {"tenant": tenant.id, "webhook_event_id": row_id})
+    except Exception as error:
+        # The row stays "received": Pipedrive's retry of this 503 enqueues it then.
+        log.error(
+            "tenant %s: cannot enqueue webhook event %s: %s",
+            tenant.id,
+            row_id,
+            type(error).__name__,
+        )
+        _count(tenant.id, "rejected", "unavailable")
+        return jsonify({"error": "unavailable"}), 503
+    _mark_enqueued(context.runtime, row_id)
+    _count(tenant.id, "accepted" if created else "duplicate")
+    return jsonify({"status": "accepted", "event_id": event.event_id}), 200
+
+
+def _persist(
+    runtime: Runtime, tenant_id: str, payload: dict[str, Any], event: WebhookEventData
+) -> tuple[int, str, bool]:
+    """(row id, status, created) of the event's row; the unique key decides who inserted it."""
+    try:
+        with runtime.database.session() as session:
+            row = WebhookEvent(
+                tenant=tenant_id,
+                event_id=event.event_id,
+                entity=event.entity[:32],
+                entity_id=event.entity_id,
+                action=event.action,
+                change_source=(event.change_source or "")[:16] or None,
+                user_id=event.user_id,
+                event_time=event.timestamp,
+                payload=payload,
+                status=RECEIVED if event.is_deal else IGNORED,
+                detail=None if event.is_deal else f"{event.entity} events are not synchronised",
+            )
+            session.add(row)
+            session.flush()
+            return row.id, row.status, True
+    except IntegrityError:
+        pass
+    with runtime.database.session() as session:
+        existing = session.execute(
+            select(WebhookEvent.id, WebhookEvent.status).where(
+                WebhookEvent.tenant == tenant_id, WebhookEvent.event_id == event.event_id
+            )
+        ).one()
+        return existing.id, existing.status, False
+
+
+def _mark_enqueued(runtime: Runtime, row_id: int) -> None:
+    # Only from "received": the worker may already have finished the event.
+    try:
+        with runtime.database.session() as session:
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == row_id, WebhookEvent.status == RECEIVED)
+                .values(status=ENQUEUED)
+            )
+    except SQLAlchemyError as error:
+        # Enqueued all the same; a redelivery would enqueue again, which the task tolerates.
+        log.warning("webhook event %s enqueued but not marked: %s", row_id, type(error).__name__)
+
+
+# -- health and metrics -------------------------------------------------------------------
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Liveness: the process answers (no I/O)."""
+    return jsonify({"status": "ok"}), 200
+
+
+@health.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Readiness: the database answers SELECT 1 and the broker answers a connection."""
+    context = _context()
+    checks: dict[str, str] = {}
+    try:
+        with context.runtime.database.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as error:
+        log.warning("readiness: database unavailable: %s", type(error).__name__)
+        checks["database"] = "unavailable"
+    try:
+        context.check_broker()
+        checks["broker"] = "ok"
+    except Exception as error:
+        log.warning("readiness: broker unavailable: %s", type(error).__name__)
+        checks["broker"] = "unavailable"
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify({"status": "ready" if ready else "not ready", **checks}), 200 if ready else 503
+
+
+@health.get("/metrics")
+def metrics_endpoint() -> Response:
+    """Prometheus exposition of this process (all processes in multi-process mode)."""
+    try:
+        from connector.metrics import render_latest
+    except ImportError:
+        return Response("metrics unavailable\n", status=404, mimetype="text/plain")
+    body, content_type = render_latest()
+    return Response(body, status=200, headers={"Content-Type": content_type})
+
+
+@webhooks.app_errorhandler(RequestEntityTooLarge)
+def too_large(_error: RequestEntityTooLarge) -> tuple[Response, int]:
+    """The process-wide MAX_CONTENT_LENGTH tripped before a view read the body."""
+    _count("unknown", "rejected", "too_large")
+    return jsonify({"error": "too_large"}), 413

@@ -1,0 +1,1 @@
+"""Celery workers: the app, task wrappers around connector operations, and the beat schedule."""

@@ -1,0 +1,54 @@
+"""The Celery application, configured from settings in one place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from connector.errors import ConfigError
+from connector.settings import Settings, get_settings
+from workers.schedule import build_beat_schedule
+
+log = logging.getLogger(__name__)
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("ml_connector", broker=settings.effective_broker_url, include=["workers.tasks"])
+    app.conf.update(
+        # At-least-once: a task is acknowledged only after it ran, and a task whose worker
+        # died is redelivered. Every task is idempotent, so a second run is harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.queue,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+celery_app = create_celery_app()
+
+
+@celery_app.on_after_configure.connect
+def _install_beat_schedule(sender: Celery, **_: Any) -> None:
+    # Beat reads its schedule from the tenants file; a worker without one still runs tasks.
+    try:
+        from connector.tenants import load_tenants
+
+        tenants = load_tenants(get_settings().tenants_file)
+    except ConfigError as error:
+        log.warning("no beat schedule: %s", error)
+        return
+    sender.conf.beat_schedule = build_beat_schedule(tenants.values())

@@ -1,0 +1,33 @@
+"""A worker inside the current process, for the embedded setup (no broker, no Redis).
+
+`ml-connector demo` and `ml-connector sync` without CONNECTOR_BROKER_URL use it: the
+Celery app runs on its in-memory transport and this worker's threads consume it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from celery.contrib.testing.worker import start_worker
+
+from workers.app import celery_app
+
+
+def is_embedded() -> bool:
+    return str(celery_app.conf.broker_url).startswith("memory://")
+
+
+@contextmanager
+def embedded_worker(concurrency: int = 4) -> Iterator[None]:
+    """Run a thread-pool worker on the app's in-memory broker for the duration of the block."""
+    with start_worker(
+        celery_app,
+        pool="threads",
+        concurrency=concurrency,
+        perform_ping_check=False,
+        queues=[celery_app.conf.task_default_queue],
+        loglevel="WARNING",
+        shutdown_timeout=30.0,
+    ):
+        yield
