@@ -145,6 +145,14 @@ class _Retryable(Exception):
         self.minimum_wait = minimum_wait
 
 
+class _Unauthorized(Exception):
+    """The remote refused the credentials; the 401 hook may refresh them once."""
+
+    def __init__(self, error: RemoteError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class RemoteSession:
     """A requests session to one remote system with the project's single retry policy.
 
@@ -188,9 +196,21 @@ class RemoteSession:
         return f"{self.base_url}/{path.lstrip('/')}"
 
     def request(
-        self, method: str, path: str, *, bucket: str = "default", cost: int = 1, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        bucket: str = "default",
+        cost: int = 1,
+        idempotent: bool = True,
+        **kwargs: Any,
     ) -> requests.Response:
-        """Send one logical request (with retries); return the 2xx/3xx response or raise."""
+        """Send one logical request (with retries); return the 2xx/3xx response or raise.
+
+        A non-idempotent request (a create) is retried only on 429, which guarantees it
+        was not processed; after a 5xx or a transport error its effect is unknown, so the
+        retryable error goes to the caller, which must look before it creates again.
+        """
         url = self.url_for(path)
         kwargs.setdefault("timeout", self.timeout_s)
         delays = self.policy.delays()
@@ -209,6 +229,8 @@ class RemoteSession:
                 tries -= 1
                 continue
             except _Retryable as failure:
+                if not idempotent and failure.error.status != 429:
+                    raise failure.error from None
                 elapsed = time.monotonic() - started
                 delay = next(delays)
                 if failure.minimum_wait is not None:
@@ -284,12 +306,6 @@ class RemoteSession:
 
     def close(self) -> None:
         self.session.close()
-
-
-class _Unauthorized(Exception):
-    def __init__(self, error: RemoteError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 def json_body(response: requests.Response, system: str) -> Any:

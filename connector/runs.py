@@ -27,11 +27,14 @@ class RunSummary:
     requests: Counter[str] = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
     unchanged_by_task: int = 0  # queued, but the task found nothing to write
+    plans_failed: int = 0  # entities whose plan failed (counted in `failed` too)
 
     @property
     def done(self) -> int:
         """Queued records whose newest attempt is final."""
-        return self.created + self.updated + self.unchanged_by_task + self.failed
+        return (
+            self.created + self.updated + self.unchanged_by_task + self.failed - self.plans_failed
+        )
 
     def finished(self, expected_entities: int) -> bool:
         return self.planned_entities >= expected_entities and self.done >= self.queued
@@ -61,30 +64,46 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
             )
         )
     newest: dict[tuple[str, str], AuditRecord] = {}
+    # A record can be written by more than one task in a run (an order syncs its new
+    # customer first; the customer's own task then finds it done): report what was done.
+    wrote: dict[tuple[str, str], str] = {}
+    planned = {row.entity for row in rows if row.record_key == "*" and row.operation == "plan"}
     for row in rows:
         requests = (row.response_summary or {}).get("requests") or {}
         summary.requests.update({k: int(v) for k, v in requests.items()})
         if row.record_key == "*" and row.operation == "plan":
+            if row.status not in FINAL_STATUSES:
+                continue  # a plan that will be retried
             summary.planned_entities += 1
             plan = row.response_summary or {}
             summary.read += int(plan.get("read", 0))
             summary.queued += int(plan.get("queued", 0))
             summary.unchanged += int(plan.get("unchanged", 0))
             if row.status == "failed":
-                summary.failures.append({"entity": row.entity, "key": "*", "error": row.error})
+                summary.failed += 1
+                summary.plans_failed += 1
+                summary.failures.append(
+                    {"audit_id": row.id, "entity": row.entity, "key": "*", "error": row.error}
+                )
             continue
         newest[(row.entity, row.record_key)] = row
+        if (
+            row.status == "succeeded"
+            and row.operation in ("create", "update")
+            and wrote.get((row.entity, row.record_key)) != "create"
+        ):
+            wrote[(row.entity, row.record_key)] = row.operation
     for (entity, key), row in newest.items():
-        if row.status not in FINAL_STATUSES:
+        if row.status not in FINAL_STATUSES or entity not in planned:
             continue
         if row.status == "failed":
             summary.failed += 1
             summary.failures.append(
                 {"audit_id": row.id, "entity": entity, "key": key, "error": row.error}
             )
-        elif row.operation == "create":
+        elif wrote.get((entity, key)) == "create":
             summary.created += 1
-        elif row.operation == "update":
+        elif wrote.get((entity, key)) == "update":
             summary.updated += 1
         else:
             summary.unchanged_by_task += 1

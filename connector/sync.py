@@ -308,7 +308,8 @@ class TenantSync:
         if spec.entity == CUSTOMER:
             payload = map_customer(self.tenant, data, layout)
         else:
-            payload = map_order(self.tenant, data, layout, self._organization_for(data, dry_run))
+            organization = self._organization_for(data, dry_run, audit.correlation_id)
+            payload = map_order(self.tenant, data, layout, organization)
         digest = content_hash(payload)
         entry = self.idmap.get(tenant, spec.entity, key)
         pipedrive_id = entry.pipedrive_id if entry else None
@@ -363,7 +364,7 @@ class TenantSync:
             return self.ifs.get_customer(key)
         return self.ifs.get_order(key)
 
-    def _organization_for(self, order: dict[str, Any], dry_run: bool) -> int:
+    def _organization_for(self, order: dict[str, Any], dry_run: bool, run_id: str | None) -> int:
         """The organization id of the order's customer, syncing the customer first if new."""
         customer_no = order.get(self.tenant.order_mapping.customer_no)
         if not customer_no:
@@ -377,7 +378,7 @@ class TenantSync:
             return entry.pipedrive_id
         if dry_run:
             return 0
-        result = self.sync_record(CUSTOMER, str(customer_no), final_attempt=False)
+        result = self.sync_record(CUSTOMER, str(customer_no), final_attempt=False, run_id=run_id)
         entry = self.idmap.get(self.tenant.id, CUSTOMER, str(customer_no))
         if result.outcome is Outcome.FAILED or entry is None or entry.pipedrive_id is None:
             raise RecordError(f"customer {customer_no} could not be synced first (see its audit)")

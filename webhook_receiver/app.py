@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -79,7 +80,8 @@ def create_app(
     check_broker: CheckBroker | None = None,
 ) -> Flask:
     """Build the receiver; the defaults read CONNECTOR_* settings and send through Celery."""
-    app = Flask("webhook_receiver")
+    # An explicit root path: editable installs give the package no file location.
+    app = Flask(__name__, root_path=str(Path(__file__).parent))
     runtime = runtime if runtime is not None else Runtime(get_settings())
     app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
     if config:

@@ -16,10 +16,10 @@ from celery import Task
 from sqlalchemy import func, select
 
 from connector.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, RemoteError
 from connector.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord
-from connector.sync import ENTITIES, TransientError, plan_audit
+from connector.sync import ENTITIES, RETRYING, TransientError, plan_audit
 from workers.app import celery_app
 from workers.runtime import get_runtime, tenant_sync
 
@@ -49,6 +49,15 @@ def _unknown_tenant_row(tenant: str, entity: str, key: str, error: ConnectorErro
     )
 
 
+def _is_transient(error: ConnectorError) -> bool:
+    from connector.coordination import LockTimeout
+    from connector.ratelimit import RateLimited
+
+    if isinstance(error, RemoteError):
+        return error.retryable
+    return isinstance(error, RateLimited | LockTimeout | TransientError)
+
+
 @celery_app.task(name="ml_connector.plan_sync", bind=True, max_retries=MAX_RETRIES)
 def plan_sync(
     self: Task,
@@ -58,15 +67,19 @@ def plan_sync(
     run_id: str | None = None,
     replay_of: int | None = None,
 ) -> dict[str, Any]:
-    """Read IFS in pages and queue one task per record that needs work."""
-    entities = ENTITIES if entity == "all" else (entity,)
+    """Read IFS in pages and queue one task per record that needs work.
+
+    `entity` is customer, order, all, or a comma list (what a retry has still to plan).
+    """
+    entities = list(ENTITIES if entity == "all" else entity.split(","))
     summary: dict[str, Any] = {}
     try:
         sync = tenant_sync(tenant)
     except ConnectorError as error:
         _unknown_tenant_row(tenant, "plan", "*", error)
         return {"error": str(error)}
-    for name in entities:
+    retries = self.request.retries or 0
+    for position, name in enumerate(entities):
         try:
             plan = sync.plan(name, full=full, run_id=run_id)
         except ConnectorError as error:
@@ -79,9 +92,22 @@ def plan_sync(
                 status=FAILED,
                 error=str(error),
                 correlation_id=run_id,
+                attempt=retries + 1,
                 replay_task="ml_connector.plan_sync",
                 replay_args={"tenant": tenant, "entity": name, "full": full},
             )
+            if _is_transient(error) and retries < MAX_RETRIES:
+                attempt.status = RETRYING
+                sync.audit.write(attempt)
+                raise self.retry(
+                    kwargs={
+                        "tenant": tenant,
+                        "entity": ",".join(entities[position:]),
+                        "full": full,
+                        "run_id": run_id,
+                    },
+                    countdown=_countdown(retries, getattr(error, "retry_after", None)),
+                ) from error
             sync.audit.write(attempt)
             summary[name] = {"error": str(error)}
             continue

@@ -11,5 +11,6 @@ from cli.commands.keys import keys
 from cli.commands.simulate import simulate
 from cli.commands.sync import sync
 from cli.commands.tenant import tenant
+from cli.commands.webhooks import webhooks
 
-ALL: list[click.Command] = [sync, audit, replay, tenant, credentials, keys, db, simulate]
+ALL: list[click.Command] = [sync, audit, replay, tenant, credentials, keys, db, webhooks, simulate]

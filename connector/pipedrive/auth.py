@@ -216,8 +216,9 @@ class OAuth2Auth(AuthBase):
     @property
     def api_domain(self) -> str | None:
         """The company domain the token endpoint named (None before the first grant)."""
-        tokens = self._tokens or read_tokens(self.vault, self.tenant_id)
-        return tokens.api_domain if tokens else None
+        if self._tokens is not None and self._tokens.api_domain:
+            return self._tokens.api_domain
+        return _optional(self.vault, self.tenant_id, API_DOMAIN)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self.access_token()}"

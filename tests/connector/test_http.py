@@ -225,7 +225,12 @@ def test_second_401_after_refresh_is_raised(remote):
     app.add(401)
     app.add(401, {"error": {"code": "UNAUTHORIZED", "message": "still bad"}})
     refreshes: list[int] = []
-    session, _ = make_session(url, on_unauthorized=lambda: refreshes.append(1) or True)
+
+    def refresh() -> bool:
+        refreshes.append(1)
+        return True
+
+    session, _ = make_session(url, on_unauthorized=refresh)
     with pytest.raises(RemoteError, match="still bad") as raised:
         session.request("GET", "/x")
     assert raised.value.status == 401 and refreshes == [1] and session.requests_sent == 2

@@ -1,4 +1,4 @@
-"""The receiver over real HTTP: authentication, size limits, dedupe, persist-then-enqueue, health."""
+"""The receiver over real HTTP: authentication, size limits, dedupe, enqueueing, health."""
 
 from __future__ import annotations
 
@@ -84,10 +84,28 @@ def app(runtime, broker):
     return create_app(runtime, broker.enqueue, {"TESTING": True}, check_broker=broker.check)
 
 
+class Switch:
+    """A WSGI app that forwards to the current test's receiver (one server per module)."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.target(environ, start_response)
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    switch = Switch()
+    with RunningServer(switch) as running:
+        yield running, switch
+
+
 @pytest.fixture
-def server(app):
-    with RunningServer(app) as running:
-        yield running
+def server(app, shared_server):
+    running, switch = shared_server
+    switch.target = app
+    return running
 
 
 def basic(user: str = USER, password: str = PASSWORD) -> dict[str, str]:

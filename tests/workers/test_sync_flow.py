@@ -83,3 +83,119 @@ def test_small_sync_maps_every_field_and_resync_writes_nothing(stack_factory) ->
     again = _sync(stack)
     assert again["created"] == 0 and again["updated"] == 0 and again["failed"] == 0, again
     assert _writes(stack) == writes_before
+
+
+def test_500_customers_2000_orders_sync_once_and_only_changed_deals_are_patched(
+    stack_factory,
+) -> None:
+    stack = stack_factory()
+    stack.ifs.seed(customers=500, orders=2000, seed=11)
+    stack.start_workers(count=2, concurrency=2)
+
+    summary = _sync(stack)
+    assert summary["created"] == 2500 and summary["failed"] == 0, summary
+    _check_exactly_one(stack, 500, 2000)
+
+    writes_before = _writes(stack)
+    again = _sync(stack)
+    assert again["created"] == again["updated"] == again["failed"] == 0, again
+    assert _writes(stack) == writes_before, "an unchanged re-sync wrote to Pipedrive"
+
+    changed = stack.ifs.keys(customer_order())[100:110]
+    for number, order_no in enumerate(changed):
+        stack.ifs.edit_order(order_no, Cf_Cost_Center=f"CC-NEW-{number}")
+    patched_before = stack.pipedrive.stats()["writes"]["deal"].get("PATCH", 0)
+    third = _sync(stack)
+    assert third["updated"] == 10 and third["created"] == 0 and third["failed"] == 0, third
+    assert stack.pipedrive.stats()["writes"]["deal"].get("PATCH", 0) - patched_before == 10
+    keys = _field_keys(stack)
+    idmap = IdMap(stack.runtime.database)
+    for number, order_no in enumerate(changed):
+        entry = idmap.get(stack.tenant, "order", order_no)
+        assert entry is not None and entry.pipedrive_id is not None
+        deal = stack.pipedrive.get("deal", entry.pipedrive_id)
+        assert deal["custom_fields"][keys.deal["cost_center"]] == f"CC-NEW-{number}"
+
+
+def test_sync_survives_429s_and_5xx_without_loss_or_duplicates(stack_factory) -> None:
+    stack = stack_factory(tenant_overrides={"pipedrive": {"burst_limit": 40}})
+    stack.ifs.seed(customers=40, orders=160, seed=5)
+    stack.pipedrive.set_faults(
+        {"error_rate": 0.05, "error_after_write_rate": 0.03, "force_429_rate": 0.05, "seed": 3}
+    )
+    stack.start_workers(count=2, concurrency=2)
+
+    summary = _sync(stack)
+    assert summary["failed"] == 0, summary
+    _check_exactly_one(stack, 40, 160)
+    stats = stack.pipedrive.stats()
+    assert stats["rate_limited_429"] > 0 and stats["injected_errors_500"] > 0
+
+
+def test_limiter_keeps_requests_within_the_plan_burst(stack_factory) -> None:
+    # The simulator enforces the same plan the tenant declares: any 429 it answers means
+    # the shared limiter let too many requests through across the two worker processes.
+    stack = stack_factory(
+        tenant_overrides={"pipedrive": {"burst_limit": 30}},
+        pipedrive_settings={"api_token_burst": 30},
+    )
+    stack.ifs.seed(customers=30, orders=150, seed=9)
+    stack.start_workers(count=2, concurrency=2)
+    summary = _sync(stack)
+    assert summary["failed"] == 0 and summary["created"] == 180, summary
+    assert stack.pipedrive.stats()["rate_limited_429"] == 0
+
+
+def test_permanent_failure_is_listed_and_replay_succeeds_after_the_fix(stack_factory) -> None:
+    stack = stack_factory()
+    stack.ifs.seed(customers=3, orders=6, seed=1)
+    bad = stack.ifs.keys(customer_order())[0]
+    stack.ifs.edit_order(bad, CurrencyCode="EURO")  # Pipedrive answers 400 for this
+    stack.start_workers(count=1, concurrency=2)
+
+    summary = _sync(stack)
+    assert summary["failed"] == 1 and summary["created"] == 8, summary
+    listed = stack.cli("audit", "list", "--tenant", stack.tenant, "--status", "failed", "--json")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [row["record_key"] for row in rows] == [bad]
+    assert "HTTP 400" in rows[0]["error"] and "Currency" in rows[0]["error"]
+
+    stack.ifs.edit_order(bad, CurrencyCode="EUR")
+    replayed = stack.cli("replay", str(rows[0]["id"]), "--wait")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "succeeded" in replayed.stdout, replayed.stdout
+    assert len(stack.pipedrive.all_records("deal")) == 6
+    after = stack.cli("audit", "list", "--tenant", stack.tenant, "--status", "failed", "--json")
+    assert after.stdout.strip() == ""
+
+
+def test_bad_records_unknown_tenant_and_revoked_token_fail_with_reasons(stack_factory) -> None:
+    from celery import Celery
+
+    stack = stack_factory()
+    stack.ifs.seed(customers=2, orders=4, seed=2)
+    stack.ifs.insert_order({"OrderNo": "C1999999999"}, omit=["CurrencyCode"])
+    stack.start_workers(count=1, concurrency=2)
+
+    summary = _sync(stack)
+    assert summary["created"] == 6 and summary["failed"] == 1, summary
+    (failure,) = summary["failures"]
+    assert failure["key"] == "C1999999999" and "CurrencyCode" in failure["error"]
+
+    sender = Celery(broker=stack.env["CONNECTOR_BROKER_URL"])
+    sender.send_task(
+        "ml_connector.sync_order",
+        kwargs={"tenant": "no-such-tenant", "key": "C1"},
+        queue=stack.env["CONNECTOR_QUEUE"],
+    )
+    from connector.audit import AuditLog
+    from tests.fixtures.stack import wait_until
+
+    rows = wait_until(lambda: AuditLog(stack.runtime.database).list(tenant="no-such-tenant"), 60)
+    assert rows and rows[0].status == "failed" and "unknown tenant" in (rows[0].error or "")
+
+    stack.pipedrive.revoke_api_token(stack.pipedrive.settings.api_tokens[0])
+    stack.ifs.edit_order(stack.ifs.keys(customer_order())[0], Cf_Cost_Center="CC-X")
+    revoked = _sync(stack)
+    assert revoked["failed"] >= 1
+    assert any("401" in (f["error"] or "") for f in revoked["failures"]), revoked

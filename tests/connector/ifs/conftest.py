@@ -29,12 +29,13 @@ def make_ifs_client(ifs_sim: IfsSimHandle, waits: Waits) -> Iterator[Callable[..
     clients: list[IfsClient] = []
 
     def make(**overrides: Any) -> IfsClient:
-        config = IfsConfig(
-            base_url=ifs_sim.url,
-            namespace=ifs_sim.namespace,
-            client_id=ifs_sim.client_id,
+        fields = {
+            "base_url": ifs_sim.url,
+            "namespace": ifs_sim.namespace,
+            "client_id": ifs_sim.client_id,
             **overrides.pop("config", {}),
-        )
+        }
+        config = IfsConfig(**fields)
         options: dict[str, Any] = {"tenant_id": "acme", "policy": QUICK, "sleep": waits.append}
         options.update(overrides)
         secret = options.pop("client_secret", ifs_sim.client_secret)

@@ -150,7 +150,7 @@ def _hammer(
             out.append(time.time())
 
 
-def _process_worker(redis_url: str, prefix: str, start, queue) -> None:  # type: ignore[no-untyped-def]
+def _process_worker(redis_url: str, prefix: str, start, queue) -> None:
     stamps: list[float] = []
     start.wait()
     _hammer(lambda: RedisRateLimiter(redis.Redis.from_url(redis_url), prefix=prefix), None, stamps)
