@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord, utcnow
@@ -94,6 +94,28 @@ class AuditLog:
     def get(self, audit_id: int) -> AuditRecord | None:
         with self.database.session() as session:
             return session.get(AuditRecord, audit_id)
+
+    def latest_failed(
+        self, tenant: str | None = None, since: datetime | None = None
+    ) -> list[AuditRecord]:
+        """Failed rows that are still the newest attempt for their record (not fixed since),
+        oldest first; plan rows (key "*") and rows without a replay task are left out."""
+        newest = (
+            select(func.max(AuditRecord.id))
+            .group_by(AuditRecord.tenant, AuditRecord.entity, AuditRecord.record_key)
+            .where(AuditRecord.record_key != "*")
+        )
+        query = select(AuditRecord).where(
+            AuditRecord.status == FAILED,
+            AuditRecord.replay_task.is_not(None),
+            AuditRecord.id.in_(newest),
+        )
+        if tenant:
+            query = query.where(AuditRecord.tenant == tenant)
+        if since:
+            query = query.where(AuditRecord.started_at >= since)
+        with self.database.session() as session:
+            return list(session.scalars(query.order_by(AuditRecord.id)))
 
     def list(
         self,

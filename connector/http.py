@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -189,6 +189,13 @@ class RemoteSession:
         self.requests_sent = 0
         self.responses: Counter[int] = Counter()
         self.transport_errors = 0
+        self._last_headers: Mapping[str, str] = {}
+
+    @property
+    def last_response_headers(self) -> Mapping[str, str]:
+        """Headers of the newest response of any status (e.g. Pipedrive's x-ratelimit-*), for
+        `ml-connector check`; empty before the first. Shared by threads: the newest wins."""
+        return self._last_headers
 
     def url_for(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -267,6 +274,7 @@ class RemoteSession:
                 None,
             ) from error
         _notify(self.system, method, response.status_code, time.monotonic() - started)
+        self._last_headers = response.headers
         status = response.status_code
         with self._lock:
             self.responses[status] += 1

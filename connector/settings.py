@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="json", description="json or text")
+    worker_metrics_port: int | None = Field(
+        default=None, description="Port of a worker's /metrics endpoint; unset = none."
+    )
     metrics_dir: Path | None = Field(
         default=None,
         description="prometheus multiprocess directory (PROMETHEUS_MULTIPROC_DIR wins).",

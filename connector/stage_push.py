@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from connector.audit import PIPEDRIVE_TO_IFS, Attempt, AuditLog
 from connector.errors import ConnectorError, PreconditionFailed, RemoteError
 from connector.idmap import ORDER
+from connector.pipedrive.provisioning import PipelineIds
 from connector.storage.models import IdMapEntry, SyncWatermark, WebhookEvent, utcnow
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.tenants import StageRule, TenantConfig
@@ -112,15 +113,10 @@ class _Ignore(Exception):
 
 def pipeline_stage_names(runtime: Runtime, tenant_id: str) -> dict[int, str]:
     """Stage id → stage name of the tenant pipeline, as provisioning cached it."""
-    cached = DatabaseTenantState(runtime.database).get(tenant_id, PIPELINE_STATE_KEY) or {}
-    stages = cached.get("stages") or {}
-    names: dict[int, str] = {}
-    for name, stage_id in stages.items():
-        try:
-            names[int(stage_id)] = str(name)
-        except (TypeError, ValueError):
-            continue
-    return names
+    cached = DatabaseTenantState(runtime.database).get(tenant_id, PIPELINE_STATE_KEY)
+    if cached is None:
+        return {}
+    return {stage_id: name for name, stage_id in PipelineIds.from_json(cached).stage_ids.items()}
 
 
 def target_rule(

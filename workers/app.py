@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from connector.errors import ConfigError
 from connector.settings import Settings, get_settings
@@ -16,7 +16,12 @@ log = logging.getLogger(__name__)
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("ml_connector", broker=settings.effective_broker_url, include=["workers.tasks"])
+    app = Celery(
+        "ml_connector",
+        broker=settings.effective_broker_url,
+        include=["workers.tasks"],
+        task_cls="workers.base:ConnectorTask",
+    )
     app.conf.update(
         # At-least-once: a task is acknowledged only after it ran, and a task whose worker
         # died is redelivered. Every task is idempotent, so a second run is harmless.
@@ -52,3 +57,29 @@ def _install_beat_schedule(sender: Celery, **_: Any) -> None:
         log.warning("no beat schedule: %s", error)
         return
     sender.conf.beat_schedule = build_beat_schedule(tenants.values())
+
+
+@signals.setup_logging.connect
+def _logging(**_: Any) -> None:
+    # Our JSON lines with secret redaction, instead of Celery's own logging set-up.
+    from connector.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@signals.worker_init.connect
+def _worker_metrics(**_: Any) -> None:
+    from connector import metrics
+
+    metrics.install_remote_observer()
+    port = get_settings().worker_metrics_port
+    if port is not None:
+        metrics.start_worker_metrics_server(port)
+
+
+@signals.worker_process_init.connect
+def _pool_process_metrics(**_: Any) -> None:
+    from connector import metrics
+
+    metrics.install_remote_observer()

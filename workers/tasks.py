@@ -7,14 +7,17 @@ audit row that `replay` can re-run.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import time
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from celery import Task
-from sqlalchemy import func, select
 
+from connector import metrics
 from connector.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.errors import ConnectorError, RemoteError
 from connector.idmap import CUSTOMER, ORDER
@@ -142,6 +145,7 @@ def _sync(task: Task, entity: str, tenant: str, key: str, **options: Any) -> str
         )
     except TransientError as error:
         raise task.retry(countdown=_countdown(retries, error.retry_after_s)) from error
+    metrics.record_sync(tenant, entity, result.outcome.value)
     return result.outcome.value
 
 
@@ -159,23 +163,7 @@ def sync_order(self: Task, tenant: str, key: str, **options: Any) -> str:
 
 def latest_failed(tenant: str | None = None, since: datetime | None = None) -> list[AuditRecord]:
     """Failed rows that are still the newest attempt for their record (not fixed since)."""
-    database = get_runtime().database
-    newest = (
-        select(func.max(AuditRecord.id))
-        .group_by(AuditRecord.tenant, AuditRecord.entity, AuditRecord.record_key)
-        .where(AuditRecord.record_key != "*")
-    )
-    query = select(AuditRecord).where(
-        AuditRecord.status == FAILED,
-        AuditRecord.replay_task.is_not(None),
-        AuditRecord.id.in_(newest),
-    )
-    if tenant:
-        query = query.where(AuditRecord.tenant == tenant)
-    if since:
-        query = query.where(AuditRecord.started_at >= since)
-    with database.session() as session:
-        return list(session.scalars(query.order_by(AuditRecord.id)))
+    return AuditLog(get_runtime().database).latest_failed(tenant, since)
 
 
 def requeue(row: AuditRecord) -> bool:
@@ -208,11 +196,18 @@ def push_stage_to_ifs(self: Task, tenant: str, webhook_event_id: int, **options:
     from connector.stage_push import push_stage_to_ifs as push
 
     retries = self.request.retries or 0
+    started = time.monotonic()
     try:
-        outcome = push(get_runtime(), tenant, webhook_event_id, **options)
-    except TransientError as error:
-        raise self.retry(countdown=_countdown(retries, error.retry_after_s)) from error
-    return str(getattr(outcome, "value", outcome))
+        outcome = push(get_runtime(), tenant, webhook_event_id, attempt=retries + 1, **options)
+    except ConnectorError as error:
+        metrics.observe_stage_push(tenant, "failed", time.monotonic() - started)
+        if _is_transient(error) and retries < MAX_RETRIES:
+            raise self.retry(
+                countdown=_countdown(retries, getattr(error, "retry_after", None))
+            ) from error
+        raise
+    metrics.observe_stage_push(tenant, outcome.status, time.monotonic() - started)
+    return outcome.status
 
 
 @celery_app.task(name="ml_connector.reconcile_stages", bind=True)
@@ -220,8 +215,7 @@ def reconcile_stages(self: Task, tenant: str) -> dict[str, Any]:
     """Apply deal stage changes that no webhook delivered (bans and outages lose events)."""
     from connector.stage_push import reconcile_stages as reconcile
 
-    summary = reconcile(get_runtime(), tenant, None)
-    return summary if isinstance(summary, dict) else getattr(summary, "__dict__", {})
+    return _jsonable(asdict(reconcile(get_runtime(), tenant, None)))
 
 
 @celery_app.task(name="ml_connector.ensure_webhook", bind=True)
@@ -229,5 +223,10 @@ def ensure_webhook(self: Task, tenant: str) -> dict[str, Any]:
     """Register the tenant's Pipedrive webhook again if Pipedrive deleted it."""
     from connector.webhook_registration import ensure_webhook as ensure
 
-    status = ensure(get_runtime(), tenant)
-    return status if isinstance(status, dict) else getattr(status, "__dict__", {})
+    return _jsonable(asdict(ensure(get_runtime(), tenant)))
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    # Task results go through the JSON serializer: datetimes become ISO strings.
+    result: dict[str, Any] = json.loads(json.dumps(value, default=str))
+    return result

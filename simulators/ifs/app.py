@@ -346,6 +346,7 @@ def _single(sim: IfsSim, entity: EntityType, key: str) -> Response:
         "@odata.context": f"{_service_root(entity)}/$metadata#{entity.entity_set}/$entity",
         **_shape(entity_row, etag, select),
     }
+    sim.after_read(entity, key)
     return _json(body, headers={"ETag": etag})
 
 
@@ -492,6 +493,14 @@ def _register_control_routes(app: Flask, sim: IfsSim) -> None:
             return _error_response(not_found())
         except ValueError as error:
             return bad(str(error))
+
+    @app.post("/_sim/orders/<order_no>/edit-after-read")
+    def sim_edit_order_after_read(order_no: str) -> Response:
+        try:
+            sim.edit_order_after_next_read(order_no, **edit_fields())
+        except KeyError:
+            return bad(f"no order {order_no}")
+        return _json({"pending": order_no})
 
     @app.get("/_sim/orders/<order_no>")
     def sim_get_order(order_no: str) -> Response:

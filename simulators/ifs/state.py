@@ -122,6 +122,7 @@ class IfsSim:
             self._insert_rng = random.Random(0)
             self._next_order = seeding.FIRST_ORDER_NUMBER
             self._next_customer = 1
+            self._edits_after_read: dict[tuple[str, str], dict[str, Any]] = {}
             self.set_faults(
                 error_rate=self.settings.error_rate,
                 timeout_rate=self.settings.timeout_rate,
@@ -217,6 +218,20 @@ class IfsSim:
     def edit_customer(self, customer_id: str, **fields: Any) -> dict[str, Any]:
         """A simulated IFS user edits the customer: fields change and the ETag moves on."""
         return self._user_edit(customer_info(), customer_id, fields)
+
+    def edit_order_after_next_read(self, order_no: str, **fields: Any) -> None:
+        """An IFS user edits the order right after the next client read of it by key: the
+        client's ETag goes stale between its read and its write (a deterministic 412)."""
+        with self._lock:
+            self.get_order(order_no)  # KeyError for an unknown order
+            self._edits_after_read[(customer_order().entity_set, order_no)] = fields
+
+    def after_read(self, entity: EntityType, key: str) -> None:
+        """Apply a pending edit-after-read of this record, if one was asked for."""
+        with self._lock:
+            fields = self._edits_after_read.pop((entity.entity_set, key), None)
+            if fields is not None:
+                self._user_edit(entity, key, fields)
 
     def get_order(self, order_no: str) -> dict[str, Any]:
         """The order as `GET CustomerOrderSet(OrderNo='…')` returns it; KeyError if absent."""

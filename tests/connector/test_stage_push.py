@@ -62,7 +62,7 @@ def runtime(postgres_url, ifs_sim, tenant_id):
     )
     runtime.vault.set(tenant_id, "ifs", "client_secret", ifs_sim.client_secret)
     DatabaseTenantState(runtime.database).put(
-        tenant_id, "pipeline", {"pipeline_id": 1, "stages": STAGES}
+        tenant_id, "pipeline", {"pipeline_id": 1, "stage_ids": STAGES}
     )
     yield runtime
     runtime.close()
@@ -404,7 +404,7 @@ def test_reconciliation_lists_deals_through_the_pipedrive_client(
     pipeline = sim.add_pipeline("IFS sales orders")
     stages = {name: sim.add_stage(name, pipeline["id"])["id"] for name in ("Planned", "Released")}
     DatabaseTenantState(runtime.database).put(
-        tenant_id, "pipeline", {"pipeline_id": pipeline["id"], "stages": stages}
+        tenant_id, "pipeline", {"pipeline_id": pipeline["id"], "stage_ids": stages}
     )
     moved = sim.create(
         "deal", {"title": "C1", "pipeline_id": pipeline["id"], "stage_id": stages["Released"]}

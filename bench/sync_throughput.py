@@ -1,0 +1,155 @@
+"""Benchmark: a full initial IFS → Pipedrive sync through real Celery workers, then a no-change
+re-sync; prints throughput, request counts and the peak Pipedrive burst against the limit.
+
+    python -m bench.sync_throughput [--customers 500] [--orders 2000] [--burst 1000]
+                                    [--workers 2] [--concurrency 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from bench.harness import BenchStack, bench_stack, peak_in_window, temporary_database
+
+PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (the limiter counts 2.5 s, see client.py)
+
+
+def _sync(stack: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float, float]:
+    """Run `ml-connector sync --wait --json`; (summary, wall seconds, monotonic start)."""
+    started = time.monotonic()
+    result = stack.cli(
+        "sync",
+        stack.tenant,
+        "--wait",
+        "--json",
+        "--timeout",
+        str(timeout_s),
+        timeout=timeout_s + 60,
+    )
+    ended = time.monotonic()
+    if result.returncode not in (0, 2):
+        sys.exit(f"sync failed ({result.returncode}):\n{result.stderr}\n{stack.worker_logs()}")
+    summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return summary, ended - started, started
+
+
+def run(args: argparse.Namespace) -> int:
+    records = args.customers + args.orders
+    problems: list[str] = []
+    with (
+        temporary_database() as database_url,
+        bench_stack(
+            database_url, customers=args.customers, orders=args.orders, burst=args.burst
+        ) as stack,
+    ):
+        for process in stack.start_workers(args.workers, args.concurrency):
+            stack.wait_for_pool(process, args.concurrency, timeout=60)
+
+        first, wall, started = _sync(stack, args.timeout)
+        pd = stack.pipedrive.stats()
+        ifs_requests = stack.ifs_requests()
+        stamps = stack.pipedrive_clock.since(started)
+        peak = peak_in_window(stamps, PIPEDRIVE_WINDOW_S)
+        active = (max(stamps) - min(stamps)) if len(stamps) > 1 else 0.0
+        if first["created"] != records or first["failed"]:
+            problems.append(
+                f"first sync: created {first['created']} of {records}, failed {first['failed']}"
+            )
+        in_pipedrive = pd["records"]
+        if (
+            in_pipedrive.get("organization") != args.customers
+            or in_pipedrive.get("deal") != args.orders
+        ):
+            problems.append(
+                f"Pipedrive holds {in_pipedrive}, expected "
+                f"{args.customers} organizations and {args.orders} deals"
+            )
+
+        writes_before = stack.pipedrive_writes()
+        pd_requests_before = pd["requests_total"]
+        second, resync_wall, _ = _sync(stack, args.timeout)
+        resync_writes = stack.pipedrive_writes() - writes_before
+        resync_pd_requests = stack.pipedrive.stats()["requests_total"] - pd_requests_before
+        if resync_writes or second["created"] or second["updated"] or second["failed"]:
+            problems.append(f"no-change re-sync wrote {resync_writes} times: {second}")
+
+    cli_seconds = float(first.get("seconds", wall))
+    print(
+        f"initial sync: {args.customers} customers + {args.orders} orders = {records} records, "
+        f"{args.workers} workers x concurrency {args.concurrency}, burst limit {args.burst}"
+    )
+    print(
+        f"  total seconds         {cli_seconds:8.1f}  (CLI's own count; {wall:.1f} incl. "
+        "CLI start-up)"
+    )
+    print(f"  records/s             {records / cli_seconds:8.1f}")
+    print(
+        f"  pipedrive requests    {pd['requests_total']:8d}  ({pd['requests_total'] / records:.2f}"
+        " per record)"
+    )
+    print(
+        f"  pipedrive tokens      {pd['tokens_spent']:8d}  ({pd['tokens_spent'] / records:.2f}"
+        " per record)"
+    )
+    print(f"  pipedrive 429s        {pd['rate_limited_429']:8d}")
+    print(f"  ifs requests          {ifs_requests:8d}  ({ifs_requests / records:.3f} per record)")
+    print(f"  requests per record   {(pd['requests_total'] + ifs_requests) / records:8.2f}")
+    mean_rate = len(stamps) / active if active else 0.0
+    print(
+        f"  peak pipedrive reqs in any {PIPEDRIVE_WINDOW_S:.0f} s window: {peak} "
+        f"(limit {args.burst}, {100 * peak / args.burst:.0f}%); "
+        f"mean {mean_rate:.1f} req/s over {active:.1f} s "
+        f"(limit allows {args.burst / PIPEDRIVE_WINDOW_S:.0f} req/s)"
+    )
+    print(
+        f"no-change re-sync: {float(second.get('seconds', resync_wall)):.1f} s, "
+        f"writes {resync_writes}, pipedrive requests {resync_pd_requests}, "
+        f"unchanged {second['unchanged']}"
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "records": records,
+                    "seconds": cli_seconds,
+                    "records_per_s": records / cli_seconds,
+                    "pipedrive_requests": pd["requests_total"],
+                    "pipedrive_tokens": pd["tokens_spent"],
+                    "pipedrive_429": pd["rate_limited_429"],
+                    "ifs_requests": ifs_requests,
+                    "peak_2s": peak,
+                    "burst": args.burst,
+                    "resync_seconds": second.get("seconds"),
+                    "resync_writes": resync_writes,
+                }
+            )
+        )
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sync_throughput", description=__doc__)
+    parser.add_argument("--customers", type=int, default=500)
+    parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1000,
+        help="Pipedrive burst limit per 2 s, set on the tenant and the simulator alike "
+        "(20 = the real Essential plan's API token)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="pool size of each worker")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per sync run")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
