@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,6 +213,7 @@ class BenchStack:
             server.stop()
         self.pipedrive.stop()
         _forget_redis_keys(self.env["CONNECTOR_REDIS_URL"], self.tenant, self.queue)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _forget_redis_keys(redis_url: str, tenant: str, *queues: str) -> None:

@@ -55,3 +55,13 @@ class RunningServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for a server whose URL must be known before it
+    is built, such as a webhook receiver named in its own configuration)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])

@@ -21,6 +21,11 @@ def is_embedded() -> bool:
 @contextmanager
 def embedded_worker(concurrency: int = 4) -> Iterator[None]:
     """Run a thread-pool worker on the app's in-memory broker for the duration of the block."""
+    # The in-memory transport polls; its default pause (1 s) would dominate every run.
+    celery_app.conf.broker_transport_options = {
+        **celery_app.conf.broker_transport_options,
+        "polling_interval": 0.01,
+    }
     with start_worker(
         celery_app,
         pool="threads",

@@ -15,6 +15,7 @@ from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
 from connector.idmap import CUSTOMER, ORDER
 from connector.runs import RunSummary, run_summary
+from connector.storage.database import Database
 
 ENTITY_CHOICES = {"customers": (CUSTOMER,), "orders": (ORDER,), "all": (CUSTOMER, ORDER)}
 
@@ -32,7 +33,7 @@ def _workers_for_cli() -> Iterator[bool]:
 
 
 def wait_for_run(
-    obj: CliContext,
+    database: Database,
     run_id: str,
     expected_entities: int,
     *,
@@ -40,7 +41,6 @@ def wait_for_run(
     show_progress: bool,
 ) -> RunSummary:
     """Poll the run's audit rows until every queued record has a final outcome."""
-    database = obj.runtime.database
     deadline = time.monotonic() + timeout_s
 
     def poll(bar: Any) -> RunSummary:
@@ -189,7 +189,8 @@ def sync(
             click.echo(f"queued sync run {run_id}; follow it with `ml-connector audit list`")
             return
         summary = wait_for_run(
-            obj, run_id, len(entities), timeout_s=timeout_s, show_progress=not as_json
+            obj.runtime.database,
+            run_id, len(entities), timeout_s=timeout_s, show_progress=not as_json
         )
     _print_summary(summary, as_json, time.monotonic() - started)
     if summary.failed:

@@ -56,7 +56,7 @@ def upgrade(database_url: str, revision: str = "head") -> str:
     database = Database(database_url)  # creates the directory of a SQLite file
     try:
         with database.engine.begin() as connection:
-            if False:
+            if connection.dialect.name == "postgresql":
                 # Replicas that all run `db upgrade` at start-up take turns instead of racing
                 # to create the same tables; the lock ends with the transaction.
                 connection.execute(

@@ -1,0 +1,78 @@
+"""`ml-connector check TENANT`: prove both remotes accept the tenant's credentials (reads only)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from cli.commands.db import migrated_database, reported_errors
+from cli.context import CliContext, pass_context
+from connector.health import CheckReport, SystemCheck, check_tenant
+
+_INDENT = " " * 11
+
+
+def _headroom_lines(system: SystemCheck) -> list[str]:
+    lines = []
+    reported = system.headroom.get("pipedrive")
+    if reported and any(value is not None for value in reported.values()):
+        daily = reported.get("x-daily-requests-left")
+        lines.append(
+            f"Pipedrive says: {reported.get('x-ratelimit-remaining')}/"
+            f"{reported.get('x-ratelimit-limit')} requests left in its 2 s window; daily "
+            f"tokens left: {daily if daily is not None else 'not reported on reads'}"
+        )
+    ours: dict[str, Any] = system.headroom.get("ours") or {}
+    if "limits" in ours:
+        shown = "; ".join(
+            f"{limit['name']} {limit['remaining']}/{limit['capacity']} left per "
+            f"{limit['window_s']:g} s"
+            for limit in ours["limits"]
+        )
+        lines.append(f"our limiter: {shown}")
+    elif ours:
+        lines.append(f"our limiter: {ours.get('error') or ours.get('note')}")
+    return lines
+
+
+def _print_report(report: CheckReport) -> None:
+    click.echo(f"tenant {report.tenant}")
+    for system in report.systems:
+        if system.ok:
+            done = ", ".join(f"{step.name}: {step.detail}" for step in system.steps)
+            click.echo(f"{system.label:<10} OK     {done}")
+        else:
+            failed = system.steps[-1].name if system.steps else "start"
+            click.echo(f"{system.label:<10} FAILED at {failed}: {system.error}")
+            click.echo(f"{_INDENT}tried: {system.tried}")
+            click.echo(f"{_INDENT}fix: {system.fix}")
+        for line in _headroom_lines(system):
+            click.echo(f"{_INDENT}{line}")
+    click.echo("all good" if report.ok else "check failed: fix the above and run it again")
+
+
+@click.command()
+@click.argument("tenant_id", metavar="TENANT")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_context
+def check(obj: CliContext, tenant_id: str, as_json: bool) -> None:
+    """Check TENANT's set-up: authenticate to IFS and Pipedrive and read a record from each.
+
+    Reads one customer and one order from IFS, and the integration user and one deal (or
+    organization) from Pipedrive; never writes to either. Shows the rate-limit headroom
+    Pipedrive reports and that of the connector's own limiter. Every failure names the
+    system, what was tried, and what to fix. Exit status 0 when both systems are OK, else 1.
+    """
+    with reported_errors():
+        obj.runtime.tenant(tenant_id)
+    migrated_database(obj)  # the credentials live in the database
+    with reported_errors():
+        report = check_tenant(obj.runtime, tenant_id, tenants_file=str(obj.tenants_path))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), default=str))
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise SystemExit(1)

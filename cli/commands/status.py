@@ -1,0 +1,116 @@
+"""`ml-connector status`: per tenant the last run, waiting failures, webhook, budget, queue."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from cli.commands.db import migrated_database, reported_errors
+from cli.context import CliContext, pass_context
+from connector.health import QueueStatus, TenantStatus, queue_status, tenant_status
+
+_INDENT = "  "
+
+
+def _last_run_line(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "last sync: never"
+    when = run["finished_at"] or run["started_at"]
+    state = "" if run["state"] == "finished" else f" (running: {run['queued']} queued)"
+    return (
+        f"last sync: {when}{state}: created {run['created']}, updated {run['updated']}, "
+        f"unchanged {run['unchanged']}, failed {run['failed']} (run {run['run_id']})"
+    )
+
+
+def _webhook_line(webhook: dict[str, Any]) -> str:
+    if webhook["registered"]:
+        text = f"webhook: registered (id {webhook['webhook_id']})"
+    else:
+        text = "webhook: not registered"
+    text += (
+        f"; last event received {webhook['last_event_at'] or 'never'}; "
+        f"{webhook['events_received']} received, {webhook['events_failed']} failed"
+    )
+    remote = webhook.get("remote")
+    if remote and "error" not in remote:
+        active = "active" if remote["active"] else "NOT active"
+        text += f"; Pipedrive: {len(remote['webhooks'])} webhook(s), {active}"
+    return text
+
+
+def _headroom_line(system: str, budget: dict[str, Any]) -> str:
+    if "limits" in budget:
+        shown = "; ".join(
+            f"{limit['name']} {limit['remaining']}/{limit['capacity']} left per "
+            f"{limit['window_s']:g} s"
+            for limit in budget["limits"]
+        )
+        return f"{system} budget: {shown}"
+    return f"{system} budget: {budget.get('error') or budget.get('note')}"
+
+
+def _print_tenant(status: TenantStatus) -> None:
+    click.echo(f"tenant {status.tenant}")
+    click.echo(f"{_INDENT}{_last_run_line(status.last_run)}")
+    waiting = f"{_INDENT}failed records waiting: {status.failed_waiting}"
+    if status.failed_keys:
+        more = " …" if status.failed_waiting > len(status.failed_keys) else ""
+        waiting += f" ({', '.join(status.failed_keys)}{more})"
+    click.echo(waiting)
+    for mark in status.watermarks:
+        click.echo(
+            f"{_INDENT}{mark['entity']}: last run {mark['last_run_at']} {mark['last_status']}"
+        )
+    click.echo(f"{_INDENT}{_webhook_line(status.webhook)}")
+    click.echo(f"{_INDENT}{_headroom_line('IFS', status.headroom['ifs'])}")
+    click.echo(f"{_INDENT}{_headroom_line('Pipedrive', status.headroom['pipedrive'])}")
+    for problem in status.problems:
+        click.echo(f"{_INDENT}! {problem}")
+
+
+def _print_queue(queue: QueueStatus) -> None:
+    if queue.error:
+        click.echo(f"queue: {queue.error}")
+    elif queue.depths is not None:
+        depths = ", ".join(f"{name} {depth} waiting" for name, depth in queue.depths.items())
+        click.echo(f"queue: {depths} (broker {queue.broker})")
+    else:
+        click.echo(f"queue: {queue.note} (broker {queue.broker})")
+
+
+@click.command()
+@click.option("--tenant", "tenant_id", default=None, help="Only this tenant.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--remote", is_flag=True, help="Also ask Pipedrive which webhooks it has for each tenant."
+)
+@pass_context
+def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) -> None:
+    """Show each tenant's last sync, failed records waiting, webhook, rate-limit headroom,
+    and the depth of the workers' queue.
+
+    Reads the database and our limiter only (with --remote, also Pipedrive's webhook list).
+    Problems are listed with the command that fixes them; the exit status is 1 only when
+    the status cannot be read at all (unknown tenant, database not migrated).
+    """
+    with reported_errors():
+        tenant_ids = [obj.runtime.tenant(tenant_id).id] if tenant_id else list(obj.runtime.tenants)
+    migrated_database(obj)
+    with reported_errors():
+        statuses = [tenant_status(obj.runtime, each, remote=remote) for each in tenant_ids]
+    queue = queue_status(obj.settings)
+    if as_json:
+        document = {
+            "tenants": [each.as_dict() for each in statuses],
+            "queue": queue.as_dict(),
+        }
+        click.echo(json.dumps(document, default=str))
+        return
+    if not statuses:
+        click.echo(f"no tenants defined in {obj.tenants_path}")
+    for each in statuses:
+        _print_tenant(each)
+    _print_queue(queue)
