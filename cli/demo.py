@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -98,7 +99,7 @@ class Story:
         from workers.runtime import set_runtime
 
         settings = get_settings()
-        celery_app.conf.broker_url = "memory://localhost/"
+        celery_app.conf.update(broker_url="memory://localhost/")
         with ExitStack() as stack:
             ifs_settings = IfsSimSettings()
             self.ifs_app = create_ifs(ifs_settings)
@@ -190,7 +191,7 @@ class Story:
         self._register_webhook()
         self._move_deals()
 
-        self.say(f"\n3. The failed order is fixed in IFS and replayed from the audit log")
+        self.say("\n3. The failed order is fixed in IFS and replayed from the audit log")
         self._replay()
 
         self.result.organizations_created = self._count_created("customer")
@@ -262,7 +263,8 @@ class Story:
                 f"   {order_no:<13}{deal.get('value', 0):>12,.2f} {deal.get('currency', ''):<4} "
                 f"{fields.get(keys['order_status']) or '':<19}"
                 f"{fields.get(keys['cost_center']) or '':<10}"
-                f"{fields.get(keys['profit_center']) or '':<11}{fields.get(keys['region']) or '':<7}"
+                f"{fields.get(keys['profit_center']) or '':<11}"
+                f"{fields.get(keys['region']) or '':<7}"
             )
 
     def _register_webhook(self) -> None:
@@ -280,7 +282,7 @@ class Story:
         assert pipeline is not None
         stages = PipelineIds.from_json(pipeline).stage_ids
         idmap = IdMap(self.runtime.database)
-        moves = [
+        moves: list[tuple[str, dict[str, Any], str]] = [
             (self.moved[0], {"stage_id": stages["Released"]}, "stage → Released"),
             (self.moved[1], {"stage_id": stages["Released"]}, "stage → Released"),
             (self.moved[2], {"status": "won"}, "marked won"),
@@ -332,7 +334,7 @@ class Story:
     def _wait(self, progress: Callable[[], int], label: str, total: int) -> None:
         deadline = time.monotonic() + 120
         if self.bars:
-            stderr = click.get_text_stream("stderr")
+            stderr = sys.stderr
             with click.progressbar(length=total, label=f"   {label}", file=stderr) as bar:
                 while (done := progress()) < total and time.monotonic() < deadline:
                     bar.update(done - bar.pos)
@@ -364,7 +366,8 @@ class Story:
 
         self._wait(replays_done, "replays", len(queued))
         succeeded = [
-            r for r in log.list(tenant=DEMO_TENANT, limit=50)
+            r
+            for r in log.list(tenant=DEMO_TENANT, limit=50)
             if r.replay_of in queued and r.status == "succeeded"
         ]
         self.result.replayed = len(succeeded)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ def wait_for_run(
 
     if not show_progress:
         return poll(None)
-    stderr = click.get_text_stream("stderr")
+    stderr = sys.stderr
     with click.progressbar(length=1, label="syncing", show_pos=True, file=stderr) as bar:
         summary = poll(bar)
     return summary
@@ -190,7 +191,10 @@ def sync(
             return
         summary = wait_for_run(
             obj.runtime.database,
-            run_id, len(entities), timeout_s=timeout_s, show_progress=not as_json
+            run_id,
+            len(entities),
+            timeout_s=timeout_s,
+            show_progress=not as_json,
         )
     _print_summary(summary, as_json, time.monotonic() - started)
     if summary.failed:
