@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from connector.errors import MissingCredentialError, VaultError
+from connector.logs import register_secret
 from connector.storage.database import Database
 from connector.storage.models import Credential, utcnow
 
@@ -124,19 +125,24 @@ class Vault:
     def _open(self, tenant: str, system: str, name: str, ciphertext: bytes) -> str:
         what = f"cannot decrypt {system} credential {name!r} of tenant {tenant!r}"
         try:
-            envelope = json.loads(self.fernet.decrypt(bytes(ciphertext)))
+            plaintext = self.fernet.decrypt(bytes(ciphertext))
         except InvalidToken:
             raise VaultError(f"{what}: wrong CONNECTOR_ENCRYPTION_KEYS or tampered data") from None
-        if (envelope.get("tenant"), envelope.get("system"), envelope.get("name")) != (
-            tenant,
-            system,
-            name,
-        ):
+        try:
+            envelope = json.loads(plaintext)
+            sealed_for = (envelope["tenant"], envelope["system"], envelope["name"])
+        except (ValueError, TypeError, KeyError):
+            raise VaultError(f"{what}: tampered data (not a vault envelope)") from None
+        if sealed_for != (tenant, system, name):
             raise VaultError(f"{what}: tampered data (the ciphertext belongs to another row)")
-        return str(envelope["value"])
+        value = str(envelope["value"])
+        # From now on this process redacts the secret wherever it would be logged.
+        register_secret(value)
+        return value
 
     def set(self, tenant: str, system: str, name: str, value: str) -> None:
         """Store (or replace) one secret."""
+        register_secret(value)
         check_system(system)
         _check_name(name)
         if not value:

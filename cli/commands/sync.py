@@ -1,4 +1,4 @@
-"""`ml-connector sync` and `ml-connector check`: run a tenant's IFS → Pipedrive sync, or test it."""
+"""`ml-connector sync`: run a tenant's IFS → Pipedrive sync, or show what it would do."""
 
 from __future__ import annotations
 

@@ -31,7 +31,6 @@ def test_status_after_a_sync_with_one_failure_shows_the_run_and_the_waiting_row(
     synced = stack.cli("sync", stack.tenant, "--wait", "--json", "--timeout", "300")
     assert synced.returncode == 2, synced.stdout + synced.stderr + stack.worker_logs()
     run_id = json.loads(synced.stdout.splitlines()[-1])["run_id"]
-    stack.stop_workers()
     # A registered webhook with one event whose push to IFS failed.
     DatabaseTenantState(stack.runtime.database).put(
         stack.tenant, "webhook", {"webhook_id": 77, "subscription_url": "https://x/y"}
@@ -75,7 +74,6 @@ def test_status_after_a_sync_with_one_failure_shows_the_run_and_the_waiting_row(
 
     # Once the record is fixed and replayed, nothing waits any more.
     stack.ifs.edit_order(bad, CurrencyCode="EUR")
-    stack.start_workers(count=1, concurrency=1)
     failed_row = [
         json.loads(line)
         for line in stack.cli(

@@ -255,3 +255,12 @@ def test_required_credentials_follow_the_tenant_auth_choices():
         ("pipedrive", "oauth_refresh_token"),
         ("webhook", "hmac_secret"),
     ]
+
+
+def test_a_validly_encrypted_foreign_value_is_refused(database):
+    vault = Vault(database, [OLD_KEY])
+    vault.set("acme", "ifs", "client_secret", SECRET)
+    foreign = Fernet(OLD_KEY.encode()).encrypt(b"raw secret, not sealed by the vault")
+    _set_ciphertext(database, "acme", "ifs", "client_secret", foreign)
+    with pytest.raises(VaultError, match="tampered data \\(not a vault envelope\\)"):
+        vault.get("acme", "ifs", "client_secret")
