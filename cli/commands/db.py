@@ -15,7 +15,7 @@ from connector.storage.migrate import (
     head_revision,
     require_migrated,
     safe_url,
-    upgrade,
+    upgrade_from_to,
 )
 
 
@@ -47,8 +47,7 @@ def db_upgrade(obj: CliContext) -> None:
     """Apply all pending migrations; safe to run again (does nothing when up to date)."""
     url = obj.settings.database_url
     with reported_errors():
-        before = current_revision(url)
-        after = upgrade(url)
+        before, after = upgrade_from_to(url)
     if before == after:
         click.echo(f"database {safe_url(url)} is already at revision {after} (head)")
     else:

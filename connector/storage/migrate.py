@@ -53,6 +53,12 @@ def upgrade(database_url: str, revision: str = "head") -> str:
 
     Raises ConfigError when the database cannot be reached or a migration fails.
     """
+    return upgrade_from_to(database_url, revision)[1]
+
+
+def upgrade_from_to(database_url: str, revision: str = "head") -> tuple[str | None, str]:
+    """Like `upgrade`, and also the revision found first (None: empty), read under the same
+    lock, so that of replicas upgrading at once exactly one reports that it upgraded."""
     database = Database(database_url)  # creates the directory of a SQLite file
     try:
         with database.engine.begin() as connection:
@@ -62,8 +68,9 @@ def upgrade(database_url: str, revision: str = "head") -> str:
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
                 )
+            before = MigrationContext.configure(connection).get_current_revision()
             command.upgrade(alembic_config(database_url, connection), revision)
-        return _revision_of(database) or "base"
+        return before, _revision_of(database) or "base"
     except SQLAlchemyError as error:
         raise ConfigError(
             f"cannot migrate database {safe_url(database_url)}: {error.__class__.__name__}: "

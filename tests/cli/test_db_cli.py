@@ -37,5 +37,5 @@ def test_unreachable_database_is_one_clean_error_line(run):
     run.env["CONNECTOR_DATABASE_URL"] = "postgresql+psycopg2://postgres@127.0.0.1:1/none"
     result = run("db", "upgrade")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: cannot read the schema revision of database postgresql")
+    assert result.output.startswith("Error: cannot migrate database postgresql")
     assert "Traceback" not in result.output

@@ -285,7 +285,10 @@ def test_workers_consume_the_queue_the_app_sends_to() -> None:
     workers = [i for i in _programs("celery") if "worker" in i.argv]
     assert len(workers) >= 4, "compose, k8s and two Procfile workers"
     for worker in workers:
-        queue = _option_value(worker.argv, "-Q", "--queues")
+        queue = _option_value(worker.argv, "-Q", "--queues") or ""
+        # The Procfile lets CONNECTOR_QUEUE choose the queue; its default must be the app's.
+        default = re.fullmatch(r"\$\{CONNECTOR_QUEUE:-([^}]*)\}", queue)
+        queue = default.group(1) if default else queue
         assert queue == QUEUE, f"{worker}: consumes {queue!r}"
     assert QUEUE in _app_queues()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,13 @@ def _deals_of(stack: Stack, order_no: str) -> list[dict[str, Any]]:
     ]
 
 
+def _finished(base: str, auth: tuple[str, str], task_id: str) -> dict[str, Any] | None:
+    """Flower's record of a task once it succeeded (None before, or if Flower missed it)."""
+    answer = requests.get(f"{base}/api/task/info/{task_id}", auth=auth, timeout=10)
+    info: dict[str, Any] = answer.json() if answer.status_code == 200 else {}
+    return info if info.get("state") == "SUCCESS" else None
+
+
 def test_replay_failed_sent_through_flowers_api_replays_the_fixed_record_once(
     stack_factory, tmp_path: Path
 ) -> None:
@@ -68,7 +76,6 @@ def test_replay_failed_sent_through_flowers_api_replays_the_fixed_record_once(
     assert synced.returncode == 2 and summary["failed"] == 1, synced.stderr + stack.worker_logs()
     (failed,) = AuditLog(stack.runtime.database).list(tenant=stack.tenant, status="failed")
     assert failed.record_key == bad and _deals_of(stack, bad) == []
-    stack.ifs.edit_order(bad, CurrencyCode="EUR")
 
     port = free_port()
     auth = ("ops", secrets.token_urlsafe(12))
@@ -83,6 +90,20 @@ def test_replay_failed_sent_through_flowers_api_replays_the_fixed_record_once(
         assert refused.status_code == 401, refused.text
         assert _rows_replaying(stack, failed.id) == []
 
+        # Flower follows worker events from a thread of its own that may still be
+        # connecting: an empty replay (nothing failed after `since`) shows it listens.
+        nothing = {"kwargs": {"tenant": stack.tenant, "since": "2999-01-01T00:00:00"}}
+        warm_up = None
+        for _ in range(5):
+            posted = requests.post(send, json=nothing, auth=auth, timeout=10)
+            assert posted.status_code == 200, posted.text + flower.log()
+            warm_up = wait_until(partial(_finished, base, auth, posted.json()["task-id"]), 3)
+            if warm_up is not None:
+                break
+        assert warm_up is not None and warm_up["result"] == "0", flower.log()
+        assert _rows_replaying(stack, failed.id) == []
+
+        stack.ifs.edit_order(bad, CurrencyCode="EUR")
         sent = requests.post(send, json=body, auth=auth, timeout=10)
         assert sent.status_code == 200, sent.text + flower.log()
         task_id = sent.json()["task-id"]
@@ -95,12 +116,7 @@ def test_replay_failed_sent_through_flowers_api_replays_the_fixed_record_once(
         assert [(r.record_key, r.operation) for r in replayed] == [(bad, "create")]
 
         # Flower's task list (the UI's Tasks page) shows the replay task and its count.
-        def shown() -> dict[str, Any] | None:
-            answer = requests.get(f"{base}/api/task/info/{task_id}", auth=auth, timeout=10)
-            info: dict[str, Any] = answer.json() if answer.status_code == 200 else {}
-            return info if info.get("state") == "SUCCESS" else None
-
-        info = wait_until(shown, timeout=15)
+        info = wait_until(lambda: _finished(base, auth, task_id), timeout=15)
         assert info is not None, flower.log()
         assert info["name"] == REPLAY_FAILED and info["result"] == "1", info
         assert flower.running(), flower.log()
