@@ -9,6 +9,7 @@ instead of becoming a duplicate.
 from __future__ import annotations
 
 import logging
+import string
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from connector.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
 from connector.errors import ConnectorError, RecordError, RemoteError
 from connector.idmap import CUSTOMER, ORDER, IdMap, content_hash
+from connector.ifs.odata import Query
 from connector.mapping import PipedriveLayout, changed_fields, map_customer, map_order
 
 if TYPE_CHECKING:
@@ -145,10 +147,22 @@ class TenantSync:
 
     # -- planning ---------------------------------------------------------------------
 
-    def read_ifs(self, entity: str) -> Iterator[IfsRecord]:
+    def selected_properties(self, entity: str) -> tuple[str, ...]:
+        """The IFS properties the mapping reads: the plan asks for these alone ($select), which
+        keeps pages and queued snapshots small, and names a mistyped mapping at once (400)."""
         if entity == CUSTOMER:
-            return self.ifs.iter_customers()
-        return self.ifs.iter_orders()
+            names = set(self.tenant.customer_mapping.model_dump().values())
+        else:
+            mapping = self.tenant.order_mapping
+            names = {value for key, value in mapping.model_dump().items() if key != "title"}
+            names |= {n for _, n, _, _ in string.Formatter().parse(mapping.title) if n}
+        return tuple(sorted(names))
+
+    def read_ifs(self, entity: str) -> Iterator[IfsRecord]:
+        query = Query(select=self.selected_properties(entity))
+        if entity == CUSTOMER:
+            return self.ifs.iter_customers(query)
+        return self.ifs.iter_orders(query)
 
     def pipedrive_index(self, entity: str) -> dict[str, int]:
         """IFS key → Pipedrive id of every record in Pipedrive that carries an IFS key."""
@@ -360,9 +374,10 @@ class TenantSync:
         return Outcome.UPDATED
 
     def _read_one(self, entity: str, key: str) -> IfsRecord:
+        select = self.selected_properties(entity)
         if entity == CUSTOMER:
-            return self.ifs.get_customer(key)
-        return self.ifs.get_order(key)
+            return self.ifs.get_customer(key, select=select)
+        return self.ifs.get_order(key, select=select)
 
     def _organization_for(self, order: dict[str, Any], dry_run: bool, run_id: str | None) -> int:
         """The organization id of the order's customer, syncing the customer first if new."""

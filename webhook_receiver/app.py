@@ -331,8 +331,26 @@ def metrics_endpoint() -> Response:
         from connector.metrics import render_latest
     except ImportError:
         return Response("metrics unavailable\n", status=404, mimetype="text/plain")
+    _measure_queue_depth()
     body, content_type = render_latest()
     return Response(body, status=200, headers={"Content-Type": content_type})
+
+
+def _measure_queue_depth() -> None:
+    """Refresh mlc_queue_depth from the broker when it is Redis (scrapes are infrequent)."""
+    settings = _context().runtime.settings
+    broker = settings.effective_broker_url
+    if not broker.startswith(("redis://", "rediss://")):
+        return
+    try:
+        import redis
+
+        from connector.metrics import update_queue_depth
+
+        client = redis.Redis.from_url(broker, socket_timeout=1)
+        update_queue_depth(client, [settings.queue])
+    except Exception as error:  # a slow or absent broker must not break the scrape
+        log.warning("queue depth not measured: %s", error)
 
 
 @webhooks.app_errorhandler(RequestEntityTooLarge)

@@ -77,11 +77,20 @@ def acquire(
     while True:
         wait = limiter.try_acquire(key, cost, limits)
         if wait <= 0:
+            if waited:
+                _observe_wait(key, waited)
             return waited
         if waited + wait > max_wait_s:
             raise RateLimited(key, wait)
         sleep(wait)
         waited += wait
+
+
+def _observe_wait(key: str, seconds: float) -> None:
+    # Keys are "<system>:<tenant>"; the metric is labelled by system only (bounded labels).
+    from connector.metrics import observe_limiter_wait
+
+    observe_limiter_wait(key.split(":", 1)[0], seconds)
 
 
 from connector.ratelimit.local import LocalRateLimiter  # noqa: E402

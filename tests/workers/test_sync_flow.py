@@ -199,3 +199,15 @@ def test_bad_records_unknown_tenant_and_revoked_token_fail_with_reasons(stack_fa
     revoked = _sync(stack)
     assert revoked["failed"] >= 1
     assert any("401" in (f["error"] or "") for f in revoked["failures"]), revoked
+
+
+def test_a_mistyped_mapping_property_fails_the_plan_with_the_name(stack_factory) -> None:
+    stack = stack_factory(tenant_overrides={"order_mapping": {"cost_center": "Cf_Cost_Centre"}})
+    stack.ifs.seed(customers=2, orders=3, seed=6)
+    stack.start_workers(count=1, concurrency=1)
+
+    summary = _sync(stack)
+    assert summary["created"] == 2 and summary["failed"] == 1, summary
+    (failure,) = summary["failures"]
+    assert failure["entity"] == "order" and failure["key"] == "*"
+    assert "Cf_Cost_Centre" in failure["error"] and "HTTP 400" in failure["error"]

@@ -198,3 +198,23 @@ def test_local_threads_never_exceed_the_budget():
 def test_window_check_detects_an_over_grant():
     # the checker itself must be able to fail
     assert most_in_any_window([0.0, 0.1, 0.2, 0.3, 0.35, 0.39], WINDOW_S - SLACK_S) == 6
+
+
+def test_a_wait_for_tokens_is_observed_in_the_limiter_wait_metric() -> None:
+    from prometheus_client import REGISTRY
+
+    from connector.ratelimit import LocalRateLimiter, acquire
+
+    def observed() -> float:
+        value = REGISTRY.get_sample_value(
+            "mlc_limiter_wait_seconds_count", {"system": "metricsprobe"}
+        )
+        return value or 0.0
+
+    limiter = LocalRateLimiter()
+    limits = [Limit(1, 0.2)]
+    before = observed()
+    acquire(limiter, "metricsprobe:t1", 1, limits, max_wait_s=1.0)  # free: no wait
+    assert observed() == before
+    acquire(limiter, "metricsprobe:t1", 1, limits, max_wait_s=1.0)  # waits for the window
+    assert observed() == before + 1
