@@ -216,13 +216,18 @@ class BenchStack:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def forget_queues(client: Any, *queues: str) -> None:
+    """Delete Celery queues and the binding sets kombu keeps for them."""
+    for queue in queues:
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+
 def _forget_redis_keys(redis_url: str, tenant: str, *queues: str) -> None:
     """Delete this stack's queues and the limiter/lock keys of its tenant (never FLUSHDB)."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    for queue in queues:
-        client.delete(queue, f"_kombu.binding.{queue}")
+    forget_queues(client, *queues)
     for key in client.scan_iter(match=f"mlc:*{tenant}*", count=1000):
         client.delete(key)
 

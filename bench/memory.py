@@ -18,7 +18,14 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchStack, bench_stack, child_pids, temporary_database, vm_kib
+from bench.harness import (
+    BenchStack,
+    bench_stack,
+    child_pids,
+    forget_queues,
+    temporary_database,
+    vm_kib,
+)
 
 PLAN_QUEUE_SUFFIX = "-plan"
 # Filling the id map is set-up, not measured: read IFS in big pages to keep it quick.
@@ -133,6 +140,7 @@ def run_worker_plan(stack: BenchStack, expected: int) -> dict[str, Any]:
         seconds = time.monotonic() - started
         time.sleep(0.5)
         queued_bytes = client.memory_usage(stack.queue, samples=0) or 0
+        message_bytes = sum(len(message) for message in client.lrange(stack.queue, 0, -1))
         return {
             "base_main_kib": base["main"],
             "base_pool_kib": base["pool"],
@@ -140,11 +148,12 @@ def run_worker_plan(stack: BenchStack, expected: int) -> dict[str, Any]:
             "peak_pool_kib": vm_kib(pool, "VmHWM"),
             "queued": client.llen(stack.queue),
             "queued_redis_kib": int(queued_bytes) // 1024,
+            "message_bytes": message_bytes,
             "seconds": seconds,
         }
     finally:
         stack.stop_workers()
-        client.delete(stack.queue, plan_queue, f"_kombu.binding.{plan_queue}")
+        forget_queues(client, stack.queue, plan_queue)
 
 
 # -- an id map in which every order is known and unchanged ---------------------------------
@@ -250,8 +259,9 @@ def run(args: argparse.Namespace) -> int:
     for orders, first, worker, again in rows:
         print(
             f"M={orders}: first plan queued {first['items']} (read {first['read']}); "
-            f"worker queued {worker['queued']} tasks holding "
-            f"{worker['queued_redis_kib'] / 1024:.1f} MiB in Redis, "
+            f"worker queued {worker['queued']} tasks of "
+            f"{worker['message_bytes'] / max(1, worker['queued']) / 1024:.1f} KiB each "
+            f"({worker['queued_redis_kib'] / 1024:.1f} MiB in Redis), "
             f"worker main process peak {mib(worker['peak_main_kib']).strip()}; "
             f"unchanged run queued {again['items']}, unchanged {again['unchanged']}"
         )

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or self.redis_url or "memory://"
+        return self.broker_url or self.redis_url or "memory://localhost/"
 
     @property
     def key_list(self) -> list[str]:

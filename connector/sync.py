@@ -116,7 +116,9 @@ _layouts_lock = threading.Lock()
 class TenantSync:
     """The sync of one tenant inside one process; cheap to keep and reuse across tasks."""
 
-    def __init__(self, runtime: Runtime, tenant_id: str) -> None:
+    def __init__(self, runtime: Runtime, tenant_id: str, *, read_only: bool = False) -> None:
+        # read_only (dry runs): nothing is created in Pipedrive, not even custom fields.
+        self.read_only = read_only
         self.runtime = runtime
         self.tenant = runtime.tenant(tenant_id)
         self.ifs = runtime.ifs_client(tenant_id)
@@ -132,6 +134,8 @@ class TenantSync:
             cached = _layouts.get(self.tenant.id)
         if cached is not None:
             return cached
+        if self.read_only:
+            return self._read_only_layout()
         from connector.pipedrive.provisioning import ensure_layout
         from connector.storage.tenant_state import DatabaseTenantState
 
@@ -144,6 +148,14 @@ class TenantSync:
         with _layouts_lock:
             _layouts[self.tenant.id] = layout
         return layout
+
+    def _read_only_layout(self) -> PipedriveLayout:
+        from connector.pipedrive.provisioning import ensure_layout
+        from connector.storage.tenant_state import DatabaseTenantState
+
+        return ensure_layout(
+            self.pipedrive, self.tenant, DatabaseTenantState(self.runtime.database), create=False
+        )
 
     # -- planning ---------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ class PipedriveConfig(_Strict):
     @model_validator(mode="after")
     def _oauth_needs_client(self) -> PipedriveConfig:
         if self.auth == "oauth2" and not self.oauth_client_id:
-            raise ValueError("auth oauth2 needs oauth_client_id")
+            raise ValueError("auth: oauth2 needs oauth_client_id (the Pipedrive app's client id)")
         return self
 
 
@@ -154,7 +154,9 @@ class StageRule(_Strict):
     @classmethod
     def _known_state(cls, value: str) -> str:
         if value not in IFS_STATES:
-            raise ValueError(f"expected one of {', '.join(IFS_STATES)}")
+            raise ValueError(
+                f"{value!r} is not an IFS order state; expected one of {', '.join(IFS_STATES)}"
+            )
         return value
 
     @model_validator(mode="after")

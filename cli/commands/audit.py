@@ -136,16 +136,16 @@ def replay(
     if bool(audit_ids) == all_failed:
         raise click.UsageError("give audit row IDs or --failed (not both)")
     database = migrated_database(obj)
-    from cli.commands.sync import _workers_for_cli
+    from cli.commands.sync import workers_for_cli
     from workers.runtime import set_runtime
-    from workers.tasks import latest_failed, requeue
+    from workers.tasks import requeue
 
-    set_runtime(obj.runtime)
+    set_runtime(obj.runtime)  # requeue marks rows through the runtime's database
+    log = AuditLog(database)
     with reported_errors():
         if all_failed:
-            rows = latest_failed(tenant_id, parse_since(since))
+            rows = log.latest_failed(tenant_id, parse_since(since))
         else:
-            log = AuditLog(database)
             rows = []
             for audit_id in audit_ids:
                 row = log.get(audit_id)
@@ -156,7 +156,7 @@ def replay(
                         f"audit row {audit_id} is {row.status}, not failed: nothing to replay"
                     )
                 rows.append(row)
-    with _workers_for_cli() as embedded:
+    with workers_for_cli(obj) as embedded:
         queued = [row.id for row in rows if requeue(row)]
         click.echo(f"queued {len(queued)} replay(s): {', '.join(map(str, queued)) or 'none'}")
         if queued and (wait or embedded):

@@ -22,15 +22,18 @@ ENTITY_CHOICES = {"customers": (CUSTOMER,), "orders": (ORDER,), "all": (CUSTOMER
 
 
 @contextmanager
-def _workers_for_cli() -> Iterator[bool]:
-    """Yield True when this process must run the worker itself (embedded setup)."""
+def workers_for_cli(obj: CliContext) -> Iterator[bool]:
+    """Yield True when this process must run the worker itself (no broker configured); its
+    tasks then use this command's runtime (and so its --tenants file)."""
     from workers.embedded import embedded_worker, is_embedded
+    from workers.runtime import set_runtime
 
-    if is_embedded():
-        with embedded_worker():
-            yield True
-    else:
+    if not is_embedded():
         yield False
+        return
+    set_runtime(obj.runtime)
+    with embedded_worker():
+        yield True
 
 
 def wait_for_run(
@@ -93,7 +96,7 @@ def _dry_run(
     from connector.sync import TenantSync
 
     with reported_errors():
-        sync = TenantSync(obj.runtime, tenant_id)
+        sync = TenantSync(obj.runtime, tenant_id, read_only=True)
         report: list[dict[str, Any]] = []
         counts: dict[str, int] = {"create": 0, "update": 0, "unchanged": 0, "failed": 0}
         for entity in entities:
@@ -176,7 +179,7 @@ def sync(
 
     run_id = uuid.uuid4().hex
     started = time.monotonic()
-    with _workers_for_cli() as embedded:
+    with workers_for_cli(obj) as embedded:
         celery_app.send_task(
             "ml_connector.plan_sync",
             kwargs={

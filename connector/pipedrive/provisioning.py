@@ -48,6 +48,10 @@ class FieldKeys:
         )
 
 
+# Id of a pipeline or stage a dry run would create.
+NOT_CREATED = 0
+
+
 @dataclass(frozen=True)
 class PipelineIds:
     """The tenant pipeline's id and its stage ids by stage name."""
@@ -97,13 +101,15 @@ def ensure_custom_fields(
     *,
     coordination: Coordination | None = None,
     refresh: bool = False,
+    create: bool = True,
 ) -> FieldKeys:
     """The keys of the tenant's custom fields, creating the missing fields once per tenant.
 
     Fields are found by display name (tenant.fields); the result is cached in tenant_state
     ("field_keys"). `refresh=True` ignores the cache (e.g. after a field was deleted in
     Pipedrive). Runs under the lock `provision:<tenant>` so that two workers starting at
-    once do not both create the same field.
+    once do not both create the same field. `create=False` (a dry run) only reads: a missing
+    field gets a placeholder key naming it, and nothing is cached.
     """
     if not refresh:
         cached = store.get(tenant.id, FIELD_KEYS)
@@ -124,7 +130,9 @@ def ensure_custom_fields(
             }
             for logical, display in wanted.items():
                 match = existing.get(_normalise(display))
-                if match is None:
+                if match is None and not create:
+                    match = {"key": f"(new field {display!r})"}
+                elif match is None:
                     match = client.create_field(entity, display, FIELD_TYPE)
                     log.info("tenant %s: created Pipedrive %s field %r", tenant.id, entity, display)
                 key = match.get("key")
@@ -132,7 +140,8 @@ def ensure_custom_fields(
                     raise RemoteError("pipedrive", f"{entity} field {display!r} has no key")
                 found[entity][logical] = key
         keys = FieldKeys(found["organization"], found["deal"])
-        store.put(tenant.id, FIELD_KEYS, keys.to_json())
+        if create:
+            store.put(tenant.id, FIELD_KEYS, keys.to_json())
         return keys
 
 
@@ -143,6 +152,7 @@ def ensure_pipeline(
     *,
     coordination: Coordination | None = None,
     refresh: bool = False,
+    create: bool = True,
 ) -> PipelineIds:
     """The tenant pipeline (tenant.pipedrive.pipeline) and its stages, creating what is missing.
 
@@ -171,6 +181,8 @@ def ensure_pipeline(
             ),
             None,
         )
+        if pipeline is None and not create:
+            return PipelineIds(NOT_CREATED, {stage_name: NOT_CREATED for stage_name in wanted})
         if pipeline is None:
             pipeline = client.create_pipeline(name)
             log.info("tenant %s: created Pipedrive pipeline %r", tenant.id, name)
@@ -183,12 +195,15 @@ def ensure_pipeline(
         stage_ids: dict[str, int] = {}
         for stage_name in wanted:
             stage_id = stages.get(_normalise(stage_name))
-            if stage_id is None:
+            if stage_id is None and not create:
+                stage_id = NOT_CREATED
+            elif stage_id is None:
                 stage_id = int(client.create_stage(pipeline_id, stage_name)["id"])
                 log.info("tenant %s: created Pipedrive stage %r", tenant.id, stage_name)
             stage_ids[stage_name] = stage_id
         ids = PipelineIds(pipeline_id, stage_ids)
-        store.put(tenant.id, PIPELINE, ids.to_json())
+        if create:
+            store.put(tenant.id, PIPELINE, ids.to_json())
         return ids
 
 
@@ -197,11 +212,12 @@ def ensure_layout(
     tenant: TenantConfig,
     store: TenantStateStore,
     *,
+    create: bool = True,
     coordination: Coordination | None = None,
 ) -> PipedriveLayout:
     """Fields and pipeline together, in the shape connector.mapping uses."""
-    keys = ensure_custom_fields(client, tenant, store, coordination=coordination)
-    pipeline = ensure_pipeline(client, tenant, store, coordination=coordination)
+    keys = ensure_custom_fields(client, tenant, store, coordination=coordination, create=create)
+    pipeline = ensure_pipeline(client, tenant, store, coordination=coordination, create=create)
     return PipedriveLayout(
         organization_fields=keys.organization,
         deal_fields=keys.deal,

@@ -128,7 +128,8 @@ def test_tenant_id_must_be_a_slug(tenant_id):
 def test_unknown_ifs_state_in_stage_map_lists_the_known_states():
     message = _problem({"acme": _tenant(stage_map=[{"ifs_state": "Shipped", "stage": "Out"}])})
     assert (
-        "tenant 'acme': key 'stage_map.0.ifs_state': expected one of Planned, Released" in message
+        "tenant 'acme': key 'stage_map.0.ifs_state': 'Shipped' is not an IFS order state; "
+        "expected one of Planned, Released" in message
     )
     assert "Blocked" in message
 
@@ -157,7 +158,7 @@ def test_open_deal_rule_without_stage_is_refused():
 def test_oauth2_without_client_id_is_refused():
     message = _problem({"acme": _tenant(pipedrive={"auth": "oauth2"})})
     assert "tenant 'acme': key 'pipedrive'" in message
-    assert "auth oauth2 needs oauth_client_id" in message
+    assert "auth: oauth2 needs oauth_client_id" in message
 
 
 def test_every_problem_of_every_tenant_is_reported_at_once():

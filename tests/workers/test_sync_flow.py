@@ -4,6 +4,7 @@ simulators over HTTP (the "done when" list of the sync issue)."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -12,10 +13,11 @@ import pytest
 from connector.idmap import IdMap
 from connector.pipedrive.provisioning import FieldKeys
 from connector.storage.tenant_state import DatabaseTenantState
-from simulators.ifs.schema import customer_order
+from simulators.ifs.schema import customer_info, customer_order
 from tests.fixtures.stack import Stack
 
 pytestmark = pytest.mark.integration
+CUSTOM_KEY = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _sync(stack: Stack, *args: str) -> dict[str, Any]:
@@ -211,3 +213,25 @@ def test_a_mistyped_mapping_property_fails_the_plan_with_the_name(stack_factory)
     (failure,) = summary["failures"]
     assert failure["entity"] == "order" and failure["key"] == "*"
     assert "Cf_Cost_Centre" in failure["error"] and "HTTP 400" in failure["error"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing_anywhere(stack_factory) -> None:
+    from connector.audit import AuditLog
+
+    stack = stack_factory()
+    stack.ifs.seed(customers=2, orders=5, seed=8)
+    pipelines_before = stack.pipedrive.list_pipelines()
+    result = stack.cli("sync", stack.tenant, "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["counts"] == {"create": 7, "update": 0, "unchanged": 0, "failed": 0}
+    customers = {r["key"] for r in report["records"] if r["entity"] == "customer"}
+    assert customers == set(stack.ifs.keys(customer_info()))
+    writes = stack.pipedrive.stats()["writes"]
+    assert not any(writes.values()), writes
+    for entity in ("deal", "organization"):
+        custom = [f for f in stack.pipedrive.list_fields(entity) if CUSTOM_KEY.match(f["key"])]
+        assert custom == [], f"a dry run created {entity} fields"
+    assert stack.pipedrive.list_pipelines() == pipelines_before
+    assert AuditLog(stack.runtime.database).list(tenant=stack.tenant) == []
+    assert DatabaseTenantState(stack.runtime.database).get(stack.tenant, "field_keys") is None
