@@ -13,7 +13,7 @@ import string
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ ENTITIES = (CUSTOMER, ORDER)
 RETRYING = "retrying"
 # Plan hint: the bulk index read at plan time holds no Pipedrive record for this key.
 ABSENT = -1
+SEARCHES_BEFORE_INDEX = 20
 
 
 class Outcome(StrEnum):
@@ -199,11 +200,6 @@ class TenantSync:
         """Read IFS and list the records whose ETag or mapped content changed."""
         plan = Plan(self.tenant.id, entity, run_id or uuid.uuid4().hex)
         entries = self.idmap.entries(self.tenant.id, entity)
-        known = {key for key, entry in entries.items() if entry.pipedrive_id is not None}
-        # The bulk index replaces one search per record when many records are new.
-        index = (
-            self.pipedrive_index(entity) if full or len(known) < len(entries) or not known else None
-        )
         customers = self.idmap.entries(self.tenant.id, CUSTOMER) if entity == ORDER else {}
         layout = self.layout()
         key_property = SPECS[entity].key_property(self.tenant)
@@ -211,7 +207,8 @@ class TenantSync:
             plan.read += 1
             key = str(record.data.get(key_property) or record.key)
             entry = entries.get(key)
-            if not full and entry is not None and entry.pipedrive_id is not None:
+            known_id = entry.pipedrive_id if entry is not None else None
+            if not full and known_id is not None and entry is not None:
                 try:
                     payload = self._payload(entity, record.data, layout, customers)
                 except RecordError:
@@ -223,13 +220,27 @@ class TenantSync:
                 ):
                     plan.unchanged += 1
                     continue
-            hint: int | None = None
-            if entry is not None and entry.pipedrive_id is not None:
-                hint = entry.pipedrive_id
-            elif index is not None and (entry is None or entry.pipedrive_id is None):
-                hint = index.get(key, ABSENT) if entry is None else index.get(key)
-            plan.items.append(WorkItem(entity, key, record.etag, dict(record.data), hint))
+            plan.items.append(WorkItem(entity, key, record.etag, dict(record.data), known_id))
+        unmatched = [item for item in plan.items if item.hint is None]
+        # One paged read of Pipedrive replaces a search per record (searches cost 20 tokens
+        # and have their own low burst limit) once more than a handful are unmatched.
+        if full or len(unmatched) > SEARCHES_BEFORE_INDEX:
+            index = self.pipedrive_index(entity)
+            plan.items = [
+                item
+                if item.hint is not None
+                else replace(item, hint=self._hint(item, entries, index))
+                for item in plan.items
+            ]
         return plan
+
+    @staticmethod
+    def _hint(item: WorkItem, entries: dict[str, Any], index: dict[str, int]) -> int | None:
+        if item.key in index:
+            return index[item.key]
+        # Absent from Pipedrive: create without a search, unless an earlier attempt left a
+        # create intent (its POST may have landed after the index was read): search then.
+        return ABSENT if item.key not in entries else None
 
     def _payload(
         self,
