@@ -13,10 +13,20 @@ def simulate() -> None:
 @simulate.command("ifs")
 @click.option("--port", type=int, default=8081, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--customers", type=click.IntRange(0), default=0, show_default=True,
-              help="Seed this many customers at start.")
-@click.option("--orders", type=click.IntRange(0), default=0, show_default=True,
-              help="Seed this many sales orders at start (needs customers).")
+@click.option(
+    "--customers",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seed this many customers at start.",
+)
+@click.option(
+    "--orders",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seed this many sales orders at start (needs customers).",
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the data.")
 def simulate_ifs(port: int, host: str, customers: int, orders: int, seed: int) -> None:
     """Serve the IFS Cloud simulator (OData projections, OAuth2, ETags).
@@ -30,8 +40,10 @@ def simulate_ifs(port: int, host: str, customers: int, orders: int, seed: int) -
     if orders and not customers:
         raise click.BadParameter("orders need at least one customer", param_hint="--orders")
     settings = IfsSimSettings(seed_customers=customers, seed_orders=orders, seed=seed)
-    click.echo(f"IFS Cloud simulator on http://{host}:{port} ({customers} customers, "
-               f"{orders} orders)", err=True)
+    click.echo(
+        f"IFS Cloud simulator on http://{host}:{port} ({customers} customers, {orders} orders)",
+        err=True,
+    )
     serve(port=port, settings=settings, host=host)
 
 
