@@ -11,26 +11,22 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def test_demo_tells_the_whole_story_and_ends_with_zero_failures(tmp_path: Path) -> None:
+def _demo(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ml-connector demo` as `make demo` runs it: no CONNECTOR_* settings from outside."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
     result = subprocess.run(
-        [
-            str(BIN / "ml-connector"),
-            "demo",
-            "--json",
-            "--customers",
-            "6",
-            "--orders",
-            "15",
-            "--dir",
-            str(tmp_path / "demo"),
-        ],
+        [str(BIN / "ml-connector"), "demo", "--dir", str(folder), *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_demo_tells_the_whole_story_and_ends_with_zero_failures(tmp_path: Path) -> None:
+    result = _demo(tmp_path / "demo", "--json", "--customers", "6", "--orders", "15")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["customers"] == 6 and summary["orders"] == 15
     assert summary["organizations_created"] == 6
@@ -42,24 +38,7 @@ def test_demo_tells_the_whole_story_and_ends_with_zero_failures(tmp_path: Path) 
 
 
 def test_demo_narrates_for_people(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-    result = subprocess.run(
-        [
-            str(BIN / "ml-connector"),
-            "demo",
-            "--customers",
-            "3",
-            "--orders",
-            "6",
-            "--dir",
-            str(tmp_path / "demo"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _demo(tmp_path / "demo", "--customers", "3", "--orders", "6")
     out = result.stdout
     for step in ("1. Sync IFS → Pipedrive", "2. A sales user moves deals", "3. The failed order"):
         assert step in out
