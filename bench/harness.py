@@ -1,5 +1,8 @@
-"""A whole connector stack for benchmarks: temporary Postgres database, Redis, both simulators
-over HTTP, a tenants file, vault credentials, Celery worker processes, and the CLI."""
+"""Benchmark harness: a whole connector stack (temporary database, simulators, workers, CLI).
+
+Postgres database migrated and dropped, Redis with unique queue and key names, both simulators
+over HTTP, a tenants file, vault credentials, Celery worker processes, and the CLI.
+"""
 
 from __future__ import annotations
 

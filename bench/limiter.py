@@ -1,5 +1,7 @@
-"""Benchmark: grants/s and acquire latency of the Redis and the in-process rate limiter on one
-key, from one and from four processes (threads for the in-process limiter), unbound and bound.
+"""Benchmark: grants/s and acquire latency of the Redis and the in-process rate limiter.
+
+One key, from one and from four processes (threads for the in-process limiter), with a limit
+that never binds (the limiter's own cost) and with one that does (waiting, accuracy).
 
     python -m bench.limiter [--seconds 3] [--workers 4]
 """
@@ -146,7 +148,11 @@ def _cleanup(prefix: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.limiter", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.limiter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each unbound run")
     parser.add_argument("--bound-seconds", type=float, default=6.0, help="each bound run")
     parser.add_argument("--workers", type=int, default=4, help="processes / threads in parallel")

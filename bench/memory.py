@@ -1,6 +1,7 @@
-"""Benchmark: peak resident memory of the order plan (a plain process and a Celery worker's pool
-process) as the number of IFS orders M grows, for a first run and for a run that finds
-everything unchanged.
+"""Benchmark: peak resident memory of the order plan as the number of IFS orders M grows.
+
+Measured in a plain process and in a Celery worker's pool process, for a first run (every
+order queued) and for a run that finds everything unchanged.
 
     python -m bench.memory [--customers 2000] [--orders 2000,20000] [--trace]
 """
@@ -301,7 +302,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument(
         "--orders", default="2000,20000", help="comma-separated order counts M to measure"

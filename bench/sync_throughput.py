@@ -1,5 +1,7 @@
-"""Benchmark: a full initial IFS → Pipedrive sync through real Celery workers, then a no-change
-re-sync; prints throughput, request counts and the peak Pipedrive burst against the limit.
+"""Benchmark: throughput of a full initial IFS → Pipedrive sync through real Celery workers.
+
+Then a no-change re-sync; prints records/s, request and token counts, and the peak Pipedrive
+burst against the configured limit.
 
     python -m bench.sync_throughput [--customers 500] [--orders 2000] [--burst 1000]
                                     [--workers 2] [--concurrency 2]
@@ -134,7 +136,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sync_throughput", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sync_throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--customers", type=int, default=500)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument(
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1000,
         help="Pipedrive burst limit per 2 s, set on the tenant and the simulator alike "
-        "(20 = the real Essential plan's API token)",
+        "(20 = the real Essential plan's API token); the search limit is max(10, burst/2)",
     )
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--concurrency", type=int, default=2, help="pool size of each worker")

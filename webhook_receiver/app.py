@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -23,6 +23,7 @@ from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.runtime import Runtime
 from connector.settings import get_settings
 from connector.stage_push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
+from connector.storage.migrate import require_migrated
 from connector.storage.models import WebhookEvent
 from connector.tenants import TenantConfig, WebhookConfig
 from connector.webhooks.auth import verify_basic, verify_hmac
@@ -304,13 +305,15 @@ def healthz() -> tuple[Response, int]:
 
 @health.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Readiness: the database answers SELECT 1 and the broker answers a connection."""
+    """Readiness: the database answers and is migrated, and the broker answers a connection."""
     context = _context()
     checks: dict[str, str] = {}
     try:
-        with context.runtime.database.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        require_migrated(context.runtime.database)
         checks["database"] = "ok"
+    except ConfigError as error:
+        log.warning("readiness: %s", error)
+        checks["database"] = "not migrated" if "not migrated" in str(error) else "unavailable"
     except Exception as error:
         log.warning("readiness: database unavailable: %s", type(error).__name__)
         checks["database"] = "unavailable"

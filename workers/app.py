@@ -69,7 +69,21 @@ def _logging(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _worker_metrics(**_: Any) -> None:
+def _worker_start(**_: Any) -> None:
+    # Every task needs the schema: refuse to start on an un-migrated database, saying why,
+    # rather than failing each task with an SQL error.
+    from connector.storage.database import Database
+    from connector.storage.migrate import require_migrated
+
+    database = Database(get_settings().database_url)
+    try:
+        require_migrated(database)
+    except ConfigError as error:
+        log.critical("worker not started: %s", error)
+        raise SystemExit(1) from error
+    finally:
+        database.dispose()
+
     from connector import metrics
 
     metrics.install_remote_observer()

@@ -388,3 +388,15 @@ def test_health_and_readiness(server, broker):
     assert not_ready.status_code == 503
     assert not_ready.json()["broker"] == "unavailable"
     assert not_ready.json()["database"] == "ok"
+
+
+def test_readiness_says_when_the_database_is_not_migrated(tmp_path, tenants, broker):
+    empty = make_runtime(f"sqlite:///{tmp_path / 'empty.db'}", {tenants["basic"]: tenant_body()})
+    app = create_app(empty, broker.enqueue, {"TESTING": True}, check_broker=broker.check)
+
+    response = app.test_client().get("/readyz")
+
+    assert response.status_code == 503
+    assert response.get_json()["database"] == "not migrated"
+    assert response.get_json()["broker"] == "ok"
+    empty.close()
