@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,14 @@ def content_hash(payload: dict[str, Any]) -> str:
     """A stable hash of mapped content: equal payloads, equal hashes."""
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+class PushedState(NamedTuple):
+    """The id-map columns a plan needs for one record."""
+
+    pipedrive_id: int | None
+    etag: str | None
+    content_hash: str | None
 
 
 class IdMap:
@@ -47,13 +55,22 @@ class IdMap:
                 )
             )
 
-    def entries(self, tenant: str, entity: str) -> dict[str, IdMapEntry]:
-        """Every entry of one tenant and entity, by IFS key (for planning a sync in bulk)."""
+    def summaries(self, tenant: str, entity: str) -> dict[str, PushedState]:
+        """What was last pushed for every record of one tenant and entity, by IFS key.
+
+        Only the columns a plan compares: a full row (with its last payload) per record would
+        make planning a large tenant cost several KB per record.
+        """
         with self.database.session() as session:
-            rows = session.scalars(
-                select(IdMapEntry).where(IdMapEntry.tenant == tenant, IdMapEntry.entity == entity)
+            rows = session.execute(
+                select(
+                    IdMapEntry.ifs_key,
+                    IdMapEntry.pipedrive_id,
+                    IdMapEntry.etag,
+                    IdMapEntry.content_hash,
+                ).where(IdMapEntry.tenant == tenant, IdMapEntry.entity == entity)
             )
-            return {row.ifs_key: row for row in rows}
+            return {key: PushedState(pid, etag, digest) for key, pid, etag, digest in rows}
 
     def save(
         self,

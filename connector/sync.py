@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from connector.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
 from connector.errors import ConnectorError, RecordError, RemoteError
-from connector.idmap import CUSTOMER, ORDER, IdMap, content_hash
+from connector.idmap import CUSTOMER, ORDER, IdMap, PushedState, content_hash
 from connector.ifs.odata import Query
 from connector.mapping import PipedriveLayout, changed_fields, map_customer, map_order
 
@@ -199,8 +199,8 @@ class TenantSync:
     def plan(self, entity: str, *, full: bool = False, run_id: str | None = None) -> Plan:
         """Read IFS and list the records whose ETag or mapped content changed."""
         plan = Plan(self.tenant.id, entity, run_id or uuid.uuid4().hex)
-        entries = self.idmap.entries(self.tenant.id, entity)
-        customers = self.idmap.entries(self.tenant.id, CUSTOMER) if entity == ORDER else {}
+        entries = self.idmap.summaries(self.tenant.id, entity)
+        customers = self.idmap.summaries(self.tenant.id, CUSTOMER) if entity == ORDER else {}
         layout = self.layout()
         key_property = SPECS[entity].key_property(self.tenant)
         for record in self.read_ifs(entity):
@@ -235,7 +235,7 @@ class TenantSync:
         return plan
 
     @staticmethod
-    def _hint(item: WorkItem, entries: dict[str, Any], index: dict[str, int]) -> int | None:
+    def _hint(item: WorkItem, entries: dict[str, PushedState], index: dict[str, int]) -> int | None:
         if item.key in index:
             return index[item.key]
         # Absent from Pipedrive: create without a search, unless an earlier attempt left a
@@ -247,7 +247,7 @@ class TenantSync:
         entity: str,
         data: dict[str, Any],
         layout: PipedriveLayout,
-        customers: dict[str, Any] | None = None,
+        customers: dict[str, PushedState] | None = None,
     ) -> dict[str, Any] | None:
         if entity == CUSTOMER:
             return map_customer(self.tenant, data, layout)
