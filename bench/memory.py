@@ -63,7 +63,7 @@ def plan_child(tenant: str, trace: bool) -> None:
     if trace:
         tracemalloc.start(5)
         # What the plan's bulk id-map read alone holds (the plan reads it the same way).
-        entries = sync.idmap.entries(tenant, ORDER)
+        entries = sync.idmap.summaries(tenant, ORDER)
         held["id_map_entries_kib"] = tracemalloc.get_traced_memory()[0] // 1024
         held["id_map_entries"] = len(entries)
         del entries
@@ -198,7 +198,7 @@ def fill_id_map(stack: BenchStack) -> float:
                 for number, record in enumerate(sync.ifs.iter_customers(page_size=BULK), start=1)
             ],
         )
-    customers = IdMap(database).entries(tenant, CUSTOMER)
+    customers = IdMap(database).summaries(tenant, CUSTOMER)
     order_key = sync.tenant.order_mapping.order_no
     rows = []
     for number, record in enumerate(sync.ifs.iter_orders(page_size=BULK), start=1):

@@ -250,13 +250,17 @@ class IfsSim:
 
     # -- OData reads and writes ----------------------------------------------------------
     def query(self, entity: EntityType, predicate: Any) -> list[tuple[dict[str, Any], str]]:
-        """(row, etag) for every entity the compiled `$filter` keeps (all when None)."""
+        """(row, etag) for every entity the compiled `$filter` keeps (all when None).
+
+        The rows are the stored ones, not copies: a page request copies only the rows it
+        returns (copying a large table for every page made paging quadratic).
+        """
         with self._lock:
-            out = []
-            for stored in self._table(entity).values():
-                if predicate is None or predicate(stored.data) is True:
-                    out.append((stored.data, stored.etag))
-            return [(dict(row), etag) for row, etag in out]
+            return [
+                (stored.data, stored.etag)
+                for stored in self._table(entity).values()
+                if predicate is None or predicate(stored.data) is True
+            ]
 
     def patch(
         self, entity: EntityType, key: str, if_match: str, changes: dict[str, Any]
