@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -47,7 +48,8 @@ def demo(customers: int, orders: int, as_json: bool, folder: Path) -> None:
         f"{result.failed} failed. Requests: "
         + ", ".join(f"{k} {v}" for k, v in result.requests.items())
     )
+    command = sys.argv[0] if sys.argv and sys.argv[0].endswith("ml-connector") else "ml-connector"
     click.echo(
         f"Explore it: CONNECTOR_DATABASE_URL=sqlite:///{folder}/connector.db "
-        f"ml-connector --tenants {folder}/tenants.yaml audit list"
+        f"{command} --tenants {folder}/tenants.yaml audit list"
     )
