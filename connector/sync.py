@@ -73,12 +73,15 @@ class WorkItem:
 
 @dataclass
 class Plan:
+    """What one plan of one entity read and decided; `items` is filled by `TenantSync.plan`
+    only (`plan_pages` hands the items out page by page instead of keeping them)."""
+
     tenant: str
     entity: str
     run_id: str
     items: list[WorkItem] = field(default_factory=list)
+    queued: int = 0
     unchanged: int = 0
-    invalid: int = 0
     read: int = 0
 
 
@@ -197,20 +200,50 @@ class TenantSync:
         return index
 
     def plan(self, entity: str, *, full: bool = False, run_id: str | None = None) -> Plan:
-        """Read IFS and list the records whose ETag or mapped content changed."""
+        """Read IFS and list every record whose ETag or mapped content changed."""
         plan = Plan(self.tenant.id, entity, run_id or uuid.uuid4().hex)
-        entries = self.idmap.summaries(self.tenant.id, entity)
-        customers = self.idmap.summaries(self.tenant.id, CUSTOMER) if entity == ORDER else {}
+        for page in self.plan_pages(plan, full=full):
+            plan.items.extend(page)
+        return plan
+
+    def plan_pages(self, plan: Plan, *, full: bool = False) -> Iterator[list[WorkItem]]:
+        """The records that need work, a page at a time as IFS is read; `plan` keeps count.
+
+        Memory stays at one page of work items whatever the tenant's size.
+        """
+        entries = self.idmap.summaries(self.tenant.id, plan.entity)
+        customers = self.idmap.summaries(self.tenant.id, CUSTOMER) if plan.entity == ORDER else {}
         layout = self.layout()
-        key_property = SPECS[entity].key_property(self.tenant)
-        for record in self.read_ifs(entity):
+        key_property = SPECS[plan.entity].key_property(self.tenant)
+        index: dict[str, int] | None = None
+        unmatched = 0
+
+        def with_hints(page: list[WorkItem]) -> list[WorkItem]:
+            nonlocal index, unmatched
+            unmatched += sum(1 for item in page if item.hint is None)
+            # One paged read of Pipedrive replaces a search per record (searches cost 20
+            # tokens and have their own low burst limit) once more than a handful are new.
+            if index is None and (full or unmatched > SEARCHES_BEFORE_INDEX):
+                index = self.pipedrive_index(plan.entity)
+            if index is None:
+                return page
+            known = index
+            return [
+                item
+                if item.hint is not None
+                else replace(item, hint=self._hint(item, entries, known))
+                for item in page
+            ]
+
+        page: list[WorkItem] = []
+        for record in self.read_ifs(plan.entity):
             plan.read += 1
             key = str(record.data.get(key_property) or record.key)
             entry = entries.get(key)
             known_id = entry.pipedrive_id if entry is not None else None
             if not full and known_id is not None and entry is not None:
                 try:
-                    payload = self._payload(entity, record.data, layout, customers)
+                    payload = self._payload(plan.entity, record.data, layout, customers)
                 except RecordError:
                     payload = None
                 if (
@@ -220,19 +253,14 @@ class TenantSync:
                 ):
                     plan.unchanged += 1
                     continue
-            plan.items.append(WorkItem(entity, key, record.etag, dict(record.data), known_id))
-        unmatched = [item for item in plan.items if item.hint is None]
-        # One paged read of Pipedrive replaces a search per record (searches cost 20 tokens
-        # and have their own low burst limit) once more than a handful are unmatched.
-        if full or len(unmatched) > SEARCHES_BEFORE_INDEX:
-            index = self.pipedrive_index(entity)
-            plan.items = [
-                item
-                if item.hint is not None
-                else replace(item, hint=self._hint(item, entries, index))
-                for item in plan.items
-            ]
-        return plan
+            page.append(WorkItem(plan.entity, key, record.etag, dict(record.data), known_id))
+            if len(page) >= self.tenant.ifs.page_size:
+                plan.queued += len(page)
+                yield with_hints(page)
+                page = []
+        if page:
+            plan.queued += len(page)
+            yield with_hints(page)
 
     @staticmethod
     def _hint(item: WorkItem, entries: dict[str, PushedState], index: dict[str, int]) -> int | None:
@@ -482,11 +510,11 @@ def plan_audit(plan: Plan) -> Attempt:
         entity=plan.entity,
         record_key="*",
         operation="plan",
-        status=SKIPPED if not plan.items else "succeeded",
+        status=SKIPPED if not plan.queued else "succeeded",
         correlation_id=plan.run_id,
         response_summary={
             "read": plan.read,
-            "queued": len(plan.items),
+            "queued": plan.queued,
             "unchanged": plan.unchanged,
         },
     )

@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from connector.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.errors import ConnectorError, RemoteError
 from connector.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord
-from connector.sync import ENTITIES, RETRYING, TransientError, plan_audit
+from connector.sync import ENTITIES, RETRYING, Plan, TransientError, plan_audit
 from workers.app import celery_app
 from workers.runtime import get_runtime, tenant_sync
 
@@ -82,9 +83,25 @@ def plan_sync(
         _unknown_tenant_row(tenant, "plan", "*", error)
         return {"error": str(error)}
     retries = self.request.retries or 0
+    run_id = run_id or uuid.uuid4().hex  # one run, both entities (status shows it whole)
     for position, name in enumerate(entities):
+        plan = Plan(tenant, name, run_id)
         try:
-            plan = sync.plan(name, full=full, run_id=run_id)
+            # Tasks go out page by page as IFS is read; the plan row with the totals is
+            # written last, so a run never looks finished before its plan is.
+            for page in sync.plan_pages(plan, full=full):
+                for item in page:
+                    celery_app.send_task(
+                        TASK_FOR_ENTITY[name],
+                        kwargs={
+                            "tenant": tenant,
+                            "key": item.key,
+                            "snapshot": {"etag": item.etag, "data": item.data},
+                            "hint": item.hint,
+                            "full": full,
+                            "run_id": plan.run_id,
+                        },
+                    )
         except ConnectorError as error:
             attempt = Attempt(
                 tenant=tenant,
@@ -94,7 +111,7 @@ def plan_sync(
                 operation="plan",
                 status=FAILED,
                 error=str(error),
-                correlation_id=run_id,
+                correlation_id=plan.run_id,
                 attempt=retries + 1,
                 replay_task="ml_connector.plan_sync",
                 replay_args={"tenant": tenant, "entity": name, "full": full},
@@ -107,28 +124,15 @@ def plan_sync(
                         "tenant": tenant,
                         "entity": ",".join(entities[position:]),
                         "full": full,
-                        "run_id": run_id,
+                        "run_id": plan.run_id,
                     },
                     countdown=_countdown(retries, getattr(error, "retry_after", None)),
                 ) from error
             sync.audit.write(attempt)
             summary[name] = {"error": str(error)}
             continue
-        # Write the plan row (commit) first, then enqueue: progress never undercounts.
         sync.audit.write(plan_audit(plan))
-        for item in plan.items:
-            celery_app.send_task(
-                TASK_FOR_ENTITY[name],
-                kwargs={
-                    "tenant": tenant,
-                    "key": item.key,
-                    "snapshot": {"etag": item.etag, "data": item.data},
-                    "hint": item.hint,
-                    "full": full,
-                    "run_id": plan.run_id,
-                },
-            )
-        summary[name] = {"read": plan.read, "queued": len(plan.items), "unchanged": plan.unchanged}
+        summary[name] = {"read": plan.read, "queued": plan.queued, "unchanged": plan.unchanged}
     return summary
 
 

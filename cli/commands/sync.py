@@ -51,7 +51,8 @@ def wait_for_run(
         while True:
             summary = run_summary(database, run_id)
             if bar is not None:
-                bar.length = max(summary.queued, 1)
+                # The total is known once the plan row is written; tasks may finish before.
+                bar.length = max(summary.queued, summary.done, 1)
                 bar.update(summary.done - bar.pos)
             if summary.finished(expected_entities):
                 return summary
