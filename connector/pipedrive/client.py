@@ -44,9 +44,9 @@ def rate_limit_key(tenant_id: str) -> str:
 def burst_limits(config: PipedriveConfig, bucket: str) -> list[Limit]:
     """Requests per rolling 2 s: every request counts against the token's burst limit, and
     searches also against the separate search limit (as Pipedrive counts them)."""
-    limits = [Limit(config.burst_limit, BURST_WINDOW_S, "burst")]
+    limits = [Limit(config.burst_limit, BURST_WINDOW_S, "burst", per_request=True)]
     if bucket == SEARCH_BUCKET:
-        limits.append(Limit(config.search_burst_limit, BURST_WINDOW_S, "search"))
+        limits.append(Limit(config.search_burst_limit, BURST_WINDOW_S, "search", per_request=True))
     return limits
 
 
@@ -63,19 +63,24 @@ def pipedrive_acquirer(
     max_wait_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Acquire:
-    """An Acquire for RemoteSession: burst limits count requests, the daily budget token cost.
+    """An Acquire for RemoteSession: burst limits count requests, the daily budget token cost,
+    all taken in one atomic step (nothing is taken when any of them is exhausted).
 
-    The limiter charges one cost to all limits of a call, so the two kinds are taken in two
-    calls: burst first (waiting up to `max_wait_s`), then the daily budget (never waiting:
-    an exhausted day raises RateLimited with hours to go). If the day is exhausted the burst
-    slot just taken is wasted, which costs nothing but two seconds of one slot.
+    Waits up to `max_wait_s` for the burst window; an exhausted day raises RateLimited at
+    once with the hours still to go.
     """
     key = rate_limit_key(tenant_id)
     day = daily_limit(config)
 
     def take(bucket: str, cost: int) -> None:
-        acquire(limiter, key, 1, burst_limits(config, bucket), max_wait_s=max_wait_s, sleep=sleep)
-        acquire(limiter, key, cost, [day], max_wait_s=0.0, sleep=sleep)
+        acquire(
+            limiter,
+            key,
+            cost,
+            [*burst_limits(config, bucket), day],
+            max_wait_s=max_wait_s,
+            sleep=sleep,
+        )
 
     return take
 

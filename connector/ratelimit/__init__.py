@@ -25,11 +25,15 @@ class Limit:
 
     `name` separates two limits of the same shape that count different things (e.g. the
     search burst limit next to the general burst limit of one Pipedrive token).
+    `per_request` limits count requests: each acquisition takes 1 from them, whatever its
+    cost (Pipedrive's burst limit counts requests while its daily budget counts token cost,
+    and both must be taken in one atomic step).
     """
 
     capacity: int
     window_s: float
     name: str = ""
+    per_request: bool = False
 
     def __post_init__(self) -> None:
         if self.capacity <= 0 or self.window_s <= 0:
@@ -39,7 +43,12 @@ class Limit:
     def slot(self) -> str:
         """Stable identity of the counter behind this limit (part of its storage key)."""
         window_ms = round(self.window_s * 1000)
-        return f"{self.name}:{self.capacity}/{window_ms}ms"
+        unit = "req" if self.per_request else "cost"
+        return f"{self.name}:{self.capacity}{unit}/{window_ms}ms"
+
+    def charge(self, cost: int) -> int:
+        """What one acquisition of `cost` takes from this limit."""
+        return 1 if self.per_request else cost
 
 
 class RateLimiter(Protocol):
@@ -56,7 +65,7 @@ def check_request(cost: int, limits: Sequence[Limit]) -> None:
     if len(set(slots)) != len(slots):
         raise ValueError(f"the same limit is listed twice: {limits}")
     for limit in limits:
-        if cost > limit.capacity:
+        if limit.charge(cost) > limit.capacity:
             raise ValueError(f"cost {cost} exceeds the capacity of {limit}")
 
 

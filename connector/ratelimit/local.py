@@ -49,13 +49,13 @@ class LocalRateLimiter:
             for limit in limits:
                 log = self._logs.setdefault((key, limit.slot), _Log())
                 log.expire(now, limit.window_s)
-                excess = log.total + cost - limit.capacity
+                excess = log.total + limit.charge(cost) - limit.capacity
                 if excess > 0:
                     wait = max(wait, log.wait_for(excess, now, limit.window_s))
-                logs.append(log)
+                logs.append((log, limit.charge(cost)))
             if wait > 0:
                 return max(wait, 1e-6)
-            for log in logs:
-                log.entries.append((now, cost))
-                log.total += cost
+            for log, charge in logs:
+                log.entries.append((now, charge))
+                log.total += charge
             return 0.0

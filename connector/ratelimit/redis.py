@@ -32,10 +32,12 @@ class RedisRateLimiter:
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
         check_request(cost, limits)
         keys: list[str] = []
-        args: list[int] = [cost]
+        args: list[int] = []
         for limit in limits:
             keys.extend(self.keys_for(key, limit))
             window_us = round(limit.window_s * 1_000_000)
-            args.extend([limit.capacity, window_us, max(1000, window_us // SLICES)])
+            args.extend(
+                [limit.capacity, window_us, max(1000, window_us // SLICES), limit.charge(cost)]
+            )
         wait_us = int(self._script(keys=keys, args=args))
         return wait_us / 1_000_000

@@ -1,14 +1,13 @@
--- Cost-weighted rolling-window limiter: take `cost` from EVERY limit, or from none.
+-- Cost-weighted rolling-window limiter: take each limit's cost from EVERY limit, or from none.
 --
 -- Per limit i: KEYS[2i-1] is a sorted set of time buckets (member = bucket id, score = bucket
 -- end in microseconds) and KEYS[2i] a hash {bucket id -> cost, "total" -> live sum}.
 -- A grant is booked in the bucket that contains "now" and counts until bucket end + window,
 -- i.e. a little longer than its true age: the limiter can only be stricter, never looser.
--- ARGV: cost, then per limit: capacity, window_us, granularity_us.
+-- ARGV per limit: capacity, window_us, granularity_us, cost (a per-request limit gets 1).
 -- Returns 0 when granted, else the microseconds until every limit could grant (nothing booked).
 -- The clock is Redis' own (TIME), so the clocks of worker hosts do not matter.
 
-local cost = tonumber(ARGV[1])
 local nlimits = #KEYS / 2
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -17,8 +16,9 @@ local wait = 0
 local totals = {}
 for i = 1, nlimits do
   local zkey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local capacity = tonumber(ARGV[3 * i - 1])
-  local window = tonumber(ARGV[3 * i])
+  local capacity = tonumber(ARGV[4 * i - 3])
+  local window = tonumber(ARGV[4 * i - 2])
+  local cost = tonumber(ARGV[4 * i])
   -- expire buckets whose grants are out of the window
   local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - window)
   local total = tonumber(redis.call('HGET', hkey, 'total') or '0')
@@ -54,8 +54,9 @@ end
 
 for i = 1, nlimits do
   local zkey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local window = tonumber(ARGV[3 * i])
-  local granularity = tonumber(ARGV[3 * i + 1])
+  local window = tonumber(ARGV[4 * i - 2])
+  local granularity = tonumber(ARGV[4 * i - 1])
+  local cost = tonumber(ARGV[4 * i])
   local bucket_end = (math.floor(now / granularity) + 1) * granularity
   local member = string.format('%.0f', bucket_end)
   redis.call('ZADD', zkey, bucket_end, member)

@@ -76,6 +76,18 @@ def test_all_limits_or_none(limiter: RateLimiter):
     assert limiter.try_acquire("t", 1, [budget]) > 0
 
 
+def test_per_request_limits_count_requests_while_cost_limits_count_cost(limiter: RateLimiter):
+    # Pipedrive: the burst counts requests, the daily budget counts token cost, one step.
+    burst, day = Limit(3, 60, "burst", per_request=True), Limit(12, 60, "daily")
+    assert limiter.try_acquire("pd", 5, [burst, day]) == 0  # burst 1/3, day 5/12
+    assert limiter.try_acquire("pd", 5, [burst, day]) == 0  # burst 2/3, day 10/12
+    assert limiter.try_acquire("pd", 5, [burst, day]) > 0  # the day would reach 15
+    # Nothing was taken by the refusal: one request (burst 3/3) of cost 2 (day 12/12) fits.
+    assert limiter.try_acquire("pd", 2, [burst, day]) == 0
+    assert limiter.try_acquire("pd", 1, [burst]) > 0
+    assert limiter.try_acquire("pd", 1, [day]) > 0
+
+
 def test_same_shape_limits_with_different_names_count_separately(limiter: RateLimiter):
     general, search = Limit(2, 60), Limit(2, 60, name="search")
     assert limiter.try_acquire("t", 2, [general]) == 0
