@@ -336,7 +336,7 @@ class TenantSync:
         except ConnectorError as error:  # rate limit exhausted, lock timeout, vault …
             audit.status, audit.error = FAILED, f"{type(error).__name__}: {error}"
             outcome = Outcome.FAILED
-            if _is_transient(error) and not final_attempt:
+            if is_transient(error) and not final_attempt:
                 audit.status = RETRYING
                 self._write(audit, before)
                 raise TransientError(str(error), getattr(error, "retry_after_s", None)) from error
@@ -495,10 +495,14 @@ class TenantSync:
             self.pipedrive.update_deal(pipedrive_id, changes)
 
 
-def _is_transient(error: ConnectorError) -> bool:
+def is_transient(error: ConnectorError) -> bool:
+    """Worth another attempt later: a remote's retryable error (429, 5xx, connection), rate
+    tokens or a record lock not had in time. Everything else is final until replayed."""
     from connector.coordination import LockTimeout
     from connector.ratelimit import RateLimited
 
+    if isinstance(error, RemoteError):
+        return error.retryable
     return isinstance(error, RateLimited | LockTimeout | TransientError)
 
 

@@ -20,10 +20,10 @@ from celery import Task
 
 from connector import metrics
 from connector.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
-from connector.errors import ConnectorError, RemoteError
+from connector.errors import ConnectorError
 from connector.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord
-from connector.sync import ENTITIES, RETRYING, Plan, TransientError, plan_audit
+from connector.sync import ENTITIES, RETRYING, Plan, TransientError, is_transient, plan_audit
 from workers.app import celery_app
 from workers.runtime import get_runtime, tenant_sync
 
@@ -51,15 +51,6 @@ def _unknown_tenant_row(tenant: str, entity: str, key: str, error: ConnectorErro
             error=str(error),
         )
     )
-
-
-def _is_transient(error: ConnectorError) -> bool:
-    from connector.coordination import LockTimeout
-    from connector.ratelimit import RateLimited
-
-    if isinstance(error, RemoteError):
-        return error.retryable
-    return isinstance(error, RateLimited | LockTimeout | TransientError)
 
 
 @celery_app.task(name="ml_connector.plan_sync", bind=True, max_retries=MAX_RETRIES)
@@ -116,7 +107,7 @@ def plan_sync(
                 replay_task="ml_connector.plan_sync",
                 replay_args={"tenant": tenant, "entity": name, "full": full},
             )
-            if _is_transient(error) and retries < MAX_RETRIES:
+            if is_transient(error) and retries < MAX_RETRIES:
                 attempt.status = RETRYING
                 sync.audit.write(attempt)
                 raise self.retry(
@@ -205,7 +196,7 @@ def push_stage_to_ifs(self: Task, tenant: str, webhook_event_id: int, **options:
         outcome = push(get_runtime(), tenant, webhook_event_id, attempt=retries + 1, **options)
     except ConnectorError as error:
         metrics.observe_stage_push(tenant, "failed", time.monotonic() - started)
-        if _is_transient(error) and retries < MAX_RETRIES:
+        if is_transient(error) and retries < MAX_RETRIES:
             raise self.retry(
                 countdown=_countdown(retries, getattr(error, "retry_after", None))
             ) from error
