@@ -47,10 +47,10 @@ def _reset_peak() -> bool:
 
 def plan_child(tenant: str, trace: bool) -> None:
     """Build the runtime from the environment, provision the layout, then plan orders once."""
-    from connector.idmap import ORDER
     from connector.runtime import Runtime
     from connector.settings import get_settings
-    from connector.sync import TenantSync
+    from connector.storage.idmap import ORDER
+    from connector.sync.engine import TenantSync
 
     runtime = Runtime(get_settings())
     sync = TenantSync(runtime, tenant)
@@ -173,9 +173,9 @@ def fill_id_map(stack: BenchStack) -> float:
     """Write the id map a completed sync would leave (real payloads and hashes) in bulk."""
     from sqlalchemy import delete, insert
 
-    from connector.idmap import CUSTOMER, ORDER, IdMap, content_hash
+    from connector.storage.idmap import CUSTOMER, ORDER, IdMap, content_hash
     from connector.storage.models import IdMapEntry
-    from connector.sync import TenantSync
+    from connector.sync.engine import TenantSync
 
     started = time.perf_counter()
     sync = TenantSync(stack.runtime, stack.tenant)

@@ -238,8 +238,8 @@ class Story:
         )
 
     def _sample_deals(self) -> None:
-        from connector.idmap import IdMap
         from connector.pipedrive.provisioning import FieldKeys
+        from connector.storage.idmap import IdMap
         from connector.storage.tenant_state import DatabaseTenantState
 
         state = DatabaseTenantState(self.runtime.database).get(DEMO_TENANT, "field_keys")
@@ -268,14 +268,14 @@ class Story:
             )
 
     def _register_webhook(self) -> None:
-        from connector.webhook_registration import ensure_webhook
+        from connector.webhooks.registration import ensure_webhook
 
         status = ensure_webhook(self.runtime, DEMO_TENANT)
         self.say(f"   webhook {status.action} (id {status.webhook_id}), Basic auth from the vault")
 
     def _move_deals(self) -> None:
-        from connector.idmap import IdMap
         from connector.pipedrive.provisioning import PipelineIds
+        from connector.storage.idmap import IdMap
         from connector.storage.tenant_state import DatabaseTenantState
 
         pipeline = DatabaseTenantState(self.runtime.database).get(DEMO_TENANT, "pipeline")
@@ -347,7 +347,7 @@ class Story:
             raise click.ClickException(f"demo: {label} did not finish within 120 s")
 
     def _replay(self) -> None:
-        from connector.audit import AuditLog
+        from connector.storage.audit import AuditLog
         from workers.tasks import latest_failed, requeue
 
         failed = latest_failed(DEMO_TENANT)

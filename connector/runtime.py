@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from connector.coordination import Coordination
     from connector.ifs.client import IfsClient
     from connector.pipedrive.client import PipedriveClient
-    from connector.vault import Vault
+    from connector.storage.vault import Vault
 
 
 class Runtime:
@@ -48,7 +48,7 @@ class Runtime:
 
     @cached_property
     def vault(self) -> Vault:
-        from connector.vault import Vault
+        from connector.storage.vault import Vault
 
         return Vault(self.database, self.settings.key_list)
 

@@ -22,7 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.runtime import Runtime
 from connector.settings import get_settings
-from connector.stage_push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
+from connector.stage_push.push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
 from connector.storage.migrate import require_migrated
 from connector.storage.models import WebhookEvent
 from connector.tenants import TenantConfig, WebhookConfig

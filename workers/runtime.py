@@ -6,7 +6,7 @@ import threading
 
 from connector.runtime import Runtime
 from connector.settings import get_settings
-from connector.sync import TenantSync
+from connector.sync.engine import TenantSync
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None

@@ -19,11 +19,11 @@ from typing import Any
 from celery import Task
 
 from connector import metrics
-from connector.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.errors import ConnectorError
-from connector.idmap import CUSTOMER, ORDER
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
+from connector.storage.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord
-from connector.sync import ENTITIES, RETRYING, Plan, TransientError, is_transient, plan_audit
+from connector.sync.engine import ENTITIES, RETRYING, Plan, TransientError, is_transient, plan_audit
 from workers.app import celery_app
 from workers.runtime import get_runtime, tenant_sync
 
@@ -188,7 +188,7 @@ def replay_failed(self: Task, tenant: str | None = None, since: str | None = Non
 @celery_app.task(name="ml_connector.push_stage_to_ifs", bind=True, max_retries=MAX_RETRIES)
 def push_stage_to_ifs(self: Task, tenant: str, webhook_event_id: int, **options: Any) -> str:
     """Apply one Pipedrive deal stage change to the IFS sales order (If-Match, ETag)."""
-    from connector.stage_push import push_stage_to_ifs as push
+    from connector.stage_push.push import push_stage_to_ifs as push
 
     retries = self.request.retries or 0
     started = time.monotonic()
@@ -208,7 +208,7 @@ def push_stage_to_ifs(self: Task, tenant: str, webhook_event_id: int, **options:
 @celery_app.task(name="ml_connector.reconcile_stages", bind=True)
 def reconcile_stages(self: Task, tenant: str) -> dict[str, Any]:
     """Apply deal stage changes that no webhook delivered (bans and outages lose events)."""
-    from connector.stage_push import reconcile_stages as reconcile
+    from connector.stage_push.push import reconcile_stages as reconcile
 
     return _jsonable(asdict(reconcile(get_runtime(), tenant, None)))
 
@@ -216,7 +216,7 @@ def reconcile_stages(self: Task, tenant: str) -> dict[str, Any]:
 @celery_app.task(name="ml_connector.ensure_webhook", bind=True)
 def ensure_webhook(self: Task, tenant: str) -> dict[str, Any]:
     """Register the tenant's Pipedrive webhook again if Pipedrive deleted it."""
-    from connector.webhook_registration import ensure_webhook as ensure
+    from connector.webhooks.registration import ensure_webhook as ensure
 
     return _jsonable(asdict(ensure(get_runtime(), tenant)))
 

@@ -10,7 +10,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.audit import AuditLog
+from connector.storage.audit import AuditLog
 from connector.storage.models import AuditRecord
 
 

@@ -9,7 +9,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.health import CheckReport, SystemCheck, check_tenant
+from connector.diagnostics.health import CheckReport, SystemCheck, check_tenant
 
 _INDENT = " " * 11
 

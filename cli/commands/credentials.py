@@ -9,7 +9,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.vault import KNOWN_NAMES, SYSTEMS
+from connector.storage.vault import KNOWN_NAMES, SYSTEMS
 
 _SYSTEM = click.Choice(SYSTEMS)
 

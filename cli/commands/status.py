@@ -9,7 +9,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.health import QueueStatus, TenantStatus, queue_status, tenant_status
+from connector.diagnostics.health import QueueStatus, TenantStatus, queue_status, tenant_status
 
 _INDENT = "  "
 

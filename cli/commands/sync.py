@@ -14,9 +14,9 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.idmap import CUSTOMER, ORDER
-from connector.runs import RunSummary, run_summary
 from connector.storage.database import Database
+from connector.storage.idmap import CUSTOMER, ORDER
+from connector.storage.runs import RunSummary, run_summary
 
 ENTITY_CHOICES = {"customers": (CUSTOMER,), "orders": (ORDER,), "all": (CUSTOMER, ORDER)}
 
@@ -94,7 +94,7 @@ def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
 def _dry_run(
     obj: CliContext, tenant_id: str, entities: tuple[str, ...], full: bool, as_json: bool
 ) -> None:
-    from connector.sync import TenantSync
+    from connector.sync.engine import TenantSync
 
     with reported_errors():
         sync = TenantSync(obj.runtime, tenant_id, read_only=True)

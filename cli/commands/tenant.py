@@ -12,8 +12,8 @@ from cli.commands.credentials import as_utc
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
 from connector.errors import ConfigError
+from connector.storage.vault import required_credentials
 from connector.tenants import TenantConfig, load_tenants
-from connector.vault import required_credentials
 
 
 def _tenants(obj: CliContext) -> dict[str, TenantConfig]:

@@ -26,7 +26,7 @@ def webhooks_ensure(obj: CliContext, tenant: str) -> None:
     Basic credentials are generated and stored in the vault when there are none; they are
     never printed. Safe to run again: a healthy webhook is left alone.
     """
-    from connector.webhook_registration import ensure_webhook
+    from connector.webhooks.registration import ensure_webhook
 
     migrated_database(obj)
     with reported_errors():
@@ -44,7 +44,7 @@ def webhooks_ensure(obj: CliContext, tenant: str) -> None:
 @pass_context
 def webhooks_show(obj: CliContext, tenant: str, as_json: bool) -> None:
     """Show TENANT's Pipedrive webhooks (no passwords) and its received events by status."""
-    from connector.webhook_registration import webhooks_for
+    from connector.webhooks.registration import webhooks_for
 
     database = migrated_database(obj)
     with reported_errors():

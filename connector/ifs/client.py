@@ -29,7 +29,7 @@ _ACTION = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 class SecretSource(Protocol):
-    """What the client needs of the credentials vault (connector.vault.Vault)."""
+    """What the client needs of the credentials vault (connector.storage.vault.Vault)."""
 
     def get(self, tenant: str, system: str, name: str) -> str: ...
 

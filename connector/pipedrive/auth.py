@@ -34,7 +34,7 @@ DEFAULT_REFRESH_MARGIN_S = 300.0
 
 
 class SecretStore(Protocol):
-    """The part of connector.vault.Vault this module uses."""
+    """The part of connector.storage.vault.Vault this module uses."""
 
     def get(self, tenant: str, system: str, name: str) -> str: ...
 

@@ -1,1 +1,1 @@
-"""Persistence: tables, engine/session handling and Alembic migrations."""
+"""Persistence: every table's reads and writes (audit, id map, events, vault, state), migrations."""

@@ -1,1 +1,1 @@
-"""Pipedrive webhooks: authenticating deliveries and parsing their payloads (Flask-free)."""
+"""Pipedrive webhooks: authenticating deliveries, parsing payloads, registering the subscription."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cli.commands.credentials import credentials_set
 from connector.storage.database import Database
-from connector.vault import Vault
+from connector.storage.vault import Vault
 
 
 def _vault(run) -> Vault:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet
 
 from connector.storage.database import Database
-from connector.vault import Vault
+from connector.storage.vault import Vault
 
 
 def test_generate_prints_a_usable_fernet_key(run):

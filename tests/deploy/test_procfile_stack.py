@@ -15,9 +15,9 @@ import pytest
 from celery import Celery
 from sqlalchemy import select
 
-from connector.idmap import IdMap
 from connector.pipedrive.provisioning import FieldKeys, PipelineIds
-from connector.stage_push import APPLIED
+from connector.stage_push.push import APPLIED
+from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from simulators.ifs.schema import customer_order

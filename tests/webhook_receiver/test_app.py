@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from connector.stage_push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
+from connector.stage_push.push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
 from connector.webhooks.auth import sign
 from simulators.serving import RunningServer
 from tests.connector.webhooks.support import (

@@ -13,8 +13,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from connector.audit import AuditLog
 from connector.pipedrive.provisioning import FieldKeys
+from connector.storage.audit import AuditLog
 from connector.storage.models import AuditRecord
 from connector.storage.tenant_state import DatabaseTenantState
 from simulators.ifs.schema import customer_order

@@ -13,9 +13,9 @@ import requests
 from celery import Celery
 from sqlalchemy import select
 
-from connector.idmap import IdMap
 from connector.pipedrive.provisioning import PipelineIds
 from connector.runtime import Runtime
+from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from simulators.ifs.schema import customer_order

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from connector.idmap import IdMap
 from connector.pipedrive.provisioning import FieldKeys
+from connector.storage.idmap import IdMap
 from connector.storage.tenant_state import DatabaseTenantState
 from simulators.ifs.schema import customer_info, customer_order
 from tests.fixtures.stack import Stack
@@ -190,7 +190,7 @@ def test_bad_records_unknown_tenant_and_revoked_token_fail_with_reasons(stack_fa
         kwargs={"tenant": "no-such-tenant", "key": "C1"},
         queue=stack.env["CONNECTOR_QUEUE"],
     )
-    from connector.audit import AuditLog
+    from connector.storage.audit import AuditLog
     from tests.fixtures.stack import wait_until
 
     rows = wait_until(lambda: AuditLog(stack.runtime.database).list(tenant="no-such-tenant"), 60)
@@ -216,7 +216,7 @@ def test_a_mistyped_mapping_property_fails_the_plan_with_the_name(stack_factory)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing_anywhere(stack_factory) -> None:
-    from connector.audit import AuditLog
+    from connector.storage.audit import AuditLog
 
     stack = stack_factory()
     stack.ifs.seed(customers=2, orders=5, seed=8)

@@ -16,8 +16,8 @@ from connector.ratelimit import RedisRateLimiter
 from connector.storage.database import Database
 from connector.storage.models import Base
 from connector.storage.tenant_state import DatabaseTenantState
+from connector.storage.vault import Vault
 from connector.tenants import TenantConfig
-from connector.vault import Vault
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from connector.errors import ConfigError
-from connector.webhook_registration import ensure_webhook, webhooks_for
+from connector.webhooks.registration import ensure_webhook, webhooks_for
 from simulators.serving import RunningServer
 from tests.connector.webhooks.support import (
     events_of,

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from connector.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
 from connector.errors import ConnectorError, RecordError, RemoteError
-from connector.idmap import CUSTOMER, ORDER, IdMap, PushedState, content_hash
 from connector.ifs.odata import Query
 from connector.mapping import PipedriveLayout, changed_fields, map_customer, map_order
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
+from connector.storage.idmap import CUSTOMER, ORDER, IdMap, PushedState, content_hash
 
 if TYPE_CHECKING:
     from connector.ifs.records import IfsRecord

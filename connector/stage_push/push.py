@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from connector.audit import PIPEDRIVE_TO_IFS, Attempt, AuditLog
 from connector.errors import ConnectorError, PreconditionFailed, RemoteError
-from connector.idmap import ORDER
 from connector.pipedrive.provisioning import PipelineIds
+from connector.storage.audit import PIPEDRIVE_TO_IFS, Attempt, AuditLog
+from connector.storage.idmap import ORDER
 from connector.storage.models import IdMapEntry, SyncWatermark, WebhookEvent, utcnow
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.tenants import StageRule, TenantConfig

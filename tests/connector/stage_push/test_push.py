@@ -8,8 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from connector.errors import PreconditionFailed
-from connector.idmap import IdMap
-from connector.stage_push import (
+from connector.stage_push.push import (
     APPLIED,
     FAILED,
     IGNORED,
@@ -18,6 +17,7 @@ from connector.stage_push import (
     push_stage_to_ifs,
     reconcile_stages,
 )
+from connector.storage.idmap import IdMap
 from connector.storage.models import AuditRecord, SyncWatermark, WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.webhooks.events import parse_payload

@@ -10,8 +10,8 @@ from connector.errors import MissingCredentialError, VaultError
 from connector.storage.database import Database
 from connector.storage.migrate import upgrade
 from connector.storage.models import Credential
+from connector.storage.vault import NO_KEY, Vault, required_credentials
 from connector.tenants import parse_tenants
-from connector.vault import NO_KEY, Vault, required_credentials
 from tests.connector.storage.databases import fresh_postgres
 
 OLD_KEY = Fernet.generate_key().decode()

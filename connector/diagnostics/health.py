@@ -11,14 +11,14 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
-from connector.audit import AuditLog
 from connector.errors import ConnectorError, MissingCredentialError, RemoteError, VaultError
 from connector.http import RetryPolicy
 from connector.ratelimit import Limit, RateLimited, RedisRateLimiter
-from connector.runs import run_summary
+from connector.storage.audit import AuditLog
 from connector.storage.models import AuditRecord, SyncWatermark, WebhookEvent
+from connector.storage.runs import run_summary
 from connector.storage.tenant_state import DatabaseTenantState
-from connector.vault import required_credentials
+from connector.storage.vault import required_credentials
 
 if TYPE_CHECKING:
     from connector.coordination import Coordination
@@ -40,8 +40,8 @@ PIPEDRIVE_HEADERS = (
     "x-ratelimit-reset",
     "x-daily-requests-left",
 )
-WEBHOOK_STATE_KEY = "webhook"  # connector.webhook_registration.STATE_KEY
-FAILED_EVENT = "failed"  # connector.stage_push.FAILED
+WEBHOOK_STATE_KEY = "webhook"  # connector.webhooks.registration.STATE_KEY
+FAILED_EVENT = "failed"  # connector.stage_push.push.FAILED
 RECONCILE_ACTION = "reconcile"  # events made by reconciliation, not delivered by Pipedrive
 
 
@@ -567,7 +567,7 @@ def webhook_status(runtime: Runtime, tenant_id: str, *, remote: bool = False) ->
         "events_failed": int(failed),
     }
     if remote:
-        from connector.webhook_registration import webhooks_for
+        from connector.webhooks.registration import webhooks_for
 
         try:
             found = webhooks_for(runtime, tenant_id)

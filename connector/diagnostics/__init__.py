@@ -1,0 +1,1 @@
+"""Diagnostics: live probes of the remote systems with fixes, and stored status."""

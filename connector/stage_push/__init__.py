@@ -1,0 +1,1 @@
+"""Pipedrive → IFS: deal stage changes become ETag-guarded changes of sales orders."""
