@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from connector.errors import ConnectorError
+from connector.errors import TransientError
 from connector.ratelimit import Limit, LocalRateLimiter, RateLimiter, RedisRateLimiter, acquire
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class LockTimeout(ConnectorError):
+class LockTimeout(TransientError):
     """Another worker held a record lock for longer than we were willing to wait."""
 
     def __init__(self, name: str, wait_s: float) -> None:

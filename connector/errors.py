@@ -35,6 +35,18 @@ class MissingCredentialError(VaultError):
         self.tenant, self.system, self.name = tenant, system, name
 
 
+class TransientError(ConnectorError):
+    """Worth another attempt later: rate tokens or a record lock not had in time, a remote's
+    429/5xx/connection error. `retry_after_s` is the earliest sensible retry (None: no hint).
+
+    The library raises it; the task layer alone decides whether and when to retry.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RemoteError(ConnectorError):
     """A remote system (IFS or Pipedrive) answered with an error or could not be reached.
 
@@ -48,7 +60,7 @@ class RemoteError(ConnectorError):
         *,
         status: int | None = None,
         retryable: bool = False,
-        retry_after: float | None = None,
+        retry_after_s: float | None = None,
         body: str | None = None,
     ) -> None:
         prefix = f"{system} HTTP {status}" if status is not None else system
@@ -56,7 +68,7 @@ class RemoteError(ConnectorError):
         self.system = system
         self.status = status
         self.retryable = retryable
-        self.retry_after = retry_after
+        self.retry_after_s = retry_after_s
         self.body = body
 
 
@@ -66,3 +78,17 @@ class PreconditionFailed(RemoteError):
 
 class RecordError(ConnectorError):
     """A source record cannot be mapped (missing or malformed required fields)."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth another attempt later: a TransientError, or a remote's retryable error (429, 5xx,
+    connection). Everything else is final until replayed."""
+    if isinstance(error, RemoteError):
+        return error.retryable
+    return isinstance(error, TransientError)
+
+
+def retry_after_s(error: BaseException) -> float | None:
+    """The earliest retry the error asks for, if it says."""
+    hint = getattr(error, "retry_after_s", None)
+    return float(hint) if isinstance(hint, int | float) else None

@@ -286,7 +286,7 @@ class RemoteSession:
             wait = retry_after_seconds(response)
             raise _Retryable(
                 RemoteError(
-                    self.system, text, status=status, retryable=True, retry_after=wait, body=body
+                    self.system, text, status=status, retryable=True, retry_after_s=wait, body=body
                 ),
                 wait,
             )

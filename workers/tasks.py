@@ -19,11 +19,11 @@ from typing import Any
 from celery import Task
 
 from connector import metrics
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, TransientError, is_transient, retry_after_s
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord
-from connector.sync.engine import ENTITIES, RETRYING, Plan, TransientError, is_transient, plan_audit
+from connector.sync.engine import ENTITIES, RETRYING, Plan, plan_audit
 from workers.app import celery_app
 from workers.runtime import get_runtime, tenant_sync
 
@@ -117,7 +117,7 @@ def plan_sync(
                         "full": full,
                         "run_id": plan.run_id,
                     },
-                    countdown=_countdown(retries, getattr(error, "retry_after", None)),
+                    countdown=_countdown(retries, retry_after_s(error)),
                 ) from error
             sync.audit.write(attempt)
             summary[name] = {"error": str(error)}
@@ -197,9 +197,7 @@ def push_stage_to_ifs(self: Task, tenant: str, webhook_event_id: int, **options:
     except ConnectorError as error:
         metrics.observe_stage_push(tenant, "failed", time.monotonic() - started)
         if is_transient(error) and retries < MAX_RETRIES:
-            raise self.retry(
-                countdown=_countdown(retries, getattr(error, "retry_after", None))
-            ) from error
+            raise self.retry(countdown=_countdown(retries, retry_after_s(error))) from error
         raise
     metrics.observe_stage_push(tenant, outcome.status, time.monotonic() - started)
     return outcome.status

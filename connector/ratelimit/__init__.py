@@ -7,16 +7,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from connector.errors import ConnectorError
+from connector.errors import TransientError
 
 
-class RateLimited(ConnectorError):
+class RateLimited(TransientError):
     """Rate-limit tokens were not available within the allowed wait; try again later."""
 
     def __init__(self, key: str, retry_after_s: float) -> None:
-        super().__init__(f"rate limit for {key!r} exhausted; retry in {retry_after_s:.2f}s")
+        super().__init__(
+            f"rate limit for {key!r} exhausted; retry in {retry_after_s:.2f}s", retry_after_s
+        )
         self.key = key
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from connector.errors import ConnectorError, RecordError, RemoteError
+from connector.errors import (
+    ConnectorError,
+    RecordError,
+    RemoteError,
+    TransientError,
+    is_transient,
+    retry_after_s,
+)
 from connector.ifs.odata import Query
 from connector.mapping import PipedriveLayout, changed_fields, map_customer, map_order
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
@@ -42,14 +49,6 @@ class Outcome(StrEnum):
     UPDATED = "updated"
     UNCHANGED = "unchanged"
     FAILED = "failed"
-
-
-class TransientError(ConnectorError):
-    """Worth another attempt later (rate limit, lock, remote 429/5xx); the task retries."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -332,14 +331,14 @@ class TenantSync:
             outcome = Outcome.FAILED
             if error.retryable and not final_attempt:
                 self._write(audit, before)
-                raise TransientError(str(error), error.retry_after) from error
+                raise TransientError(str(error), error.retry_after_s) from error
         except ConnectorError as error:  # rate limit exhausted, lock timeout, vault …
             audit.status, audit.error = FAILED, f"{type(error).__name__}: {error}"
             outcome = Outcome.FAILED
             if is_transient(error) and not final_attempt:
                 audit.status = RETRYING
                 self._write(audit, before)
-                raise TransientError(str(error), getattr(error, "retry_after_s", None)) from error
+                raise TransientError(str(error), retry_after_s(error)) from error
         if not dry_run:
             self._write(audit, before)
         return RecordResult(outcome, audit)
@@ -493,17 +492,6 @@ class TenantSync:
             self.pipedrive.update_organization(pipedrive_id, changes)
         else:
             self.pipedrive.update_deal(pipedrive_id, changes)
-
-
-def is_transient(error: ConnectorError) -> bool:
-    """Worth another attempt later: a remote's retryable error (429, 5xx, connection), rate
-    tokens or a record lock not had in time. Everything else is final until replayed."""
-    from connector.coordination import LockTimeout
-    from connector.ratelimit import RateLimited
-
-    if isinstance(error, RemoteError):
-        return error.retryable
-    return isinstance(error, RateLimited | LockTimeout | TransientError)
 
 
 def plan_audit(plan: Plan) -> Attempt:

@@ -141,7 +141,7 @@ def test_retry_after_beyond_max_time_gives_up_at_once_with_the_hint(remote):
     with pytest.raises(RemoteError) as raised:
         session.request("GET", "/x")
     assert raised.value.retryable and raised.value.status == 429
-    assert raised.value.retry_after == 600
+    assert raised.value.retry_after_s == 600
     assert session.requests_sent == 1 and sleeps == []
 
 

@@ -1,0 +1,16 @@
+"""The names of the jobs the connector asks a queue to run (Celery task names, replay rows).
+
+The library names work without knowing Celery: audit rows keep a job name and its keyword
+arguments so that a replay can queue it again; workers/ registers a task under each name.
+"""
+
+from __future__ import annotations
+
+PLAN_SYNC = "ml_connector.plan_sync"
+SYNC_CUSTOMER = "ml_connector.sync_customer"
+SYNC_ORDER = "ml_connector.sync_order"
+PUSH_STAGE = "ml_connector.push_stage_to_ifs"
+RECONCILE_STAGES = "ml_connector.reconcile_stages"
+ENSURE_WEBHOOK = "ml_connector.ensure_webhook"
+REPLAY = "ml_connector.replay"
+REPLAY_FAILED = "ml_connector.replay_failed"
