@@ -37,24 +37,53 @@ def _value(token: str, name: str, low: int, high: int, names: tuple[str, ...]) -
     return number
 
 
+# The most days each month can have (February in a leap year).
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_SUNDAY_ALIAS = 7
+
+
+def _expand(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> set[int]:
+    """Every value a field stands for; CronError naming the field when it is not valid."""
+    values: set[int] = set()
+    for item in text.split(","):
+        match = _ITEM.match(item)
+        if not match:
+            raise CronError(f"{name} field: {item!r} is not valid cron syntax")
+        span, step = match.group(1), match.group(2)
+        if step is not None and int(step) == 0:
+            raise CronError(f"{name} field: step 0 in {item!r}")
+        if span == "*":
+            first, last = low, high
+        else:
+            bounds = [_value(t, name, low, high, names) for t in span.split("-")]
+            if len(bounds) == 2 and bounds[0] > bounds[1]:
+                raise CronError(f"{name} field: range {span!r} runs backwards")
+            first, last = bounds[0], bounds[-1]
+            if step is not None and len(bounds) == 1:
+                last = high  # "5/10" means from 5 to the end, every 10
+        values.update(range(first, last + 1, int(step or 1)))
+    return values
+
+
 def parse_cron(expression: str) -> tuple[str, str, str, str, str]:
-    """Check `expression` and return its five fields (minute hour day month weekday)."""
+    """Check `expression` and return its five fields (minute hour day month weekday), in the
+    form Celery's crontab accepts: it refuses what cron allows for Sunday (7), so 7 comes back
+    as 0, and a day of the month that no listed month has (31 in February) is an error here
+    rather than a beat schedule that silently never loads."""
     fields = expression.lower().split()
     if len(fields) != 5:
         raise CronError(
             f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
         )
-    for text, (name, low, high, names) in zip(fields, _FIELDS, strict=True):
-        for item in text.split(","):
-            match = _ITEM.match(item)
-            if not match:
-                raise CronError(f"{name} field: {item!r} is not valid cron syntax")
-            span, step = match.group(1), match.group(2)
-            if step is not None and int(step) == 0:
-                raise CronError(f"{name} field: step 0 in {item!r}")
-            if span == "*":
-                continue
-            bounds = [_value(t, name, low, high, names) for t in span.split("-")]
-            if len(bounds) == 2 and bounds[0] > bounds[1]:
-                raise CronError(f"{name} field: range {span!r} runs backwards")
-    return fields[0], fields[1], fields[2], fields[3], fields[4]
+    expanded = [
+        _expand(text, name, low, high, names)
+        for text, (name, low, high, names) in zip(fields, _FIELDS, strict=True)
+    ]
+    days, months, weekdays = expanded[2], expanded[3], expanded[4]
+    if not any(day <= _MONTH_DAYS[month - 1] for day in days for month in months):
+        raise CronError(f"day of month field: {fields[2]!r} never occurs in month {fields[3]!r}")
+    weekday = fields[4]
+    if _SUNDAY_ALIAS in weekdays:
+        normalized = sorted({0 if day == _SUNDAY_ALIAS else day for day in weekdays})
+        weekday = ",".join(str(day) for day in normalized)
+    return fields[0], fields[1], fields[2], fields[3], weekday

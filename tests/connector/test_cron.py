@@ -47,3 +47,53 @@ def test_invalid_cron_strings_say_which_field_and_why(expression, reason):
     with pytest.raises(CronError) as caught:
         parse_cron(expression)
     assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("0 0 31 2 *", "day of month field: '31' never occurs in month '2'"),
+        ("0 0 30,31 feb *", "never occurs in month 'feb'"),
+        ("0 0 31 4,6 *", "never occurs"),
+    ],
+)
+def test_a_day_that_no_listed_month_has_is_refused(expression, reason):
+    with pytest.raises(CronError) as caught:
+        parse_cron(expression)
+    assert reason in str(caught.value)
+
+
+def test_sunday_as_7_comes_back_as_0():
+    assert parse_cron("0 3 * * 7")[4] == "0"
+    assert parse_cron("0 3 * * 5-7")[4] == "0,5,6"
+    assert parse_cron("0 3 * * 1-5")[4] == "1-5"
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "* * * * *",
+        "*/15 * * * *",
+        "0 6-18/2 * * mon-fri",
+        "5,35 0 1 jan,jul *",
+        "0 3 * * 7",
+        "0 3 * * 0,7",
+        "0 3 * * 6-7",
+        "0 0 29 2 *",
+        "0 0 31 1,2 *",
+        "0 0 31 * *",
+        "59 23 30 4 sun",
+    ],
+)
+def test_every_accepted_schedule_is_one_celery_beat_accepts(expression):
+    # Beat builds its schedule with Celery's crontab: what `tenant validate` lets through
+    # must never be refused there (a refused tenant once emptied beat's whole schedule).
+    from datetime import UTC, datetime
+
+    from celery.schedules import crontab
+
+    minute, hour, day, month, weekday = parse_cron(expression)
+    schedule = crontab(
+        minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday
+    )
+    assert schedule.remaining_estimate(datetime.now(UTC)).total_seconds() >= 0
