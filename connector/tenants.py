@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,54 +257,98 @@ def _describe(error: dict[str, Any]) -> str:
     return f"key {location!r}: {message.removeprefix('Value error, ')}"
 
 
-def parse_tenants(document: Any, source: str = "tenants file") -> dict[str, TenantConfig]:
-    """Validate a parsed tenants document; raise ConfigError naming tenant, key and expectation."""
+@dataclass(frozen=True)
+class TenantsReading:
+    """One read of the tenants file: the tenants that validate, and each problem found.
+
+    A broken tenant never hides a valid one: long-running roles keep serving every tenant
+    in `tenants` and report `problems` (tenant id, or None for the file as a whole).
+    """
+
+    source: str
+    tenants: dict[str, TenantConfig]
+    problems: dict[str | None, list[str]] = field(default_factory=dict)
+    digest: str = ""  # sha256 of the file's bytes: cheap to compare for a change
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def messages(self) -> list[str]:
+        return [message for found in self.problems.values() for message in found]
+
+    def error(self) -> ConfigError:
+        return ConfigError(f"{self.source} is invalid:\n  " + "\n  ".join(self.messages()))
+
+
+def read_tenants_document(document: Any, source: str = "tenants file") -> TenantsReading:
+    """Validate a parsed tenants document tenant by tenant, keeping the valid ones."""
     if not isinstance(document, dict) or not isinstance(document.get("tenants"), dict):
-        raise ConfigError(f"{source}: expected a mapping with a 'tenants:' mapping at the top")
+        problem = f"{source}: expected a mapping with a 'tenants:' mapping at the top"
+        return TenantsReading(source, {}, {None: [problem]})
+    tenants: dict[str, TenantConfig] = {}
+    problems: dict[str | None, list[str]] = {}
     unknown_top = sorted(set(document) - {"tenants"})
     if unknown_top:
-        raise ConfigError(f"{source}: unknown top-level key(s): {', '.join(unknown_top)}")
-    tenants: dict[str, TenantConfig] = {}
-    problems: list[str] = []
+        problems[None] = [f"{source}: unknown top-level key(s): {', '.join(unknown_top)}"]
     for tenant_id, body in document["tenants"].items():
         tenant_id = str(tenant_id)
+        found = problems.setdefault(tenant_id, [])
         if not TENANT_ID.match(tenant_id):
-            problems.append(
+            found.append(
                 f"tenant {tenant_id!r}: the id must be a slug (lowercase letters, digits, "
                 "inner hyphens, at most 63 characters)"
             )
-            continue
-        if not isinstance(body, dict):
-            problems.append(f"tenant {tenant_id!r}: expected a mapping of settings")
-            continue
-        if "id" in body:
-            problems.append(f"tenant {tenant_id!r}: key 'id': unknown key (the id is the name)")
-            continue
-        try:
-            tenants[tenant_id] = TenantConfig.model_validate({**body, "id": tenant_id})
-        except ValidationError as error:
-            problems.extend(
-                f"tenant {tenant_id!r}: {_describe(dict(detail))}" for detail in error.errors()
-            )
-    if problems:
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
-    return tenants
+        elif not isinstance(body, dict):
+            found.append(f"tenant {tenant_id!r}: expected a mapping of settings")
+        elif "id" in body:
+            found.append(f"tenant {tenant_id!r}: key 'id': unknown key (the id is the name)")
+        else:
+            try:
+                tenants[tenant_id] = TenantConfig.model_validate({**body, "id": tenant_id})
+            except ValidationError as error:
+                found.extend(
+                    f"tenant {tenant_id!r}: {_describe(dict(detail))}" for detail in error.errors()
+                )
+        if not found:
+            del problems[tenant_id]
+    return TenantsReading(source, tenants, problems)
 
 
-def load_tenants(path: Path | str) -> dict[str, TenantConfig]:
-    """Read and validate the tenants YAML file at `path`."""
+def parse_tenants(document: Any, source: str = "tenants file") -> dict[str, TenantConfig]:
+    """Validate a parsed tenants document; raise ConfigError naming tenant, key and expectation."""
+    reading = read_tenants_document(document, source)
+    if not reading.ok:
+        raise reading.error()
+    return reading.tenants
+
+
+def read_tenants(path: Path | str) -> TenantsReading:
+    """Read the tenants YAML file at `path`, keeping every tenant that validates.
+
+    A missing or unparsable file is a ConfigError (there is nothing to keep from it).
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError as error:
         raise ConfigError(
             f"tenants file {path} does not exist (set --tenants or CONNECTOR_TENANTS_FILE)"
         ) from error
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+        document = yaml.safe_load(raw.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    return parse_tenants(document, source=str(path))
+    reading = read_tenants_document(document, source=str(path))
+    return replace(reading, digest=hashlib.sha256(raw).hexdigest())
+
+
+def load_tenants(path: Path | str) -> dict[str, TenantConfig]:
+    """Read and validate the tenants YAML file at `path`; every problem is a ConfigError."""
+    reading = read_tenants(path)
+    if not reading.ok:
+        raise reading.error()
+    return reading.tenants
 
 
 def get_tenant(tenants: dict[str, TenantConfig], tenant_id: str) -> TenantConfig:

@@ -16,6 +16,7 @@ from connector.tenants import (
     get_tenant,
     load_tenants,
     parse_tenants,
+    read_tenants,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "tenants.example.yaml"
@@ -184,3 +185,27 @@ def test_unknown_tenant_lists_the_known_ones():
     tenants = parse_tenants({"tenants": {"acme": _tenant(), "globex": _tenant()}})
     with pytest.raises(UnknownTenantError, match=r"unknown tenant 'initech' .*acme, globex"):
         get_tenant(tenants, "initech")
+
+
+def test_a_typo_in_one_tenant_keeps_the_other_tenants_and_names_the_broken_one(tmp_path):
+    path = tmp_path / "tenants.yaml"
+    broken = _tenant()
+    broken["schedul"] = "*/5 * * * *"
+    path.write_text(yaml.safe_dump({"tenants": {"acme": _tenant(), "globex": broken}}))
+    reading = read_tenants(path)
+    assert list(reading.tenants) == ["acme"]
+    assert not reading.ok
+    assert list(reading.problems) == ["globex"]
+    assert "tenant 'globex': key 'schedul': unknown key" in reading.messages()
+    with pytest.raises(ConfigError, match="schedul"):
+        load_tenants(path)
+
+
+def test_the_reading_carries_a_digest_that_changes_with_the_file(tmp_path):
+    path = tmp_path / "tenants.yaml"
+    path.write_text(yaml.safe_dump({"tenants": {"acme": _tenant()}}))
+    first = read_tenants(path)
+    assert first.ok and len(first.digest) == 64
+    assert read_tenants(path).digest == first.digest
+    path.write_text(yaml.safe_dump({"tenants": {"acme": _tenant(schedule="0 * * * *")}}))
+    assert read_tenants(path).digest != first.digest
