@@ -9,7 +9,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from connector.errors import TransientError
-from connector.ratelimit import Limit, LocalRateLimiter, RateLimiter, RedisRateLimiter, acquire
+from connector.ratelimit import (
+    Limit,
+    LimitUsage,
+    LocalRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    acquire,
+)
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -121,6 +128,14 @@ class Coordination:
             acquire(self.limiter, key, cost, limits_for(bucket), max_wait_s=max_wait_s)
 
         return take
+
+    def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
+        """How much of each limit under `key` is spent right now, as the limiter counts it.
+
+        Books nothing. The in-process limiter answers for its own process only
+        (`limiter.shared` says which).
+        """
+        return self.limiter.usage(key, limits)
 
     def close(self) -> None:
         if self.redis is not None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 # prometheus_client picks its storage (memory or mmap files) when it is first imported, so the
@@ -35,9 +35,6 @@ from prometheus_client import multiprocess as _multiprocess
 
 SYNC_OUTCOMES = frozenset({"created", "updated", "unchanged", "failed"})
 WEBHOOK_RESULTS = frozenset({"accepted", "rejected", "duplicate"})
-# Celery's Redis transport keeps priorities 3, 6 and 9 in lists named queue + sep + priority.
-_CELERY_PRIORITY_SEP = "\x06\x16"
-_CELERY_PRIORITY_STEPS = ("3", "6", "9")
 
 RECORDS_SYNCED = Counter(
     "mlc_records_synced_total",
@@ -91,10 +88,6 @@ QUEUE_DEPTH = Gauge(
 )
 
 
-class _RedisLists(Protocol):
-    def llen(self, name: str) -> Any: ...
-
-
 def multiprocess_dir() -> str | None:
     """The multi-process directory in force, or None when samples stay in memory."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -136,21 +129,9 @@ def observe_stage_push(tenant: str, outcome: str, seconds: float) -> None:
     STAGE_PUSH.labels(tenant=tenant, outcome=outcome).observe(max(seconds, 0.0))
 
 
-def update_queue_depth(redis_client: _RedisLists, queue_names: Iterable[str]) -> dict[str, int]:
-    """Measure the Celery queues in the broker's Redis, set mlc_queue_depth, return the depths.
-
-    A queue's messages sit in a Redis list named after it, plus one list per priority step.
-    """
-    depths: dict[str, int] = {}
-    for queue in queue_names:
-        lists = [
-            queue,
-            *(f"{queue}{_CELERY_PRIORITY_SEP}{step}" for step in _CELERY_PRIORITY_STEPS),
-        ]
-        depth = sum(int(redis_client.llen(name)) for name in lists)
-        QUEUE_DEPTH.labels(queue=queue).set(depth)
-        depths[queue] = depth
-    return depths
+def set_queue_depth(queue: str, depth: int) -> None:
+    """Record the messages waiting in `queue` (connector.diagnostics.queues measures them)."""
+    QUEUE_DEPTH.labels(queue=queue).set(depth)
 
 
 def _exposition_registry() -> CollectorRegistry:

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from connector.diagnostics.queues import queue_status
 from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.runtime import Runtime
 from connector.settings import get_settings
@@ -340,20 +341,15 @@ def metrics_endpoint() -> Response:
 
 
 def _measure_queue_depth() -> None:
-    """Refresh mlc_queue_depth from the broker when it is Redis (scrapes are infrequent)."""
+    """Refresh mlc_queue_depth from the broker (scrapes are infrequent)."""
     settings = _context().runtime.settings
-    broker = settings.effective_broker_url
-    if not broker.startswith(("redis://", "rediss://")):
-        return
     try:
-        import redis
-
-        from connector.metrics import update_queue_depth
-
-        client = redis.Redis.from_url(broker, socket_timeout=1)
-        update_queue_depth(client, [settings.queue])
-    except Exception as error:  # a slow or absent broker must not break the scrape
+        measured = queue_status(settings.effective_broker_url, [settings.queue], timeout_s=1.0)
+    except Exception as error:  # a misconfigured broker must not break the scrape either
         log.warning("queue depth not measured: %s", error)
+        return
+    if measured.error:
+        log.warning("queue depth not measured: %s", measured.error)
 
 
 @webhooks.app_errorhandler(RequestEntityTooLarge)

@@ -9,7 +9,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.diagnostics.health import CheckReport, SystemCheck, check_tenant
+from connector.diagnostics.probe import CheckReport, SystemCheck, check_tenant
 
 _INDENT = " " * 11
 
@@ -31,9 +31,10 @@ def _headroom_lines(system: SystemCheck) -> list[str]:
             f"{limit['window_s']:g} s"
             for limit in ours["limits"]
         )
-        lines.append(f"our limiter: {shown}")
+        note = f"; {ours['note']}" if "note" in ours else ""
+        lines.append(f"our limiter: {shown}{note}")
     elif ours:
-        lines.append(f"our limiter: {ours.get('error') or ours.get('note')}")
+        lines.append(f"our limiter: {ours.get('error')}")
     return lines
 
 

@@ -9,7 +9,8 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.diagnostics.health import QueueStatus, TenantStatus, queue_status, tenant_status
+from connector.diagnostics.queues import QueueStatus, queue_status
+from connector.diagnostics.status import TenantStatus, tenant_status
 
 _INDENT = "  "
 
@@ -48,8 +49,9 @@ def _headroom_line(system: str, budget: dict[str, Any]) -> str:
             f"{limit['window_s']:g} s"
             for limit in budget["limits"]
         )
-        return f"{system} budget: {shown}"
-    return f"{system} budget: {budget.get('error') or budget.get('note')}"
+        note = f"; {budget['note']}" if "note" in budget else ""
+        return f"{system} budget: {shown}{note}"
+    return f"{system} budget: {budget.get('error')}"
 
 
 def _print_tenant(status: TenantStatus) -> None:
@@ -101,7 +103,7 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
     migrated_database(obj)
     with reported_errors():
         statuses = [tenant_status(obj.runtime, each, remote=remote) for each in tenant_ids]
-    queue = queue_status(obj.settings)
+    queue = queue_status(obj.settings.effective_broker_url, [obj.settings.queue])
     if as_json:
         document = {
             "tenants": [each.as_dict() for each in statuses],

@@ -1,1 +1,1 @@
-"""Diagnostics: live probes of the remote systems with fixes, and stored status."""
+"""Diagnostics: live probes with fixes, stored status, limiter headroom and queue depth."""

@@ -52,19 +52,49 @@ class Limit:
         return 1 if self.per_request else cost
 
 
+@dataclass(frozen=True)
+class LimitUsage:
+    """One limit's rolling window under one key as it stands right now.
+
+    `retry_after_s` is how long the smallest acquisition (one request, or cost 1) would
+    have to wait for this limit: 0.0 while anything is left.
+    """
+
+    limit: Limit
+    used: int
+    retry_after_s: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit.capacity - self.used)
+
+
 class RateLimiter(Protocol):
+    # True when every process that uses the same backend shares the counters (Redis); an
+    # in-process limiter knows only the grants of its own process.
+    shared: bool
+
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
         """0.0 if `cost` was taken from ALL limits at once; else seconds to wait (nothing taken)."""
         ...
+
+    def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
+        """What is spent of each of `limits` under `key`, in their order; books nothing."""
+        ...
+
+
+def check_limits(limits: Sequence[Limit]) -> None:
+    """Refuse a list that names one counter twice (its cost would be booked twice)."""
+    slots = [limit.slot for limit in limits]
+    if len(set(slots)) != len(slots):
+        raise ValueError(f"the same limit is listed twice: {limits}")
 
 
 def check_request(cost: int, limits: Sequence[Limit]) -> None:
     """Refuse requests that no amount of waiting could grant."""
     if cost <= 0:
         raise ValueError(f"cost must be positive, got {cost}")
-    slots = [limit.slot for limit in limits]
-    if len(set(slots)) != len(slots):
-        raise ValueError(f"the same limit is listed twice: {limits}")
+    check_limits(limits)
     for limit in limits:
         if limit.charge(cost) > limit.capacity:
             raise ValueError(f"cost {cost} exceeds the capacity of {limit}")
@@ -108,10 +138,12 @@ from connector.ratelimit.redis import RedisRateLimiter  # noqa: E402
 
 __all__ = [
     "Limit",
+    "LimitUsage",
     "LocalRateLimiter",
     "RateLimited",
     "RateLimiter",
     "RedisRateLimiter",
     "acquire",
+    "check_limits",
     "check_request",
 ]

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from connector.ratelimit import Limit, check_request
+from connector.ratelimit import Limit, LimitUsage, check_limits, check_request
 
 
 class _Log:
@@ -35,6 +35,8 @@ class _Log:
 class LocalRateLimiter:
     """Same semantics as RedisRateLimiter, shared by the threads of one process only."""
 
+    shared = False
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
@@ -59,3 +61,20 @@ class LocalRateLimiter:
                 log.entries.append((now, charge))
                 log.total += charge
             return 0.0
+
+    def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
+        check_limits(limits)
+        found = []
+        with self._lock:
+            now = self._clock()
+            for limit in limits:
+                log = self._logs.get((key, limit.slot))
+                if log is None:
+                    found.append(LimitUsage(limit, 0))
+                    continue
+                # Dropping grants that left the window changes no answer; nothing is booked.
+                log.expire(now, limit.window_s)
+                excess = log.total + 1 - limit.capacity
+                wait = max(log.wait_for(excess, now, limit.window_s), 1e-6) if excess > 0 else 0.0
+                found.append(LimitUsage(limit, log.total, wait))
+        return found

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from connector.ratelimit import Limit, check_request
+from connector.ratelimit import Limit, LimitUsage, check_limits, check_request
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -19,25 +19,38 @@ _SCRIPT = resources.files("connector.ratelimit").joinpath("sliding_window.lua").
 class RedisRateLimiter:
     """Cost-weighted rolling-window limits kept in Redis; all limits are taken together or not."""
 
+    shared = True
+
     def __init__(self, client: redis_lib.Redis, prefix: str = "mlc:rl:") -> None:
         self.client = client
         self.prefix = prefix
         self._script: Any = client.register_script(_SCRIPT)
 
-    def keys_for(self, key: str, limit: Limit) -> tuple[str, str]:
+    def _keys_for(self, key: str, limit: Limit) -> tuple[str, str]:
         # The hash tag keeps every counter of one key in one cluster slot, as Lua requires.
         base = f"{self.prefix}{{{key}}}:{limit.slot}"
         return f"{base}:z", f"{base}:h"
 
-    def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
-        check_request(cost, limits)
+    def _run(self, mode: str, key: str, cost: int, limits: Sequence[Limit]) -> Any:
         keys: list[str] = []
-        args: list[int] = []
+        args: list[str | int] = [mode]
         for limit in limits:
-            keys.extend(self.keys_for(key, limit))
+            keys.extend(self._keys_for(key, limit))
             window_us = round(limit.window_s * 1_000_000)
             args.extend(
                 [limit.capacity, window_us, max(1000, window_us // SLICES), limit.charge(cost)]
             )
-        wait_us = int(self._script(keys=keys, args=args))
+        return self._script(keys=keys, args=args)
+
+    def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
+        check_request(cost, limits)
+        wait_us = int(self._run("acquire", key, cost, limits))
         return wait_us / 1_000_000
+
+    def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
+        check_limits(limits)
+        answer = self._run("usage", key, 1, limits)
+        return [
+            LimitUsage(limit, int(answer[2 * i]), int(answer[2 * i + 1]) / 1_000_000)
+            for i, limit in enumerate(limits)
+        ]

@@ -4,48 +4,76 @@
 -- end in microseconds) and KEYS[2i] a hash {bucket id -> cost, "total" -> live sum}.
 -- A grant is booked in the bucket that contains "now" and counts until bucket end + window,
 -- i.e. a little longer than its true age: the limiter can only be stricter, never looser.
--- ARGV per limit: capacity, window_us, granularity_us, cost (a per-request limit gets 1).
--- Returns 0 when granted, else the microseconds until every limit could grant (nothing booked).
+-- ARGV[1] is the mode, then per limit: capacity, window_us, granularity_us, cost (a
+-- per-request limit gets 1).
+-- Mode "acquire" returns 0 when granted, else the microseconds until every limit could grant
+-- (nothing booked).
+-- Mode "usage" writes nothing and returns, per limit, the live cost and the microseconds
+-- until its cost would fit (0 when it fits now): {used_1, wait_1, used_2, wait_2, ...}.
 -- The clock is Redis' own (TIME), so the clocks of worker hosts do not matter.
 
+local mode = ARGV[1]
 local nlimits = #KEYS / 2
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
+local function arg(i, k)
+  return tonumber(ARGV[1 + 4 * (i - 1) + k])
+end
+
 local wait = 0
 local totals = {}
+local waits = {}
 for i = 1, nlimits do
   local zkey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local capacity = tonumber(ARGV[4 * i - 3])
-  local window = tonumber(ARGV[4 * i - 2])
-  local cost = tonumber(ARGV[4 * i])
-  -- expire buckets whose grants are out of the window
-  local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - window)
+  local capacity = arg(i, 1)
+  local window = arg(i, 2)
+  local cost = arg(i, 4)
+  local horizon = now - window
+  -- buckets whose grants are out of the window no longer count (and are expired on acquire)
+  local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', horizon)
   local total = tonumber(redis.call('HGET', hkey, 'total') or '0')
   if #expired > 0 then
     local costs = redis.call('HMGET', hkey, unpack(expired))
     for j = 1, #expired do
       total = total - tonumber(costs[j] or '0')
     end
-    redis.call('HDEL', hkey, unpack(expired))
-    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now - window)
     if total < 0 then total = 0 end
-    redis.call('HSET', hkey, 'total', total)
+    if mode == 'acquire' then
+      redis.call('HDEL', hkey, unpack(expired))
+      redis.call('ZREMRANGEBYSCORE', zkey, '-inf', horizon)
+      redis.call('HSET', hkey, 'total', total)
+    end
   end
   totals[i] = total
+  waits[i] = 0
   local excess = total + cost - capacity
   if excess > 0 then
-    -- walk the oldest buckets until enough cost has left the window
+    -- walk the oldest live buckets until enough cost has left the window
     local freed, until_free = 0, 0
     local oldest = redis.call('ZRANGE', zkey, 0, -1, 'WITHSCORES')
     for j = 1, #oldest, 2 do
-      freed = freed + tonumber(redis.call('HGET', hkey, oldest[j]) or '0')
-      until_free = tonumber(oldest[j + 1]) + window - now
-      if freed >= excess then break end
+      local bucket_end = tonumber(oldest[j + 1])
+      -- only "usage" still sees expired buckets here
+      if bucket_end > horizon then
+        freed = freed + tonumber(redis.call('HGET', hkey, oldest[j]) or '0')
+        until_free = bucket_end + window - now
+        if freed >= excess then break end
+      end
     end
     if until_free < 1 then until_free = 1 end
+    waits[i] = until_free
     if until_free > wait then wait = until_free end
   end
+end
+
+if mode == 'usage' then
+  local answer = {}
+  for i = 1, nlimits do
+    answer[2 * i - 1] = totals[i]
+    answer[2 * i] = waits[i]
+  end
+  return answer
 end
 
 if wait > 0 then
@@ -54,9 +82,9 @@ end
 
 for i = 1, nlimits do
   local zkey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local window = tonumber(ARGV[4 * i - 2])
-  local granularity = tonumber(ARGV[4 * i - 1])
-  local cost = tonumber(ARGV[4 * i])
+  local window = arg(i, 2)
+  local granularity = arg(i, 3)
+  local cost = arg(i, 4)
   local bucket_end = (math.floor(now / granularity) + 1) * granularity
   local member = string.format('%.0f', bucket_end)
   redis.call('ZADD', zkey, bucket_end, member)

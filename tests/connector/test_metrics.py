@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -93,22 +92,6 @@ def test_count_webhook_results_and_rejection_reasons() -> None:
         metrics.count_webhook(tenant, "ignored")
 
 
-@pytest.mark.integration
-def test_queue_depth_reads_the_celery_lists_in_redis(redis_url: str, redis_prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    queue, other = f"{redis_prefix}ml-connector", f"{redis_prefix}empty"
-    client.rpush(queue, "m1", "m2", "m3")
-    client.rpush(f"{queue}\x06\x169", "urgent")  # Celery's list for priority 9
-
-    depths = metrics.update_queue_depth(client, [queue, other])
-
-    assert depths == {queue: 4, other: 0}
-    assert _value("mlc_queue_depth", queue=queue) == 4
-    client.lpop(queue)
-    metrics.update_queue_depth(client, [queue])
-    assert _value("mlc_queue_depth", queue=queue) == 3
-
-
 def test_render_latest_exposes_every_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     tenant = _unique("t")
@@ -160,14 +143,7 @@ import sys
 from connector import metrics
 metrics.record_sync("mp-tenant", "customer", "created")
 metrics.observe_limiter_wait("mp-system", float(sys.argv[1]))
-
-
-class Lists:
-    def llen(self, name):
-        return 0 if "\\x06" in name else int(sys.argv[2])
-
-
-metrics.update_queue_depth(Lists(), ["mp-queue"])
+metrics.set_queue_depth("mp-queue", int(sys.argv[2]))
 """
 
 

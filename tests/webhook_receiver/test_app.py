@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from connector.stage_push.push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
@@ -400,3 +401,18 @@ def test_readiness_says_when_the_database_is_not_migrated(tmp_path, tenants, bro
     assert response.get_json()["database"] == "not migrated"
     assert response.get_json()["broker"] == "ok"
     empty.close()
+
+
+def test_metrics_scrape_measures_the_queue_of_a_redis_broker(
+    tmp_path, tenants, broker, redis_url, redis_prefix
+):
+    queue = f"{redis_prefix}ml-connector"
+    redis.Redis.from_url(redis_url).rpush(queue, "m1", "m2")
+    runtime = make_runtime(f"sqlite:///{tmp_path / 'r.db'}", {tenants["basic"]: tenant_body()})
+    runtime.settings = runtime.settings.model_copy(update={"broker_url": redis_url, "queue": queue})
+    client = create_app(runtime, broker.enqueue, check_broker=broker.check).test_client()
+
+    body = client.get("/metrics").get_data(as_text=True)
+
+    assert f'mlc_queue_depth{{queue="{queue}"}} 2.0' in body
+    runtime.close()

@@ -12,6 +12,7 @@ import redis
 
 from connector.ratelimit import (
     Limit,
+    LimitUsage,
     LocalRateLimiter,
     RateLimited,
     RateLimiter,
@@ -145,6 +146,71 @@ def test_redis_counters_expire_when_idle(redis_url: str, redis_prefix: str):
     keys = list(client.scan_iter(match=redis_prefix + "*"))
     assert len(keys) == 2
     assert all(0 < client.pttl(key) <= 3100 for key in keys)
+
+
+def test_usage_of_an_unknown_key_is_all_remaining(limiter: RateLimiter):
+    limits = [Limit(3, 60), Limit(10, 60, "daily")]
+    assert limiter.usage("never-used", limits) == [LimitUsage(limit, 0, 0.0) for limit in limits]
+
+
+def test_usage_reports_the_spent_cost_of_each_limit_and_books_nothing(limiter: RateLimiter):
+    burst, day = Limit(3, 60, "burst", per_request=True), Limit(12, 60, "daily")
+    assert limiter.try_acquire("pd", 5, [burst, day]) == 0
+    assert limiter.try_acquire("pd", 4, [burst, day]) == 0
+
+    for _ in range(3):  # asking again and again takes nothing
+        found = limiter.usage("pd", [burst, day])
+        assert [(usage.limit, usage.used, usage.remaining) for usage in found] == [
+            (burst, 2, 1),
+            (day, 9, 3),
+        ]
+        assert [usage.retry_after_s for usage in found] == [0.0, 0.0]
+    # Exactly what usage said is left can still be taken.
+    assert limiter.try_acquire("pd", 3, [burst, day]) == 0
+    assert limiter.try_acquire("pd", 1, [day]) > 0
+
+
+def test_usage_of_a_full_limit_says_when_one_more_fits(limiter: RateLimiter):
+    full, roomy = Limit(2, 1.0), Limit(10, 30.0, "day")
+    assert limiter.try_acquire("t", 1, [full, roomy]) == 0
+    assert limiter.try_acquire("t", 1, [full, roomy]) == 0
+
+    short, long = limiter.usage("t", [full, roomy])
+
+    assert (short.used, short.remaining) == (2, 0) and 0.5 < short.retry_after_s <= 1.01
+    assert (long.used, long.remaining, long.retry_after_s) == (2, 8, 0.0)
+    time.sleep(short.retry_after_s)
+    assert limiter.usage("t", [full])[0].used == 0  # both grants left the window
+    assert limiter.try_acquire("t", 1, [full]) == 0
+
+
+def test_usage_counts_keys_and_limits_separately(limiter: RateLimiter):
+    general, search = Limit(5, 60), Limit(5, 60, "search")
+    limiter.try_acquire("ifs:a", 2, [general])
+    limiter.try_acquire("ifs:b", 1, [search])
+    assert [usage.used for usage in limiter.usage("ifs:a", [general, search])] == [2, 0]
+    assert [usage.used for usage in limiter.usage("ifs:b", [general, search])] == [0, 1]
+    with pytest.raises(ValueError):
+        limiter.usage("ifs:a", [general, Limit(5, 60)])
+
+
+def test_redis_usage_is_shared_by_every_client_and_writes_nothing(
+    redis_url: str, redis_prefix: str
+):
+    writer = RedisRateLimiter(redis.Redis.from_url(redis_url), prefix=redis_prefix)
+    reader = RedisRateLimiter(redis.Redis.from_url(redis_url), prefix=redis_prefix)
+    limits = [Limit(5, 60)]
+    writer.try_acquire("t", 3, limits)
+    client = redis.Redis.from_url(redis_url)
+    keys = sorted(client.scan_iter(match=redis_prefix + "*"))
+    before = {key: client.dump(key) for key in keys}
+
+    assert [usage.used for usage in reader.usage("t", limits)] == [3]
+    assert reader.usage("other", limits)[0].used == 0
+
+    assert sorted(client.scan_iter(match=redis_prefix + "*")) == keys  # no key was created
+    assert {key: client.dump(key) for key in keys} == before
+    assert reader.shared and not LocalRateLimiter().shared
 
 
 CAPACITY, WINDOW_S, WORKERS, GRANTS_EACH = 5, 0.5, 4, 5

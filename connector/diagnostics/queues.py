@@ -1,0 +1,77 @@
+"""Depth of the workers' Celery queues in the broker: `status` shows it, /metrics exports it.
+
+Measured for brokers that are Redis (schemes redis://, rediss://, and unix:// for a Redis
+socket); any other broker (memory://, amqp://, …) gets a note instead of depths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import redis as redis_lib
+from redis.exceptions import RedisError
+
+from connector.diagnostics.urls import public_url
+from connector.metrics import set_queue_depth
+
+MEASURED_SCHEMES = ("redis://", "rediss://", "unix://")
+# Celery's Redis transport keeps priorities 3, 6 and 9 in lists named queue + sep + priority.
+CELERY_PRIORITY_SEP = "\x06\x16"
+CELERY_PRIORITY_STEPS = ("3", "6", "9")
+
+
+class RedisLists(Protocol):
+    def llen(self, name: str) -> Any: ...
+
+
+@dataclass
+class QueueStatus:
+    """The broker as `status` sees it: queue depths when it is Redis, else why not."""
+
+    broker: str
+    depths: dict[str, int] | None = None
+    error: str | None = None
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def celery_queue_depths(client: RedisLists, queue_names: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each queue: its Redis list plus one list per priority step."""
+    depths: dict[str, int] = {}
+    for queue in queue_names:
+        lists = [queue, *(f"{queue}{CELERY_PRIORITY_SEP}{step}" for step in CELERY_PRIORITY_STEPS)]
+        depths[queue] = sum(int(client.llen(name)) for name in lists)
+    return depths
+
+
+def queue_status(
+    broker_url: str, queue_names: Iterable[str], *, timeout_s: float = 3.0
+) -> QueueStatus:
+    """Measure the queues in the broker and set mlc_queue_depth; a broker that does not
+    answer within `timeout_s` is a clear error in the answer, not an exception."""
+    # memory:// has no host to keep: shown as configured.
+    in_memory = broker_url.startswith("memory")
+    shown = broker_url if in_memory or "://" not in broker_url else public_url(broker_url)
+    result = QueueStatus(shown)
+    if not broker_url.startswith(MEASURED_SCHEMES):
+        result.note = "queue depth is measured for Redis brokers only"
+        return result
+    client = redis_lib.Redis.from_url(
+        broker_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    )
+    try:
+        result.depths = celery_queue_depths(client, queue_names)
+    except RedisError as error:
+        result.error = (
+            f"broker unreachable at {shown}: {error} "
+            "(check CONNECTOR_BROKER_URL and that Redis is running)"
+        )
+    finally:
+        client.close()
+    for queue, depth in (result.depths or {}).items():
+        set_queue_depth(queue, depth)
+    return result

@@ -1,0 +1,198 @@
+"""A tenant's stored status: last run, failures waiting, webhook, missing secrets, headroom."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
+from connector.errors import ConnectorError
+from connector.stage_push.push import FAILED, RECONCILE_ACTION
+from connector.storage.audit import AuditLog
+from connector.storage.models import AuditRecord, SyncWatermark, WebhookEvent
+from connector.storage.runs import run_summary
+from connector.storage.tenant_state import DatabaseTenantState
+from connector.storage.vault import required_credentials
+from connector.webhooks import registration
+
+if TYPE_CHECKING:
+    from connector.runtime import Runtime
+    from connector.tenants import TenantConfig
+
+
+@dataclass
+class TenantStatus:
+    """What the database and our limiter know about a tenant (plus Pipedrive's view if asked)."""
+
+    tenant: str
+    last_run: dict[str, Any] | None = None
+    failed_waiting: int = 0
+    failed_keys: list[str] = field(default_factory=list)
+    watermarks: list[dict[str, Any]] = field(default_factory=list)
+    webhook: dict[str, Any] = field(default_factory=dict)
+    missing_credentials: list[dict[str, str]] = field(default_factory=list)
+    headroom: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def last_run(runtime: Runtime, tenant_id: str) -> dict[str, Any] | None:
+    """The newest sync run of the tenant (by its plan rows) and how it went."""
+    database = runtime.database
+    with database.session() as session:
+        run_id = session.scalar(
+            select(AuditRecord.correlation_id)
+            .where(
+                AuditRecord.tenant == tenant_id,
+                AuditRecord.record_key == "*",
+                AuditRecord.operation == "plan",
+                AuditRecord.correlation_id.is_not(None),
+            )
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+        )
+        if run_id is None:
+            return None
+        started, finished = session.execute(
+            select(func.min(AuditRecord.started_at), func.max(AuditRecord.finished_at)).where(
+                AuditRecord.correlation_id == run_id
+            )
+        ).one()
+    summary = run_summary(database, run_id)
+    state = "finished" if summary.done >= summary.queued else "running"
+    return {
+        "run_id": run_id,
+        "started_at": _iso(started),
+        "finished_at": _iso(finished) if state == "finished" else None,
+        "state": state,
+        "created": summary.created,
+        "updated": summary.updated,
+        "unchanged": summary.unchanged,
+        "failed": summary.failed,
+        "read": summary.read,
+        "queued": summary.queued,
+    }
+
+
+def webhook_status(runtime: Runtime, tenant_id: str, *, remote: bool = False) -> dict[str, Any]:
+    """Registration (tenant_state), received events, and with `remote` Pipedrive's own list."""
+    state = DatabaseTenantState(runtime.database).get(tenant_id, registration.STATE_KEY)
+    with runtime.database.session() as session:
+        delivered = WebhookEvent.tenant == tenant_id, WebhookEvent.action != RECONCILE_ACTION
+        last_event = session.scalar(select(func.max(WebhookEvent.received_at)).where(*delivered))
+        total = session.scalar(select(func.count()).where(*delivered)) or 0
+        failed = (
+            session.scalar(
+                select(func.count()).where(
+                    WebhookEvent.tenant == tenant_id, WebhookEvent.status == FAILED
+                )
+            )
+            or 0
+        )
+    info: dict[str, Any] = {
+        "registered": state is not None,
+        "webhook_id": (state or {}).get("webhook_id"),
+        "subscription_url": (state or {}).get("subscription_url"),
+        "last_event_at": _iso(last_event),
+        "events_received": int(total),
+        "events_failed": int(failed),
+    }
+    if remote:
+        try:
+            found = registration.webhooks_for(runtime, tenant_id)
+        except ConnectorError as error:
+            info["remote"] = {"error": str(error)}
+        else:
+            info["remote"] = {
+                "webhooks": [
+                    {
+                        key: webhook.get(key)
+                        for key in ("id", "is_active", "last_delivery_time", "last_http_status")
+                    }
+                    for webhook in found
+                ],
+                "active": any(webhook.get("is_active", True) for webhook in found),
+            }
+    return info
+
+
+def missing_credentials(runtime: Runtime, tenant: TenantConfig) -> list[dict[str, str]]:
+    """Secrets the tenant's configuration needs that the vault lacks, each with its fix."""
+    stored = {(system, name) for _, system, name, _ in runtime.vault.names(tenant.id)}
+    missing = []
+    for system, name in required_credentials(tenant):
+        if (system, name) in stored:
+            continue
+        if system == "webhook" and name.startswith("basic_"):
+            fix = f"`ml-connector webhooks ensure {tenant.id}` (generates and stores them)"
+        else:
+            fix = f"`ml-connector credentials set {tenant.id} {system} {name}`"
+        missing.append({"system": system, "name": name, "fix": fix})
+    return missing
+
+
+def tenant_status(runtime: Runtime, tenant_id: str, *, remote: bool = False) -> TenantStatus:
+    """Everything `ml-connector status` shows for one tenant; the database must be migrated."""
+    tenant = runtime.tenant(tenant_id)
+    status = TenantStatus(tenant_id)
+    status.last_run = last_run(runtime, tenant_id)
+    failed = AuditLog(runtime.database).latest_failed(tenant_id)
+    status.failed_waiting = len(failed)
+    status.failed_keys = [f"{row.entity} {row.record_key}" for row in failed[:10]]
+    with runtime.database.session() as session:
+        rows = session.scalars(
+            select(SyncWatermark)
+            .where(SyncWatermark.tenant == tenant_id)
+            .order_by(SyncWatermark.entity)
+        )
+        status.watermarks = [
+            {
+                "entity": row.entity,
+                "last_run_at": _iso(row.last_run_at),
+                "last_status": row.last_status,
+                "last_summary": row.last_summary,
+            }
+            for row in rows
+        ]
+    status.webhook = webhook_status(runtime, tenant_id, remote=remote)
+    status.missing_credentials = missing_credentials(runtime, tenant)
+    status.headroom = {
+        IFS: headroom(runtime.coordination, tenant, IFS),
+        PIPEDRIVE: headroom(runtime.coordination, tenant, PIPEDRIVE),
+    }
+    if status.last_run is None:
+        status.problems.append(f"never synced: run `ml-connector sync {tenant_id}`")
+    if status.failed_waiting:
+        status.problems.append(
+            f"{status.failed_waiting} record(s) failed and wait for a replay: see "
+            f"`ml-connector audit list --tenant {tenant_id} --status failed`, fix the cause, "
+            f"then `ml-connector replay --failed --tenant {tenant_id}`"
+        )
+    if not status.webhook["registered"]:
+        status.problems.append(
+            f"no Pipedrive webhook registered: run `ml-connector webhooks ensure {tenant_id}`"
+        )
+    remote_view = status.webhook.get("remote") or {}
+    if "error" in remote_view:
+        status.problems.append(f"cannot list Pipedrive webhooks: {remote_view['error']}")
+    elif remote_view and not remote_view.get("active"):
+        status.problems.append(
+            "Pipedrive has no active webhook for the subscription URL: run "
+            f"`ml-connector webhooks ensure {tenant_id}`"
+        )
+    for entry in status.missing_credentials:
+        status.problems.append(f"missing {entry['system']} {entry['name']}: {entry['fix']}")
+    for system in (IFS, PIPEDRIVE):
+        if "error" in status.headroom[system]:
+            status.problems.append(status.headroom[system]["error"])
+            break
+    return status
