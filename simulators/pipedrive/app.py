@@ -20,6 +20,7 @@ from simulators.pipedrive.records import (
     decode_cursor,
     encode_cursor,
     parse_rfc3339,
+    render_v1_deal,
     render_v2,
 )
 from simulators.pipedrive.settings import PipedriveSimSettings
@@ -288,7 +289,8 @@ def create_app(settings: PipedriveSimSettings | None = None) -> Flask:
             )
         return keys
 
-    def _list_records(entity: str) -> list[dict[str, Any]]:
+    def _list_records(entity: str, archived: bool = False) -> list[dict[str, Any]]:
+        """Records a v2 list answers; deals are split into not archived and archived lists."""
         statuses = None
         if entity == "deal" and request.args.get("status"):
             statuses = set(request.args["status"].split(","))
@@ -297,6 +299,8 @@ def create_app(settings: PipedriveSimSettings | None = None) -> Flask:
         records = sim.all_records(entity, include_deleted=bool(statuses and "deleted" in statuses))
         if statuses is not None:
             records = [r for r in records if r["status"] in statuses]
+        if entity == "deal":
+            records = [r for r in records if r["is_archived"] == archived]
         if request.args.get("ids"):
             try:
                 ids = {int(x) for x in request.args["ids"].split(",") if x}
@@ -333,6 +337,18 @@ def create_app(settings: PipedriveSimSettings | None = None) -> Flask:
                 "additional_data": {"next_cursor": next_cursor},
             }
 
+        if entity == "deal":
+
+            @operation("v2", "/deals/archived", "GET")
+            def list_archived_deals(caller: Caller) -> tuple[int, Any]:
+                keys = _custom_keys()
+                chunk, next_cursor = page(_list_records("deal", archived=True))
+                return 200, {
+                    "success": True,
+                    "data": [render_v2("deal", r, keys) for r in chunk],
+                    "additional_data": {"next_cursor": next_cursor},
+                }
+
         @operation("v2", f"/{plural}/{{id}}", "GET")
         def get_entity(caller: Caller, record_id: int) -> tuple[int, Any]:
             record = sim.get(entity, record_id)
@@ -352,6 +368,16 @@ def create_app(settings: PipedriveSimSettings | None = None) -> Flask:
         def delete_entity(caller: Caller, record_id: int) -> tuple[int, Any]:
             sim.delete(entity, record_id, "api", caller.user_id)
             return 200, {"success": True, "data": {"id": record_id}}
+
+        @operation("v1", f"/{plural}/{{id}}/merge", "PUT", entity=entity)
+        def merge_entities(caller: Caller, record_id: int) -> tuple[int, Any]:
+            merge_with_id = _body().get("merge_with_id")
+            survivor = sim.merge(entity, record_id, merge_with_id, "api", caller.user_id)
+            if entity == "organization":
+                return 200, {"success": True, "data": {"id": survivor["id"]}}
+            data = render_v1_deal(survivor, _org_name(survivor["org_id"]))
+            data["merge_what_id"] = record_id
+            return 200, {"success": True, "data": data}
 
         search_fields = (
             ("name", "address", "custom_fields", "notes")
@@ -394,6 +420,11 @@ def create_app(settings: PipedriveSimSettings | None = None) -> Flask:
                     "next_cursor": encode_cursor({"offset": offset + limit}) if more else None
                 },
             }
+
+    def _org_name(org_id: int | None) -> str | None:
+        with sim.lock:
+            org = sim.records["organization"].get(org_id or 0)
+            return None if org is None else str(org["name"])
 
     def _search_item(
         entity: str, score: float, record: dict[str, Any], custom: list[str]
@@ -521,7 +552,8 @@ def create_app(settings: PipedriveSimSettings | None = None) -> Flask:
 
     @operation("v1", "/webhooks", "GET")
     def list_webhooks(caller: Caller) -> tuple[int, Any]:
-        return 200, {"status": "ok", "success": True, "data": sim.list_webhooks()}
+        webhooks = sim.list_webhooks(hide_credentials=sim.settings.hide_webhook_credentials)
+        return 200, {"status": "ok", "success": True, "data": webhooks}
 
     @operation("v1", "/webhooks", "POST")
     def add_webhook(caller: Caller) -> tuple[int, Any]:
@@ -669,6 +701,48 @@ def _register_control(app: Flask, sim: PipedriveSim) -> None:
         body = _control_body()
         deal = sim.move_deal(deal_id, body.get("stage_id"), body.get("status"), body.get("user_id"))
         return _json(200, render_v2("deal", deal, None))
+
+    @control.post("/organizations/<int:record_id>/merge")
+    def merge_organizations(record_id: int) -> Response:
+        return _user_merges("organization", record_id)
+
+    @control.post("/deals/<int:record_id>/merge")
+    def merge_deals(record_id: int) -> Response:
+        return _user_merges("deal", record_id)
+
+    def _user_merges(entity: str, record_id: int) -> Response:
+        body = _control_body()
+        user_id = body.get("user_id", sim.settings.app_user_id)
+        survivor = sim.merge(entity, record_id, body.get("merge_with_id"), "app", user_id)
+        return _json(200, render_v2(entity, survivor, None))
+
+    @control.post("/deals/<int:deal_id>/archive")
+    def archive_deal(deal_id: int) -> Response:
+        body = _control_body()
+        deal = sim.set_archived(deal_id, True, body.get("archive_time"), body.get("user_id"))
+        return _json(200, render_v2("deal", deal, None))
+
+    @control.post("/deals/<int:deal_id>/unarchive")
+    def unarchive_deal(deal_id: int) -> Response:
+        deal = sim.set_archived(deal_id, False, None, _control_body().get("user_id"))
+        return _json(200, render_v2("deal", deal, None))
+
+    @control.post("/deals/<int:record_id>/delete")
+    def delete_deal(record_id: int) -> Response:
+        return _user_deletes("deal", record_id)
+
+    @control.post("/organizations/<int:record_id>/delete")
+    def delete_organization(record_id: int) -> Response:
+        return _user_deletes("organization", record_id)
+
+    def _user_deletes(entity: str, record_id: int) -> Response:
+        user_id = _control_body().get("user_id", sim.settings.app_user_id)
+        sim.delete(entity, record_id, "app", user_id)
+        return _json(200, {"id": record_id})
+
+    @control.post("/settings")
+    def settings() -> Response:
+        return _json(200, sim.configure(_control_body()))
 
     @control.post("/faults")
     def faults() -> Response:

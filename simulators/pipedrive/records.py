@@ -149,6 +149,31 @@ def render_v1(entity: str, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Keys of the v1 deal schema (DealStrict) that are not nullable: left out while they have no value.
+V1_DEAL_NOT_NULLABLE = {
+    "person_id",
+    "org_id",
+    "stage_change_time",
+    "won_time",
+    "lost_time",
+    "expected_close_date",
+    "archive_time",
+}
+
+
+def render_v1_deal(record: dict[str, Any], org_name: str | None) -> dict[str, Any]:
+    """A deal as the v1 API answers it (e.g. `PUT /v1/deals/{id}/merge`)."""
+    out = render_v1("deal", record)
+    out["value"] = json_number(out["value"])
+    out["user_id"] = record["owner_id"]
+    out["active"] = record["status"] == "open"
+    out["deleted"] = record["is_deleted"]
+    out["visible_to"] = str(record["visible_to"])
+    if org_name is not None:
+        out["org_name"] = org_name
+    return {k: v for k, v in out.items() if v is not None or k not in V1_DEAL_NOT_NULLABLE}
+
+
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The previous values of the fields that differ (custom fields compared key by key)."""
     previous: dict[str, Any] = {}

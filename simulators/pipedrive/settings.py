@@ -36,6 +36,12 @@ class PipedriveSimSettings:
     webhook_workers: int = 4
     ban_after_failures: int = 10
     ban_seconds: float = 1800.0
+    # Seconds after its creation before a record is found by /organizations/search and
+    # /deals/search (Pipedrive's search index lags behind writes); 0 = at once.
+    search_lag_s: float = 0.0
+    # GET /v1/webhooks answers http_auth_user and http_auth_password as null, as the official
+    # example shows; deliveries still carry the registered credentials.
+    hide_webhook_credentials: bool = False
     integration_user_id: int = 1
     app_user_id: int = 2
     company_id: int = 7_001

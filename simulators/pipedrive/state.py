@@ -23,6 +23,7 @@ from simulators.pipedrive.records import (
     changed_fields,
     json_number,
     new_field_key,
+    parse_rfc3339,
     render_v1,
     render_v2,
     rfc3339,
@@ -119,6 +120,10 @@ class PipedriveSim:
             self.stages: dict[int, dict[str, Any]] = {}
             self.fields: dict[str, list[dict[str, Any]]] = {"deal": [], "organization": []}
             self.webhooks: dict[int, dict[str, Any]] = {}
+            # When each record was created (wall time), for the search index lag.
+            self.created_at: dict[tuple[str, int], float] = {}
+            # Merged-away record -> the record it was merged into.
+            self.merged_into: dict[tuple[str, int], int] = {}
             self.api_tokens = set(self.settings.api_tokens)
             self.oauth_codes: dict[str, dict[str, Any]] = {}
             self.access_tokens: dict[str, dict[str, Any]] = {}
@@ -154,6 +159,20 @@ class PipedriveSim:
             if "seed" in changes:
                 self.rng = random.Random(changes["seed"])
             return asdict(self.faults)
+
+    def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change scalar settings at run time (e.g. search_lag_s); kept across reset()."""
+        current = asdict(self.settings)
+        for key, value in changes.items():
+            old = current.get(key)
+            if not isinstance(old, bool | int | float | str):
+                raise ApiError(400, f"Unknown or not adjustable setting: {key}")
+            if not _same_kind(old, value):
+                raise ApiError(400, f"Setting {key} must be a {type(old).__name__}")
+        with self.lock:
+            for key, value in changes.items():
+                setattr(self.settings, key, value)
+            return {key: getattr(self.settings, key) for key in changes}
 
     # ----------------------------------------------------------------- auth
     def user_for_token(self, api_token: str | None, bearer: str | None) -> tuple[int, bool] | None:
@@ -407,6 +426,8 @@ class PipedriveSim:
                 self._new_deal(body, user_id) if entity == "deal" else self._new_org(body, user_id)
             )
             self.records[entity][record["id"]] = record
+            # Seeded records stand for data the company already had: indexed long ago.
+            self.created_at[(entity, record["id"])] = time.time() if notify else 0.0
             if notify:
                 self._emit(entity, "create", None, record, change_source, user_id)
             return copy.deepcopy(record)
@@ -445,6 +466,71 @@ class PipedriveSim:
             if entity == "deal":
                 record["status"] = "deleted"
             self._emit(entity, "delete", before, None, change_source, user_id)
+
+    def merge(
+        self,
+        entity: str,
+        record_id: int,
+        merge_with_id: Any,
+        change_source: str = "api",
+        user_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Merge record_id INTO merge_with_id (Pipedrive's merge endpoints); answers the survivor.
+
+        The survivor keeps its values and takes the merged record's values only where its own
+        are empty; the merged record is deleted (404 afterwards) and, for organizations, its
+        deals move to the survivor. Webhooks v2 report a merge as a `delete` of the merged
+        record (meta.merged_to_id) and a `change` of the survivor.
+        """
+        if not _is_int(merge_with_id):
+            raise ApiError(400, "merge_with_id must be an integer")
+        with self.lock:
+            if merge_with_id == record_id:
+                raise ApiError(400, f"Cannot merge a {entity} with itself")
+            merged = self.get(entity, record_id)
+            survivor_before = self.get(entity, merge_with_id)
+            now = rfc3339(utc_now())
+            survivor = self.records[entity][merge_with_id]
+            _fill_empty(survivor, merged)
+            survivor["update_time"] = now
+            away = self.records[entity][record_id]
+            away["is_deleted"] = True
+            away["update_time"] = now
+            if entity == "deal":
+                away["status"] = "deleted"
+            self.merged_into[(entity, record_id)] = merge_with_id
+            self.counters[f"merges_{entity}"] += 1
+            self._emit(entity, "delete", merged, None, change_source, user_id, merge_with_id)
+            self._emit(entity, "change", survivor_before, survivor, change_source, user_id)
+            if entity == "organization":
+                for deal in self.records["deal"].values():
+                    if deal["org_id"] != record_id:
+                        continue
+                    before = copy.deepcopy(deal)
+                    deal["org_id"] = merge_with_id
+                    deal["update_time"] = now
+                    if not deal["is_deleted"]:
+                        self._emit("deal", "change", before, deal, change_source, user_id)
+            return copy.deepcopy(survivor)
+
+    def set_archived(
+        self,
+        deal_id: int,
+        archived: bool,
+        archive_time: str | None = None,
+        user_id: int | None = None,
+    ) -> dict[str, Any]:
+        """A user archives (or unarchives) a deal in the Pipedrive app."""
+        body: dict[str, Any] = {"is_archived": archived}
+        if archive_time is not None:
+            body["archive_time"] = archive_time
+        return self.update(
+            "deal",
+            deal_id,
+            body,
+            "app",
+            user_id if user_id is not None else self.settings.app_user_id,
+        )
 
     def move_deal(
         self,
@@ -612,6 +698,7 @@ class PipedriveSim:
                 raise ApiError(400, "label_ids must be an array of integers")
             record["label_ids"] = list(body["label_ids"])
         self._place_deal(record, body, creating, now)
+        self._archive(record, body, now)
         if "status" in body:
             self._set_status(record, body["status"], now)
         if "custom_fields" in body:
@@ -638,6 +725,20 @@ class PipedriveSim:
             record["stage_id"] = stage_id
             record["pipeline_id"] = self.stages[stage_id]["pipeline_id"]
             record["stage_change_time"] = None if creating else now
+
+    def _archive(self, record: dict[str, Any], body: dict[str, Any], now: str) -> None:
+        """v2 `is_archived`/`archive_time`: the time defaults to now and is cleared on unarchive."""
+        if "is_archived" in body:
+            if not isinstance(body["is_archived"], bool):
+                raise ApiError(400, "is_archived must be a boolean")
+            if body["is_archived"] != record["is_archived"]:
+                record["is_archived"] = body["is_archived"]
+                record["archive_time"] = now if body["is_archived"] else None
+        if body.get("archive_time") is not None and record["is_archived"]:
+            if not isinstance(body["archive_time"], str):
+                raise ApiError(400, "archive_time must be a string")
+            # Documented as "YYYY-MM-DD HH:MM:SS" (UTC); answered in RFC 3339 like other times.
+            record["archive_time"] = rfc3339(parse_rfc3339(body["archive_time"].replace(" ", "T")))
 
     def _first_stage(self, pipeline_id: int) -> int:
         stages = [s for s in self.stages.values() if s["pipeline_id"] == pipeline_id]
@@ -686,7 +787,10 @@ class PipedriveSim:
                 if field["field_type"] in SEARCHABLE_FIELD_TYPES
             ]
             results = []
+            indexed_before = time.time() - self.settings.search_lag_s
             for record in self.records[entity].values():
+                if self.created_at.get((entity, record["id"]), 0.0) > indexed_before:
+                    continue
                 if record["is_deleted"] or any(
                     record.get(key) != value for key, value in filters.items()
                 ):
@@ -764,9 +868,15 @@ class PipedriveSim:
             webhook = self.webhooks[webhook_id]
             return {k: copy.deepcopy(v) for k, v in webhook.items() if not k.startswith("_")}
 
-    def list_webhooks(self) -> list[dict[str, Any]]:
+    def list_webhooks(self, hide_credentials: bool = False) -> list[dict[str, Any]]:
+        """Every subscription; hide_credentials answers the credentials as null."""
         with self.lock:
-            return [self.webhook_view(i) for i in self.webhooks]
+            views = [self.webhook_view(i) for i in self.webhooks]
+        if hide_credentials:
+            for view in views:
+                view["http_auth_user"] = None
+                view["http_auth_password"] = None
+        return views
 
     def delete_webhook(self, webhook_id: int, reason: str | None = None) -> bool:
         with self.lock:
@@ -790,6 +900,7 @@ class PipedriveSim:
         after: dict[str, Any] | None,
         change_source: str,
         user_id: int | None,
+        merged_to_id: int | None = None,
     ) -> None:
         user = user_id if user_id is not None else self.settings.integration_user_id
         self.counters[f"events_{action}"] += 1
@@ -831,6 +942,10 @@ class PipedriveSim:
                         "attempt": 1,
                     },
                 }
+                if merged_to_id is not None:
+                    # Webhooks v2 migration guide: the delete event of a merged-away object
+                    # carries merged_to_id (a string, like the other ids in meta).
+                    payload["meta"]["merged_to_id"] = str(merged_to_id)
             self.dispatcher.enqueue(webhook["id"], payload)
 
     def _v1_payload(
@@ -966,6 +1081,7 @@ class PipedriveSim:
                     action: counters[f"events_{action}"]
                     for action in ("create", "change", "delete")
                 },
+                "merges": {entity: counters[f"merges_{entity}"] for entity in self.records},
                 "webhooks": {
                     "delivered_ok": counters["webhook_ok"],
                     "failed_attempts": counters["webhook_failed"],
@@ -984,6 +1100,15 @@ class PipedriveSim:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _same_kind(old: Any, new: Any) -> bool:
+    """Whether new may replace the setting old (an int is fine for a float setting)."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, float):
+        return _is_number(new)
+    return isinstance(new, type(old))
 
 
 def _is_number(value: Any) -> bool:
@@ -1022,6 +1147,36 @@ def _check_address(address: Any) -> dict[str, str] | None:
     ):
         raise ApiError(400, "address must be an object of strings")
     return {key: part for key, part in address.items() if part is not None}
+
+
+# Keys a merge never takes from the merged-away record: identity, times and lifecycle.
+MERGE_KEEPS = {
+    "id",
+    "add_time",
+    "update_time",
+    "is_deleted",
+    "is_archived",
+    "archive_time",
+    "status",
+    "won_time",
+    "lost_time",
+    "close_time",
+    "stage_change_time",
+    "creator_user_id",
+}
+
+
+def _fill_empty(survivor: dict[str, Any], merged: dict[str, Any]) -> None:
+    """Pipedrive's merge: the survivor's values win; its empty fields take the other's values."""
+    for key, value in merged.items():
+        if key in MERGE_KEEPS:
+            continue
+        if key == "custom_fields":
+            for field_key, field_value in value.items():
+                if survivor["custom_fields"].get(field_key) in (None, "", []):
+                    survivor["custom_fields"][field_key] = copy.deepcopy(field_value)
+        elif survivor.get(key) in (None, "", []):
+            survivor[key] = copy.deepcopy(value)
 
 
 def _previous(

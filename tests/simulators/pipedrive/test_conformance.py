@@ -87,6 +87,64 @@ def test_a_broad_sample_of_responses_matches_the_official_schemas(pipedrive_sim,
     check(sim.api("GET", "/v1/users/me"))
 
 
+def test_lifecycle_responses_match_the_official_schemas(pipedrive_sim, spec_checker):
+    """Deletes, merges, archives and hidden webhook credentials, as the documents describe."""
+    sim = pipedrive_sim
+    check = spec_checker.check
+    orgs = [
+        check(sim.api("POST", "/api/v2/organizations", json={"name": name}))["data"]["id"]
+        for name in ("Acme (dup)", "Acme AB", "Gone AB")
+    ]
+    deals = [
+        check(
+            sim.api("POST", "/api/v2/deals", json={"title": title, "value": 10, "org_id": orgs[0]})
+        )["data"]["id"]
+        for title in ("Order 1 (dup)", "Order 1", "Order 2", "Order 3")
+    ]
+    merged_org = check(
+        sim.api("PUT", f"/v1/organizations/{orgs[0]}/merge", json={"merge_with_id": orgs[1]})
+    )
+    assert merged_org == {"success": True, "data": {"id": orgs[1]}}
+    merged_deal = check(
+        sim.api("PUT", f"/v1/deals/{deals[0]}/merge", json={"merge_with_id": deals[1]})
+    )["data"]
+    assert (merged_deal["id"], merged_deal["merge_what_id"]) == (deals[1], deals[0])
+    archived = check(sim.api("PATCH", f"/api/v2/deals/{deals[2]}", json={"is_archived": True}))[
+        "data"
+    ]
+    assert archived["is_archived"] is True
+    check(sim.api("GET", f"/api/v2/deals/{deals[2]}"))
+    check(sim.api("GET", "/api/v2/deals/archived", params={"limit": 1}))
+    check(sim.api("GET", "/api/v2/deals", params={"status": "deleted"}))
+    check(sim.api("DELETE", f"/api/v2/deals/{deals[3]}"))
+    check(sim.api("DELETE", f"/api/v2/organizations/{orgs[2]}"))
+    for path in (
+        f"/api/v2/deals/{deals[0]}",
+        f"/api/v2/deals/{deals[3]}",
+        f"/api/v2/organizations/{orgs[0]}",
+        f"/api/v2/organizations/{orgs[2]}",
+    ):
+        for method, body in (("GET", None), ("PATCH", {"name": "x"}), ("DELETE", None)):
+            response = sim.api(method, path, json=body)
+            assert response.status_code == 404
+            check(response)
+    sim.api(
+        "POST",
+        "/v1/webhooks",
+        json={
+            "name": "ml-connector",
+            "subscription_url": "http://127.0.0.1:9/hook",
+            "event_action": "delete",
+            "event_object": "*",
+            "http_auth_user": "u",
+            "http_auth_password": "p",
+        },
+    )
+    sim.settings.hide_webhook_credentials = True
+    [hook] = check(sim.api("GET", "/v1/webhooks"))["data"]
+    assert (hook["http_auth_user"], hook["http_auth_password"]) == (None, None)
+
+
 def test_the_schema_check_rejects_a_deal_whose_value_is_a_string(spec_checker):
     body = {"success": True, "data": {"id": 1, "title": "x", "value": "12.00"}}
     request = MockRequest("https://api.pipedrive.com", "get", "/api/v2/deals/1")

@@ -212,3 +212,132 @@ def test_webhook_creation_requires_a_name(pipedrive_sim, receiver):
     )
     assert response.status_code == 400
     assert "name" in response.json()["errors"]
+
+
+def _settled(sim) -> bool:
+    return sim.control("stats")["webhooks"]["pending"] == 0
+
+
+def test_user_delete_is_a_delete_event_carrying_the_previous_object(pipedrive_sim, receiver):
+    app, url = receiver
+    _subscribe(pipedrive_sim, url, event_action="delete", event_object="deal")
+    deal = pipedrive_sim.api("POST", "/api/v2/deals", json={"title": "Test deal"}).json()["data"]
+    pipedrive_sim.api("PATCH", f"/api/v2/deals/{deal['id']}", json={"value": 3})
+    pipedrive_sim.control(f"deals/{deal['id']}/delete", {})
+    assert pipedrive_sim.wait_for(lambda: app.calls)
+    assert pipedrive_sim.wait_for(lambda: _settled(pipedrive_sim))
+    [call] = app.calls
+    body = call["body"]
+    assert (body["meta"]["action"], body["meta"]["entity_id"]) == ("delete", str(deal["id"]))
+    assert body["meta"]["change_source"] == "app"
+    assert "merged_to_id" not in body["meta"]
+    assert body["data"] is None
+    assert (body["previous"]["title"], body["previous"]["value"]) == ("Test deal", 3)
+
+
+def test_subscriptions_get_only_their_event_action_and_object(pipedrive_sim, receiver):
+    app, url = receiver
+    sim = pipedrive_sim
+    hooks = {
+        (action, entity): _subscribe(sim, url, event_action=action, event_object=entity)["id"]
+        for action, entity in (
+            ("change", "deal"),
+            ("delete", "*"),
+            ("create", "organization"),
+            ("*", "organization"),
+        )
+    }
+    org = sim.api("POST", "/api/v2/organizations", json={"name": "Acme"}).json()["data"]
+    deal = sim.api("POST", "/api/v2/deals", json={"title": "x"}).json()["data"]
+    sim.api("PATCH", f"/api/v2/deals/{deal['id']}", json={"title": "y"})
+    sim.api("DELETE", f"/api/v2/deals/{deal['id']}")
+    sim.api("DELETE", f"/api/v2/organizations/{org['id']}")
+    assert sim.wait_for(lambda: len(app.calls) >= 6)
+    assert sim.wait_for(lambda: _settled(sim))
+    received: dict[str, list[tuple[str, str]]] = {}
+    for call in app.calls:
+        meta = call["body"]["meta"]
+        received.setdefault(meta["webhook_id"], []).append((meta["action"], meta["entity"]))
+    assert {key: sorted(received[str(hook)]) for key, hook in hooks.items()} == {
+        ("change", "deal"): [("change", "deal")],
+        ("delete", "*"): [("delete", "deal"), ("delete", "organization")],
+        ("create", "organization"): [("create", "organization")],
+        ("*", "organization"): [("create", "organization"), ("delete", "organization")],
+    }
+
+
+def test_organization_merge_is_a_delete_with_merged_to_id_and_changes(pipedrive_sim, receiver):
+    """As the webhooks v2 migration guide says: no `merged` action, a delete and a change."""
+    app, url = receiver
+    sim = pipedrive_sim
+    merged, survivor = sim.control(
+        "seed", {"organizations": [{"name": "Acme (dup)"}, {"name": "Acme AB"}]}
+    )["organizations"]
+    [deal] = sim.control("seed", {"deals": [{"title": "Order 1", "org_id": merged}]})["deals"]
+    _subscribe(sim, url)
+    sim.control(f"organizations/{merged}/merge", {"merge_with_id": survivor})
+    assert sim.wait_for(lambda: len(app.calls) >= 3)
+    assert sim.wait_for(lambda: _settled(sim))
+    events = {
+        (c["body"]["meta"]["action"], c["body"]["meta"]["entity"]): c["body"] for c in app.calls
+    }
+    assert len(app.calls) == 3 and set(events) == {
+        ("delete", "organization"),
+        ("change", "organization"),
+        ("change", "deal"),
+    }
+    deleted = events[("delete", "organization")]
+    assert deleted["meta"]["entity_id"] == str(merged)
+    assert deleted["meta"]["merged_to_id"] == str(survivor)
+    assert deleted["meta"]["change_source"] == "app"
+    assert deleted["data"] is None and deleted["previous"]["id"] == merged
+    changed = events[("change", "organization")]
+    assert changed["meta"]["entity_id"] == str(survivor) and changed["data"]["id"] == survivor
+    assert "merged_to_id" not in changed["meta"]
+    moved = events[("change", "deal")]
+    assert moved["meta"]["entity_id"] == str(deal)
+    assert (moved["data"]["org_id"], moved["previous"]) == (survivor, {"org_id": merged})
+
+
+def test_deal_merge_by_api_reaches_a_delete_only_subscription(pipedrive_sim, receiver):
+    app, url = receiver
+    sim = pipedrive_sim
+    merged, survivor = sim.control("seed", {"deals": [{"title": "dup"}, {"title": "Order 1"}]})[
+        "deals"
+    ]
+    _subscribe(sim, url, event_action="delete", event_object="deal")
+    sim.api("PUT", f"/v1/deals/{merged}/merge", json={"merge_with_id": survivor})
+    assert sim.wait_for(lambda: app.calls)
+    assert sim.wait_for(lambda: _settled(sim))
+    [call] = app.calls
+    meta = call["body"]["meta"]
+    assert (meta["action"], meta["entity_id"], meta["merged_to_id"]) == (
+        "delete",
+        str(merged),
+        str(survivor),
+    )
+    assert meta["change_source"] == "api"
+
+
+def test_archive_is_a_change_of_is_archived(pipedrive_sim, receiver):
+    app, url = receiver
+    sim = pipedrive_sim
+    [deal] = sim.control("seed", {"deals": [{"title": "Old"}]})["deals"]
+    _subscribe(sim, url, event_action="change", event_object="deal")
+    sim.control(f"deals/{deal}/archive", {})
+    assert sim.wait_for(lambda: app.calls)
+    body = app.calls[0]["body"]
+    assert body["meta"]["change_source"] == "app"
+    assert body["data"]["is_archived"] is True and body["data"]["archive_time"]
+    assert body["previous"] == {"is_archived": False, "archive_time": None}
+
+
+def test_hidden_credentials_still_authenticate_deliveries(pipedrive_sim, receiver):
+    app, url = receiver
+    pipedrive_sim.settings.hide_webhook_credentials = True
+    _subscribe(pipedrive_sim, url)
+    [listed] = pipedrive_sim.api("GET", "/v1/webhooks").json()["data"]
+    assert listed["http_auth_user"] is None
+    pipedrive_sim.api("POST", "/api/v2/organizations", json={"name": "Acme"})
+    assert pipedrive_sim.wait_for(lambda: app.calls)
+    assert app.calls[0]["authorization"] == "Basic " + base64.b64encode(b"hook:s3cret").decode()
