@@ -255,3 +255,19 @@ def test_clients_are_usable_from_many_threads(ifs_sim, ifs_client: IfsClient):
         thread.join()
     assert errors == []
     assert ifs_sim.state.stats()["tokens_issued"] == 1
+
+
+def test_an_entity_set_keyed_by_another_property_is_ordered_addressed_and_keyed_by_it(
+    ifs_sim, ifs_client: IfsClient
+):
+    ifs_sim.state.configure(customer_key="CustomerNo")  # until the fixture's reset
+    ifs_sim.state.seed(customers=5, orders=0)
+    customers = EntitySet("CustomerHandling.svc", "CustomerInfoSet", "CustomerNo")
+    records = list(ifs_client.iter_records(customers, Query(select=["Name"]), page_size=2))
+    assert [r.key for r in records] == sorted(ifs_sim.state.keys(ifs_sim.state.customer_type))
+    assert all(set(r.data) == {"Name", "CustomerNo"} for r in records)
+    record = ifs_client.get_record(customers, records[2].key, select=["Name"])
+    assert record.key == records[2].key and record.data["Name"] == records[2].data["Name"]
+    with pytest.raises(RemoteError) as raised:
+        list(ifs_client.iter_records(CUSTOMERS))  # the default key is not a property here
+    assert raised.value.status == 400
