@@ -176,12 +176,13 @@ def fill_id_map(stack: BenchStack) -> float:
     from connector.storage.idmap import CUSTOMER, ORDER, IdMap, content_hash
     from connector.storage.models import IdMapEntry
     from connector.sync.engine import TenantSync
+    from connector.sync.specs import CUSTOMERS, ORDERS
 
     started = time.perf_counter()
     sync = TenantSync(stack.runtime, stack.tenant)
     layout = sync.layout()
     tenant = stack.tenant
-    customer_key = sync.tenant.customer_mapping.customer_id
+    customers_set, orders_set = CUSTOMERS.ifs_set(sync.tenant), ORDERS.ifs_set(sync.tenant)
     database = stack.runtime.database
     with database.session() as session:
         session.execute(delete(IdMapEntry).where(IdMapEntry.tenant == tenant))
@@ -191,24 +192,25 @@ def fill_id_map(stack: BenchStack) -> float:
                 {
                     "tenant": tenant,
                     "entity": CUSTOMER,
-                    "ifs_key": str(record.data[customer_key]),
+                    "ifs_key": record.key,
                     "pipedrive_id": number,
                     "etag": record.etag,
                 }
-                for number, record in enumerate(sync.ifs.iter_customers(page_size=BULK), start=1)
+                for number, record in enumerate(
+                    sync.ifs.iter_records(customers_set, page_size=BULK), start=1
+                )
             ],
         )
     customers = IdMap(database).summaries(tenant, CUSTOMER)
-    order_key = sync.tenant.order_mapping.order_no
     rows = []
-    for number, record in enumerate(sync.ifs.iter_orders(page_size=BULK), start=1):
-        payload = sync._payload(ORDER, record.data, layout, customers)
+    for number, record in enumerate(sync.ifs.iter_records(orders_set, page_size=BULK), start=1):
+        payload = sync._planned_payload(ORDERS, record.data, layout, customers)
         assert payload is not None
         rows.append(
             {
                 "tenant": tenant,
                 "entity": ORDER,
-                "ifs_key": str(record.data[order_key]),
+                "ifs_key": record.key,
                 "pipedrive_id": number,
                 "etag": record.etag,
                 "last_payload": payload,

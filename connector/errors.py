@@ -37,14 +37,18 @@ class MissingCredentialError(VaultError):
 
 class TransientError(ConnectorError):
     """Worth another attempt later: rate tokens or a record lock not had in time, a remote's
-    429/5xx/connection error. `retry_after_s` is the earliest sensible retry (None: no hint).
+    429/5xx/connection error. `retry_after_s` is the earliest sensible retry (None: no hint);
+    `audit_id` is the "retrying" audit row the attempt left, if it left one.
 
     The library raises it; the task layer alone decides whether and when to retry.
     """
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, audit_id: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.audit_id = audit_id
 
 
 class RemoteError(ConnectorError):

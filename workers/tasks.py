@@ -20,17 +20,17 @@ from celery import Task
 
 from connector import metrics
 from connector.errors import ConnectorError, TransientError, is_transient, retry_after_s
-from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord
-from connector.sync.engine import ENTITIES, RETRYING, Plan, plan_audit
+from connector.sync import ENTITIES, JOB_FOR_ENTITY
+from connector.sync.engine import Plan, plan_audit
 from workers.app import celery_app
 from workers.runtime import get_runtime, tenant_sync
 
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 10
-TASK_FOR_ENTITY = {CUSTOMER: "ml_connector.sync_customer", ORDER: "ml_connector.sync_order"}
 
 
 def _countdown(retries: int, retry_after: float | None) -> float:
@@ -83,7 +83,7 @@ def plan_sync(
             for page in sync.plan_pages(plan, full=full):
                 for item in page:
                     celery_app.send_task(
-                        TASK_FOR_ENTITY[name],
+                        JOB_FOR_ENTITY[name],
                         kwargs={
                             "tenant": tenant,
                             "key": item.key,
@@ -135,11 +135,15 @@ def _sync(task: Task, entity: str, tenant: str, key: str, **options: Any) -> str
         return "failed"
     retries = task.request.retries or 0
     try:
-        result = sync.sync_record(
-            entity, key, attempt=retries + 1, final_attempt=retries >= MAX_RETRIES, **options
-        )
+        result = sync.sync_record(entity, key, attempt=retries + 1, **options)
     except TransientError as error:
-        raise task.retry(countdown=_countdown(retries, error.retry_after_s)) from error
+        if retries < MAX_RETRIES:
+            raise task.retry(countdown=_countdown(retries, error.retry_after_s)) from error
+        # Retries exhausted: the attempt's retrying row becomes the failed row replay finds.
+        if error.audit_id is not None:
+            sync.audit.mark_failed(error.audit_id)
+        metrics.record_sync(tenant, entity, "failed")
+        return "failed"
     metrics.record_sync(tenant, entity, result.outcome.value)
     return result.outcome.value
 

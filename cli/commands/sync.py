@@ -94,6 +94,7 @@ def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
 def _dry_run(
     obj: CliContext, tenant_id: str, entities: tuple[str, ...], full: bool, as_json: bool
 ) -> None:
+    from connector.errors import TransientError
     from connector.sync.engine import TenantSync
 
     with reported_errors():
@@ -104,14 +105,26 @@ def _dry_run(
             plan = sync.plan(entity, full=full)
             counts["unchanged"] += plan.unchanged
             for item in plan.items:
-                result = sync.sync_record(
-                    entity,
-                    item.key,
-                    snapshot={"etag": item.etag, "data": item.data},
-                    hint=item.hint,
-                    full=full,
-                    dry_run=True,
-                )
+                try:
+                    result = sync.sync_record(
+                        entity,
+                        item.key,
+                        snapshot={"etag": item.etag, "data": item.data},
+                        hint=item.hint,
+                        full=full,
+                        dry_run=True,
+                    )
+                except TransientError as error:  # a dry run does not retry: report it
+                    counts["failed"] += 1
+                    report.append(
+                        {
+                            "entity": entity,
+                            "key": item.key,
+                            "operation": "failed",
+                            "error": str(error),
+                        }
+                    )
+                    continue
                 attempt = result.attempt
                 operation = "failed" if attempt.status == "failed" else attempt.operation
                 counts[operation if operation in counts else "unchanged"] += 1

@@ -12,7 +12,8 @@ from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
 from connector.diagnostics.urls import public_url
 from connector.errors import ConnectorError, MissingCredentialError, RemoteError, VaultError
 from connector.http import RetryPolicy
-from connector.ifs.client import CUSTOMER_KEY, ORDER_KEY, IfsClient, ifs_limits
+from connector.ifs.client import IfsClient, ifs_limits
+from connector.ifs.entity_sets import customer_set, order_set
 from connector.ifs.odata import Query
 from connector.pipedrive.client import PipedriveClient
 from connector.ratelimit import RateLimited
@@ -243,6 +244,7 @@ def check_ifs(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -> Syst
             config,
             value,
             tenant_id=tenant.id,
+            orders=order_set(tenant),
             acquire=runtime.coordination.acquirer(
                 f"ifs:{tenant.id}", lambda bucket: limits, max_wait_s=2.0
             ),
@@ -259,10 +261,9 @@ def check_ifs(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -> Syst
     def first(kind: str) -> Callable[[], str | None]:
         def read() -> str | None:
             assert client is not None
-            if kind == "customers":
-                records = client.iter_customers(Query(select=[CUSTOMER_KEY], top=1), page_size=1)
-            else:
-                records = client.iter_orders(Query(select=[ORDER_KEY], top=1), page_size=1)
+            entity_set = customer_set(tenant) if kind == "customers" else order_set(tenant)
+            query = Query(select=[entity_set.key], top=1)
+            records = client.iter_records(entity_set, query, page_size=1)
             record = next(iter(records), None)
             return f"read {record.key}" if record is not None else "readable, but empty"
 
@@ -324,10 +325,10 @@ def check_pipedrive(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -
 
     def one_record() -> str | None:
         assert client is not None
-        deal = next(iter(client.iter_deals(limit=1)), None)
+        deal = next(iter(client.iter_records("deals", limit=1)), None)
         if deal is not None:
             return f"read deal {deal.get('id')}"
-        organization = next(iter(client.iter_organizations(limit=1)), None)
+        organization = next(iter(client.iter_records("organizations", limit=1)), None)
         if organization is not None:
             return f"no deals yet; read organization {organization.get('id')}"
         return "readable, but no deals or organizations yet"

@@ -1,17 +1,18 @@
-"""The IFS Cloud projection client: paged reads, single reads, ETag-guarded writes and actions."""
+"""The IFS Cloud projection client: paged and single reads of any entity set, ETag-guarded
+order writes and bound actions."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote, urljoin
+from urllib.parse import urljoin
 
 from connector.errors import RemoteError
 from connector.http import Acquire, RemoteSession, RetryPolicy, json_body
 from connector.ifs.auth import IfsTokenProvider, shared_token_provider
+from connector.ifs.entity_sets import EntitySet, order_set
 from connector.ifs.odata import Query
 from connector.ifs.records import IfsRecord
 from connector.ratelimit import Limit
@@ -22,10 +23,7 @@ if TYPE_CHECKING:
 
     from connector.coordination import Coordination
 
-CUSTOMER_KEY = "CustomerId"
-ORDER_KEY = "OrderNo"
 BUCKET = "ifs"
-_ACTION = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 class SecretSource(Protocol):
@@ -34,19 +32,17 @@ class SecretSource(Protocol):
     def get(self, tenant: str, system: str, name: str) -> str: ...
 
 
-def key_segment(entity_set: str, key_property: str, value: str) -> str:
-    """`CustomerOrderSet(OrderNo='O''1%2F2')`: the quote doubled, then URL-encoded."""
-    escaped = quote(str(value).replace("'", "''"), safe="")
-    return f"{entity_set}({key_property}='{escaped}')"
-
-
 def ifs_limits(config: IfsConfig) -> list[Limit]:
     """The tenant's IFS request budget (1,000 a minute by default)."""
     return [Limit(config.requests_per_minute, 60)]
 
 
 class IfsClient:
-    """One tenant's IFS Cloud: customers (`CustomerInfoSet`) and orders (`CustomerOrderSet`)."""
+    """One tenant's IFS Cloud: reads of any entity set; writes and actions on its orders.
+
+    `orders` says where the orders live and which property keys them (the tenant's
+    `order_mapping.order_no`): stage pushes address orders through it.
+    """
 
     def __init__(
         self,
@@ -54,6 +50,7 @@ class IfsClient:
         client_secret: str,
         *,
         tenant_id: str,
+        orders: EntitySet,
         acquire: Acquire | None = None,
         session: requests.Session | None = None,
         policy: RetryPolicy | None = None,
@@ -63,6 +60,7 @@ class IfsClient:
     ) -> None:
         self.config = config
         self.tenant_id = tenant_id
+        self.orders = orders
         self.tokens = tokens or IfsTokenProvider(
             config.effective_token_url,
             config.client_id,
@@ -96,55 +94,23 @@ class IfsClient:
             config,
             secret,
             tenant_id=tenant.id,
+            orders=order_set(tenant),
             acquire=coordination.acquirer(f"ifs:{tenant.id}", lambda bucket: limits),
             tokens=shared_token_provider(
                 config.effective_token_url, config.client_id, secret, scope=config.scope
             ),
         )
 
-    # -- paths -----------------------------------------------------------------------------
-    @property
-    def customers_path(self) -> str:
-        return f"{self.config.customer_projection}/{self.config.customer_entity_set}"
-
-    @property
-    def orders_path(self) -> str:
-        return f"{self.config.order_projection}/{self.config.order_entity_set}"
-
-    def customer_path(self, customer_id: str) -> str:
-        segment = key_segment(self.config.customer_entity_set, CUSTOMER_KEY, customer_id)
-        return f"{self.config.customer_projection}/{segment}"
-
-    def order_path(self, order_no: str) -> str:
-        segment = key_segment(self.config.order_entity_set, ORDER_KEY, order_no)
-        return f"{self.config.order_projection}/{segment}"
-
-    def order_action_name(self, action: str) -> str:
-        """`IfsApp.CustomerOrderHandling.CustomerOrder_Release` for action "Release"."""
-        if not _ACTION.match(action):
-            raise ValueError(f"not an action name: {action!r}")
-        namespace = self.config.order_projection.removesuffix(".svc")
-        entity = self.config.order_entity_set.removesuffix("Set")
-        return f"IfsApp.{namespace}.{entity}_{action}"
-
-    def _key_property(self, entity_set_path: str) -> str:
-        if entity_set_path == self.customers_path:
-            return CUSTOMER_KEY
-        if entity_set_path == self.orders_path:
-            return ORDER_KEY
-        raise ValueError(f"unknown entity set {entity_set_path!r}: pass key=")
-
     # -- reads -----------------------------------------------------------------------------
     def iter_records(
         self,
-        entity_set_path: str,
+        entity_set: EntitySet,
         query: Query | None = None,
         *,
         page_size: int | None = None,
-        key: str | None = None,
         server_page_size: int | None = None,
     ) -> Iterator[IfsRecord]:
-        """Every entity the query selects, once each, in key order.
+        """Every entity the query selects, once each, in the order of the entity set's key.
 
         Pages with $top/$skip windows of `page_size` ordered by the key (after the query's own
         order). Within a window it follows @odata.nextLink, which IFS sends when it pages
@@ -152,7 +118,7 @@ class IfsClient:
         default page_size) when large windows should still arrive as small responses.
         """
         query = query or Query()
-        key = key or self._key_property(entity_set_path)
+        key = entity_set.key
         page_size = page_size or self.config.page_size
         if page_size <= 0:
             raise ValueError("page_size must be positive")
@@ -167,14 +133,14 @@ class IfsClient:
         seen: set[str] = set()
         while remaining is None or remaining > 0:
             top = page_size if remaining is None else min(page_size, remaining)
-            url: str | None = self.http.url_for(entity_set_path)
+            url: str | None = self.http.url_for(entity_set.path)
             params: dict[str, str] | None = query.page(top=top, skip=skip).params()
             received = 0
             while url is not None:
                 document = self._get_json(url, params=params, headers=headers)
                 rows = document.get("value")
                 if not isinstance(rows, list):
-                    raise RemoteError("ifs", f"{entity_set_path}: answer without a value list")
+                    raise RemoteError("ifs", f"{entity_set.path}: answer without a value list")
                 for entity in rows:
                     received += 1
                     record = IfsRecord.from_entity(entity, key)
@@ -190,41 +156,25 @@ class IfsClient:
             if received < top:
                 return
 
-    def iter_customers(
-        self,
-        query: Query | None = None,
-        *,
-        page_size: int | None = None,
-        server_page_size: int | None = None,
-    ) -> Iterator[IfsRecord]:
-        return self.iter_records(
-            self.customers_path,
-            query,
-            page_size=page_size,
-            key=CUSTOMER_KEY,
-            server_page_size=server_page_size,
+    def get_record(
+        self, entity_set: EntitySet, key_value: str, *, select: Sequence[str] = ()
+    ) -> IfsRecord:
+        """One entity by its key value (NotFound when IFS has none)."""
+        key = entity_set.key
+        params = Query(select=[*select, key] if select and key not in select else select).params()
+        response = self.http.request(
+            "GET",
+            entity_set.record_path(key_value),
+            bucket=BUCKET,
+            params=params,
+            headers={"Accept": "application/json"},
         )
+        entity = json_body(response, "ifs")
+        return IfsRecord.from_entity(entity, key, response.headers.get("ETag"))
 
-    def iter_orders(
-        self,
-        query: Query | None = None,
-        *,
-        page_size: int | None = None,
-        server_page_size: int | None = None,
-    ) -> Iterator[IfsRecord]:
-        return self.iter_records(
-            self.orders_path,
-            query,
-            page_size=page_size,
-            key=ORDER_KEY,
-            server_page_size=server_page_size,
-        )
-
-    def get_customer(self, customer_id: str, *, select: Sequence[str] = ()) -> IfsRecord:
-        return self._get_record(self.customer_path(customer_id), CUSTOMER_KEY, select)
-
-    def get_order(self, order_no: str, *, select: Sequence[str] = ()) -> IfsRecord:
-        return self._get_record(self.order_path(order_no), ORDER_KEY, select)
+    def get_order(self, order_no: str) -> IfsRecord:
+        """One order by its number (what a stage push reads before it writes)."""
+        return self.get_record(self.orders, order_no)
 
     # -- writes ----------------------------------------------------------------------------
     def patch_order(self, order_no: str, etag: str, changes: dict[str, Any]) -> IfsRecord:
@@ -233,7 +183,7 @@ class IfsClient:
             raise ValueError("IFS writes need the ETag of the version they change")
         response = self.http.request(
             "PATCH",
-            self.order_path(order_no),
+            self.orders.record_path(order_no),
             bucket=BUCKET,
             json=changes,
             headers={
@@ -245,13 +195,13 @@ class IfsClient:
         if response.status_code == 204 or not response.content:
             return self.get_order(order_no)
         entity = json_body(response, "ifs")
-        return IfsRecord.from_entity(entity, ORDER_KEY, response.headers.get("ETag"))
+        return IfsRecord.from_entity(entity, self.orders.key, response.headers.get("ETag"))
 
     def order_action(self, order_no: str, etag: str, action: str) -> IfsRecord:
         """Run a bound state action (e.g. "Release") guarded by the ETag; return the order after."""
         if not etag:
             raise ValueError("IFS actions need the ETag of the version they change")
-        path = f"{self.order_path(order_no)}/{self.order_action_name(action)}"
+        path = f"{self.orders.record_path(order_no)}/{self.orders.action_name(action)}"
         response = self.http.request(
             "POST",
             path,
@@ -261,31 +211,10 @@ class IfsClient:
         )
         if response.status_code != 204 and response.content:
             entity = json_body(response, "ifs")
-            if isinstance(entity, dict) and ORDER_KEY in entity and "@odata.etag" in entity:
-                return IfsRecord.from_entity(entity, ORDER_KEY)
+            if isinstance(entity, dict) and self.orders.key in entity and "@odata.etag" in entity:
+                return IfsRecord.from_entity(entity, self.orders.key)
         # Void actions answer 204: read the order back for its new state and ETag.
         return self.get_order(order_no)
-
-    # -- health ----------------------------------------------------------------------------
-    def probe(self) -> dict[str, Any]:
-        """Authenticate and read one customer and one order; what `ml-connector check` shows."""
-        self.tokens.token()
-        result: dict[str, Any] = {
-            "token_url": self.config.effective_token_url,
-            "authenticated": True,
-        }
-        for label, path, key in (
-            ("customers", self.customers_path, CUSTOMER_KEY),
-            ("orders", self.orders_path, ORDER_KEY),
-        ):
-            document = self._get_json(
-                self.http.url_for(path),
-                params=Query(select=[key], top=1).params(),
-                headers={"Accept": "application/json"},
-            )
-            rows = document.get("value") or []
-            result[label] = {"path": path, "sample_key": rows[0].get(key) if rows else None}
-        return result
 
     def close(self) -> None:
         self.http.close()
@@ -299,11 +228,3 @@ class IfsClient:
         if not isinstance(document, dict):
             raise RemoteError("ifs", f"expected a JSON object from {url}")
         return document
-
-    def _get_record(self, path: str, key: str, select: Sequence[str]) -> IfsRecord:
-        params = Query(select=[*select, key] if select and key not in select else select).params()
-        response = self.http.request(
-            "GET", path, bucket=BUCKET, params=params, headers={"Accept": "application/json"}
-        )
-        entity = json_body(response, "ifs")
-        return IfsRecord.from_entity(entity, key, response.headers.get("ETag"))

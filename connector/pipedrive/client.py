@@ -1,4 +1,5 @@
-"""The Pipedrive REST client: v2 organizations, deals, pipelines, stages; v1 fields, webhooks."""
+"""The Pipedrive REST client: v2 records (organizations, deals), pipelines, stages; v1 fields,
+webhooks."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ DEFAULT_POLICY = RetryPolicy()
 MAX_PAGE = 500  # v2 `limit` maximum; v1 field lists accept it too
 
 FieldEntity = Literal["deal", "organization"]
+Resource = Literal["organizations", "deals"]  # v2 record resources (operation name prefix)
 FIELD_OPERATIONS: dict[str, str] = {"deal": "dealFields", "organization": "organizationFields"}
 
 
@@ -258,89 +260,50 @@ class PipedriveClient:
             "limit": max(1, min(limit, MAX_PAGE)),
         }
 
-    # ------------------------------------------------------------------ organizations (v2)
-    def create_organization(self, body: dict[str, Any]) -> dict[str, Any]:
-        data: dict[str, Any] = self._data("organizations.create", body=body)
+    # ------------------------------------------------------------------ records (v2)
+    def create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = self._data(f"{resource}.create", body=body)
         return data
 
-    def update_organization(self, organization_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        data: dict[str, Any] = self._data(
-            "organizations.update", record_id=organization_id, body=body
-        )
+    def update(self, resource: Resource, record_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = self._data(f"{resource}.update", record_id=record_id, body=body)
         return data
 
-    def get_organization(self, organization_id: int) -> dict[str, Any]:
-        data: dict[str, Any] = self._data("organizations.get", record_id=organization_id)
+    def get(self, resource: Resource, record_id: int) -> dict[str, Any]:
+        data: dict[str, Any] = self._data(f"{resource}.get", record_id=record_id)
         return data
 
-    def delete_organization(self, organization_id: int) -> None:
-        self._call("organizations.delete", record_id=organization_id)
+    def delete(self, resource: Resource, record_id: int) -> None:
+        self._call(f"{resource}.delete", record_id=record_id)
 
-    def iter_organizations(
+    def iter_records(
         self,
+        resource: Resource,
         *,
         updated_since: datetime | str | None = None,
         custom_fields: Sequence[str] | None = None,
         limit: int = MAX_PAGE,
+        **filters: int | str | None,
     ) -> Iterator[dict[str, Any]]:
-        """Every organization (updated since the given time), page by page."""
-        params = self._list_params(updated_since, custom_fields, limit)
-        return self._iter_cursor("organizations.list", params)
+        """Every record that is not deleted (updated since the given time), page by page;
+        `filters` are the resource's own list parameters (deals: `pipeline_id`)."""
+        params = {**self._list_params(updated_since, custom_fields, limit), **filters}
+        return self._iter_cursor(f"{resource}.list", params)
 
-    def search_organizations(
+    def search(
         self,
+        resource: Resource,
         term: str,
         *,
         fields: str | None = "custom_fields",
         exact_match: bool = True,
         limit: int = 100,
+        **filters: int | str | None,
     ) -> list[dict[str, Any]]:
-        """The `item` of every hit (id, name, custom field values as a plain list)."""
-        params = self._search_params(term, fields, exact_match, limit)
-        return self._search("organizations.search", params)
-
-    # ------------------------------------------------------------------ deals (v2)
-    def create_deal(self, body: dict[str, Any]) -> dict[str, Any]:
-        data: dict[str, Any] = self._data("deals.create", body=body)
-        return data
-
-    def update_deal(self, deal_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        data: dict[str, Any] = self._data("deals.update", record_id=deal_id, body=body)
-        return data
-
-    def get_deal(self, deal_id: int) -> dict[str, Any]:
-        data: dict[str, Any] = self._data("deals.get", record_id=deal_id)
-        return data
-
-    def delete_deal(self, deal_id: int) -> None:
-        self._call("deals.delete", record_id=deal_id)
-
-    def iter_deals(
-        self,
-        *,
-        updated_since: datetime | str | None = None,
-        custom_fields: Sequence[str] | None = None,
-        limit: int = MAX_PAGE,
-        pipeline_id: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Every deal that is not deleted (updated since the given time), page by page."""
-        params = self._list_params(updated_since, custom_fields, limit)
-        params["pipeline_id"] = pipeline_id
-        return self._iter_cursor("deals.list", params)
-
-    def search_deals(
-        self,
-        term: str,
-        *,
-        fields: str | None = "custom_fields",
-        exact_match: bool = True,
-        organization_id: int | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """The `item` of every hit (id, title, stage, organization, custom field values)."""
-        params = self._search_params(term, fields, exact_match, limit)
-        params["organization_id"] = organization_id
-        return self._search("deals.search", params)
+        """The `item` of every hit (id, name or title, custom field values as a plain list);
+        `filters` are the resource's own search parameters (deals: `organization_id`)."""
+        params = {**self._search_params(term, fields, exact_match, limit), **filters}
+        return self._search(f"{resource}.search", params)
 
     # ------------------------------------------------------------------ pipelines & stages (v2)
     def list_pipelines(self) -> list[dict[str, Any]]:

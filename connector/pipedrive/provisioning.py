@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from connector.errors import RemoteError
-from connector.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, PipedriveLayout
 from connector.pipedrive.client import FieldEntity, PipedriveClient
 from connector.storage.tenant_state import TenantStateStore
+from connector.sync.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, PipedriveLayout
 
 if TYPE_CHECKING:
     from connector.coordination import Coordination
@@ -215,7 +215,7 @@ def ensure_layout(
     create: bool = True,
     coordination: Coordination | None = None,
 ) -> PipedriveLayout:
-    """Fields and pipeline together, in the shape connector.mapping uses."""
+    """Fields and pipeline together, in the shape connector.sync.mapping uses."""
     keys = ensure_custom_fields(client, tenant, store, coordination=coordination, create=create)
     pipeline = ensure_pipeline(client, tenant, store, coordination=coordination, create=create)
     return PipedriveLayout(

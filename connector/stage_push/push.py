@@ -508,7 +508,7 @@ def reconcile_stages(
         since = _read_watermark(runtime, tenant_id)
     summary = ReconcileSummary(tenant=tenant_id, since=since, watermark=since)
     if deals is None:
-        deals = runtime.pipedrive_client(tenant_id).iter_deals(updated_since=since)
+        deals = runtime.pipedrive_client(tenant_id).iter_records("deals", updated_since=since)
     linked = _linked_deal_ids(runtime, tenant_id)
     status = "succeeded"
     try:

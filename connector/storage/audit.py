@@ -19,6 +19,7 @@ PIPEDRIVE_TO_IFS = "pipedrive_to_ifs"
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+RETRYING = "retrying"  # a transient failure; the job retries (or marks it failed at the end)
 SKIPPED = "skipped"
 REPLAYED = "replayed"  # a failed row whose replay has been queued
 
@@ -135,6 +136,16 @@ class AuditLog:
             query = query.where(AuditRecord.started_at >= since)
         with self.database.session() as session:
             return list(session.scalars(query))
+
+    def mark_failed(self, audit_id: int) -> bool:
+        """Turn a retrying row into a failed one (its retries are exhausted), so replay finds
+        it; False if it was not (or no longer) retrying."""
+        with self.database.session() as session:
+            row = session.get(AuditRecord, audit_id, with_for_update=True)
+            if row is None or row.status != RETRYING:
+                return False
+            row.status = FAILED
+            return True
 
     def mark_replayed(self, audit_id: int) -> bool:
         """Flag a failed row as replayed; False if it was not (or no longer) failed."""

@@ -1,4 +1,5 @@
-"""IFS → Pipedrive sync operations: plan a run, and upsert one customer or one order.
+"""IFS → Pipedrive sync engine: plan a run of one entity, and upsert one record, for any
+entity spec (connector.sync.specs); nothing here knows which entity it is moving.
 
 Idempotent under at-least-once delivery: every upsert runs under a per-record lock,
 matches through the id map first and Pipedrive search second, and records a create
@@ -9,10 +10,9 @@ instead of becoming a duplicate.
 from __future__ import annotations
 
 import logging
-import string
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -26,19 +26,24 @@ from connector.errors import (
     retry_after_s,
 )
 from connector.ifs.odata import Query
-from connector.mapping import PipedriveLayout, changed_fields, map_customer, map_order
-from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
-from connector.storage.idmap import CUSTOMER, ORDER, IdMap, PushedState, content_hash
+from connector.storage.audit import (
+    FAILED,
+    IFS_TO_PIPEDRIVE,
+    RETRYING,
+    SKIPPED,
+    Attempt,
+    AuditLog,
+)
+from connector.storage.idmap import IdMap, PushedState, content_hash
+from connector.sync.mapping import PipedriveLayout, changed_fields
+from connector.sync.specs import SPECS, EntitySpec
 
 if TYPE_CHECKING:
     from connector.ifs.records import IfsRecord
     from connector.runtime import Runtime
-    from connector.tenants import TenantConfig
 
 log = logging.getLogger(__name__)
 
-ENTITIES = (CUSTOMER, ORDER)
-RETRYING = "retrying"
 # Plan hint: the bulk index read at plan time holds no Pipedrive record for this key.
 ABSENT = -1
 SEARCHES_BEFORE_INDEX = 20
@@ -84,40 +89,13 @@ class Plan:
     read: int = 0
 
 
-@dataclass(frozen=True)
-class EntitySpec:
-    """What differs between customers and orders, so that one code path serves both."""
-
-    entity: str
-    task: str
-    key_property: Callable[[TenantConfig], str]
-    pipedrive_kind: str  # organization | deal
-    key_field: str  # logical custom field holding the IFS key
-
-
-SPECS = {
-    CUSTOMER: EntitySpec(
-        CUSTOMER,
-        "ml_connector.sync_customer",
-        lambda t: t.customer_mapping.customer_id,
-        "organization",
-        "ifs_customer_id",
-    ),
-    ORDER: EntitySpec(
-        ORDER,
-        "ml_connector.sync_order",
-        lambda t: t.order_mapping.order_no,
-        "deal",
-        "ifs_order_no",
-    ),
-}
-
-_layouts: dict[str, PipedriveLayout] = {}
-_layouts_lock = threading.Lock()
-
-
 class TenantSync:
-    """The sync of one tenant inside one process; cheap to keep and reuse across tasks."""
+    """The sync of one tenant inside one process; cheap to keep and reuse across tasks.
+
+    It owns what is worth keeping between records: the clients (with their token caches)
+    and the tenant's Pipedrive layout, read once per instance. Build a new instance to see
+    a changed layout or tenants file.
+    """
 
     def __init__(self, runtime: Runtime, tenant_id: str, *, read_only: bool = False) -> None:
         # read_only (dry runs): nothing is created in Pipedrive, not even custom fields.
@@ -128,70 +106,43 @@ class TenantSync:
         self.pipedrive = runtime.pipedrive_client(tenant_id)
         self.idmap = IdMap(runtime.database)
         self.audit = AuditLog(runtime.database)
+        self._layout: PipedriveLayout | None = None
+        self._layout_lock = threading.Lock()
 
     # -- Pipedrive layout -------------------------------------------------------------
 
     def layout(self) -> PipedriveLayout:
-        """Custom field keys, pipeline and stages: provisioned once per tenant, then cached."""
-        with _layouts_lock:
-            cached = _layouts.get(self.tenant.id)
-        if cached is not None:
-            return cached
+        """Custom field keys, pipeline and stages: provisioned (or, read-only, looked up) on
+        first use, then kept for the life of this instance."""
+        with self._layout_lock:
+            if self._layout is None:
+                self._layout = self._read_layout()
+            return self._layout
+
+    def _read_layout(self) -> PipedriveLayout:
+        from connector.pipedrive.provisioning import ensure_layout
+        from connector.storage.tenant_state import DatabaseTenantState
+
+        state = DatabaseTenantState(self.runtime.database)
         if self.read_only:
-            return self._read_only_layout()
-        from connector.pipedrive.provisioning import ensure_layout
-        from connector.storage.tenant_state import DatabaseTenantState
-
-        layout = ensure_layout(
-            self.pipedrive,
-            self.tenant,
-            DatabaseTenantState(self.runtime.database),
-            coordination=self.runtime.coordination,
-        )
-        with _layouts_lock:
-            _layouts[self.tenant.id] = layout
-        return layout
-
-    def _read_only_layout(self) -> PipedriveLayout:
-        from connector.pipedrive.provisioning import ensure_layout
-        from connector.storage.tenant_state import DatabaseTenantState
-
+            return ensure_layout(self.pipedrive, self.tenant, state, create=False)
         return ensure_layout(
-            self.pipedrive, self.tenant, DatabaseTenantState(self.runtime.database), create=False
+            self.pipedrive, self.tenant, state, coordination=self.runtime.coordination
         )
 
     # -- planning ---------------------------------------------------------------------
 
-    def selected_properties(self, entity: str) -> tuple[str, ...]:
-        """The IFS properties the mapping reads: the plan asks for these alone ($select), which
-        keeps pages and queued snapshots small, and names a mistyped mapping at once (400)."""
-        if entity == CUSTOMER:
-            names = set(self.tenant.customer_mapping.model_dump().values())
-        else:
-            mapping = self.tenant.order_mapping
-            names = {value for key, value in mapping.model_dump().items() if key != "title"}
-            names |= {n for _, n, _, _ in string.Formatter().parse(mapping.title) if n}
-        return tuple(sorted(names))
+    def read_ifs(self, spec: EntitySpec) -> Iterator[IfsRecord]:
+        """Every record of the entity, with only the properties its mapping reads ($select:
+        keeps pages and queued snapshots small, and names a mistyped mapping at once, 400)."""
+        query = Query(select=spec.properties(self.tenant))
+        return self.ifs.iter_records(spec.ifs_set(self.tenant), query)
 
-    def read_ifs(self, entity: str) -> Iterator[IfsRecord]:
-        query = Query(select=self.selected_properties(entity))
-        if entity == CUSTOMER:
-            return self.ifs.iter_customers(query)
-        return self.ifs.iter_orders(query)
-
-    def pipedrive_index(self, entity: str) -> dict[str, int]:
+    def pipedrive_index(self, spec: EntitySpec) -> dict[str, int]:
         """IFS key → Pipedrive id of every record in Pipedrive that carries an IFS key."""
-        spec = SPECS[entity]
-        layout = self.layout()
-        fields = layout.organization_fields if entity == CUSTOMER else layout.deal_fields
-        key_field = fields[spec.key_field]
-        records = (
-            self.pipedrive.iter_organizations(custom_fields=[key_field])
-            if entity == CUSTOMER
-            else self.pipedrive.iter_deals(custom_fields=[key_field])
-        )
+        key_field = spec.fields(self.layout())[spec.key_field]
         index: dict[str, int] = {}
-        for record in records:
+        for record in self.pipedrive.iter_records(spec.resource, custom_fields=[key_field]):
             value = (record.get("custom_fields") or {}).get(key_field)
             if value not in (None, ""):
                 # Hand-made duplicates: the oldest record wins, consistently.
@@ -210,10 +161,10 @@ class TenantSync:
 
         Memory stays at one page of work items whatever the tenant's size.
         """
-        entries = self.idmap.summaries(self.tenant.id, plan.entity)
-        customers = self.idmap.summaries(self.tenant.id, CUSTOMER) if plan.entity == ORDER else {}
+        spec = SPECS[plan.entity]
+        entries = self.idmap.summaries(self.tenant.id, spec.entity)
+        parents = self.idmap.summaries(self.tenant.id, spec.parent.entity) if spec.parent else {}
         layout = self.layout()
-        key_property = SPECS[plan.entity].key_property(self.tenant)
         index: dict[str, int] | None = None
         unmatched = 0
 
@@ -223,7 +174,7 @@ class TenantSync:
             # One paged read of Pipedrive replaces a search per record (searches cost 20
             # tokens and have their own low burst limit) once more than a handful are new.
             if index is None and (full or unmatched > SEARCHES_BEFORE_INDEX):
-                index = self.pipedrive_index(plan.entity)
+                index = self.pipedrive_index(spec)
             if index is None:
                 return page
             known = index
@@ -235,14 +186,14 @@ class TenantSync:
             ]
 
         page: list[WorkItem] = []
-        for record in self.read_ifs(plan.entity):
+        for record in self.read_ifs(spec):
             plan.read += 1
-            key = str(record.data.get(key_property) or record.key)
+            key = record.key
             entry = entries.get(key)
             known_id = entry.pipedrive_id if entry is not None else None
             if not full and known_id is not None and entry is not None:
                 try:
-                    payload = self._payload(plan.entity, record.data, layout, customers)
+                    payload = self._planned_payload(spec, record.data, layout, parents)
                 except RecordError:
                     payload = None
                 if (
@@ -252,7 +203,7 @@ class TenantSync:
                 ):
                     plan.unchanged += 1
                     continue
-            page.append(WorkItem(plan.entity, key, record.etag, dict(record.data), known_id))
+            page.append(WorkItem(spec.entity, key, record.etag, dict(record.data), known_id))
             if len(page) >= self.tenant.ifs.page_size:
                 plan.queued += len(page)
                 yield with_hints(page)
@@ -269,20 +220,21 @@ class TenantSync:
         # create intent (its POST may have landed after the index was read): search then.
         return ABSENT if item.key not in entries else None
 
-    def _payload(
+    def _planned_payload(
         self,
-        entity: str,
+        spec: EntitySpec,
         data: dict[str, Any],
         layout: PipedriveLayout,
-        customers: dict[str, PushedState] | None = None,
+        parents: dict[str, PushedState],
     ) -> dict[str, Any] | None:
-        if entity == CUSTOMER:
-            return map_customer(self.tenant, data, layout)
-        customer_no = str(data.get(self.tenant.order_mapping.customer_no) or "")
-        entry = (customers or {}).get(customer_no)
-        if entry is None or entry.pipedrive_id is None:
-            return None
-        return map_order(self.tenant, data, layout, entry.pipedrive_id)
+        """What the upsert would push, or None when its parent is not in Pipedrive yet."""
+        parent_id: int | None = None
+        if spec.parent is not None:
+            entry = parents.get(str(data.get(spec.parent.key_property(self.tenant)) or ""))
+            if entry is None or entry.pipedrive_id is None:
+                return None
+            parent_id = entry.pipedrive_id
+        return spec.map(self.tenant, data, layout, parent_id)
 
     # -- upserts ----------------------------------------------------------------------
 
@@ -295,22 +247,24 @@ class TenantSync:
         hint: int | None = None,
         full: bool = False,
         attempt: int = 1,
-        final_attempt: bool = True,
         replay_of: int | None = None,
         run_id: str | None = None,
         dry_run: bool = False,
     ) -> RecordResult:
         """Upsert one record into Pipedrive and leave one audit row for this attempt.
 
-        Raises TransientError when the attempt should be retried later.
+        A transient failure (rate limit, lock, a remote's 429/5xx) leaves a "retrying" row
+        and raises TransientError carrying that row's id (`audit_id`): the caller decides
+        whether to retry, or to mark the row failed. Other failures leave a "failed" row and
+        return Outcome.FAILED.
         """
         spec = SPECS[entity]
         audit = Attempt(
             tenant=self.tenant.id,
             direction=IFS_TO_PIPEDRIVE,
-            entity=entity,
+            entity=spec.entity,
             record_key=key,
-            replay_task=spec.task,
+            replay_task=spec.job,
             replay_args={"tenant": self.tenant.id, "key": key},
             replay_of=replay_of,
             correlation_id=run_id,
@@ -318,39 +272,37 @@ class TenantSync:
         )
         before = (self.ifs.http.requests_sent, self.pipedrive.requests_sent)
         try:
-            with self.runtime.coordination.lock(f"record:{self.tenant.id}:{entity}:{key}"):
+            with self.runtime.coordination.lock(f"record:{self.tenant.id}:{spec.entity}:{key}"):
                 outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run)
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)
             outcome = Outcome.FAILED
-        except RemoteError as error:
-            audit.status, audit.error = FAILED, str(error)
-            audit.response_summary = {"status": error.status, "body": (error.body or "")[:500]}
-            if error.retryable and not final_attempt:
-                audit.status = RETRYING
+        except ConnectorError as error:  # remote errors, rate limit, lock timeout, vault …
+            if isinstance(error, RemoteError):
+                audit.error = str(error)
+                audit.response_summary = {
+                    "status": error.status,
+                    "body": (error.body or "")[:500],
+                }
+            else:
+                audit.error = f"{type(error).__name__}: {error}"
             outcome = Outcome.FAILED
-            if error.retryable and not final_attempt:
-                self._write(audit, before)
-                raise TransientError(str(error), error.retry_after_s) from error
-        except ConnectorError as error:  # rate limit exhausted, lock timeout, vault …
-            audit.status, audit.error = FAILED, f"{type(error).__name__}: {error}"
-            outcome = Outcome.FAILED
-            if is_transient(error) and not final_attempt:
-                audit.status = RETRYING
-                self._write(audit, before)
-                raise TransientError(str(error), retry_after_s(error)) from error
+            audit.status = RETRYING if is_transient(error) else FAILED
+            if audit.status == RETRYING:
+                audit_id = None if dry_run else self._write(audit, before)
+                raise TransientError(str(error), retry_after_s(error), audit_id=audit_id) from error
         if not dry_run:
             self._write(audit, before)
         return RecordResult(outcome, audit)
 
-    def _write(self, audit: Attempt, before: tuple[int, int]) -> None:
+    def _write(self, audit: Attempt, before: tuple[int, int]) -> int:
         summary = dict(audit.response_summary or {})
         summary["requests"] = {
             "ifs": self.ifs.http.requests_sent - before[0],
             "pipedrive": self.pipedrive.requests_sent - before[1],
         }
         audit.response_summary = summary
-        self.audit.write(audit)
+        return self.audit.write(audit)
 
     def _upsert(
         self,
@@ -365,15 +317,14 @@ class TenantSync:
         tenant = self.tenant.id
         layout = self.layout()
         if snapshot is None:
-            record = self._read_one(spec.entity, key)
+            record = self.ifs.get_record(
+                spec.ifs_set(self.tenant), key, select=spec.properties(self.tenant)
+            )
             etag, data = record.etag, dict(record.data)
         else:
             etag, data = snapshot["etag"], snapshot["data"]
-        if spec.entity == CUSTOMER:
-            payload = map_customer(self.tenant, data, layout)
-        else:
-            organization = self._organization_for(data, dry_run, audit.correlation_id)
-            payload = map_order(self.tenant, data, layout, organization)
+        parent_id = self._parent_id(spec, key, data, dry_run, audit.correlation_id)
+        payload = spec.map(self.tenant, data, layout, parent_id)
         digest = content_hash(payload)
         entry = self.idmap.get(tenant, spec.entity, key)
         pipedrive_id = entry.pipedrive_id if entry else None
@@ -388,7 +339,7 @@ class TenantSync:
                 return Outcome.CREATED
             # The intent row makes a crash after the POST visible to the next attempt.
             self.idmap.save(tenant, spec.entity, key, etag="")
-            created = self._create(spec, payload)
+            created = int(self.pipedrive.create(spec.resource, payload)["id"])
             self.idmap.save(
                 tenant, spec.entity, key, pipedrive_id=created, etag=etag, payload=payload
             )
@@ -397,7 +348,7 @@ class TenantSync:
 
         previous = entry.last_payload if entry and entry.pipedrive_id == pipedrive_id else None
         if full:
-            previous = self._current(spec, pipedrive_id)
+            previous = self.pipedrive.get(spec.resource, pipedrive_id)
         if previous is not None and not full and entry and entry.content_hash == digest:
             audit.skip("unchanged", "mapped content unchanged since the last push")
             if not dry_run:
@@ -416,37 +367,44 @@ class TenantSync:
         if dry_run:
             audit.request_summary["payload"] = changes
             return Outcome.UPDATED
-        self._update(spec, pipedrive_id, changes)
+        self.pipedrive.update(spec.resource, pipedrive_id, changes)
         self.idmap.save(
             tenant, spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload
         )
         audit.response_summary = {"pipedrive_id": pipedrive_id}
         return Outcome.UPDATED
 
-    def _read_one(self, entity: str, key: str) -> IfsRecord:
-        select = self.selected_properties(entity)
-        if entity == CUSTOMER:
-            return self.ifs.get_customer(key, select=select)
-        return self.ifs.get_order(key, select=select)
-
-    def _organization_for(self, order: dict[str, Any], dry_run: bool, run_id: str | None) -> int:
-        """The organization id of the order's customer, syncing the customer first if new."""
-        customer_no = order.get(self.tenant.order_mapping.customer_no)
-        if not customer_no:
-            order_no = order.get(self.tenant.order_mapping.order_no)
+    def _parent_id(
+        self,
+        spec: EntitySpec,
+        key: str,
+        data: dict[str, Any],
+        dry_run: bool,
+        run_id: str | None,
+    ) -> int | None:
+        """The Pipedrive id of the record's parent (an order's organization), syncing the
+        parent first when it is new; None for an entity without a parent."""
+        parent = spec.parent
+        if parent is None:
+            return None
+        prop = parent.key_property(self.tenant)
+        parent_key = str(data.get(prop) or "")
+        if not parent_key:
             raise RecordError(
-                f"IFS order {order_no}: required property "
-                f"{self.tenant.order_mapping.customer_no!r} is missing or empty"
+                f"IFS {spec.entity} {key}: required property {prop!r} is missing or empty"
             )
-        entry = self.idmap.get(self.tenant.id, CUSTOMER, str(customer_no))
+        entry = self.idmap.get(self.tenant.id, parent.entity, parent_key)
         if entry is not None and entry.pipedrive_id is not None:
             return entry.pipedrive_id
         if dry_run:
             return 0
-        result = self.sync_record(CUSTOMER, str(customer_no), final_attempt=False, run_id=run_id)
-        entry = self.idmap.get(self.tenant.id, CUSTOMER, str(customer_no))
+        # A transient failure of the parent raises TransientError: this record retries too.
+        result = self.sync_record(parent.entity, parent_key, run_id=run_id)
+        entry = self.idmap.get(self.tenant.id, parent.entity, parent_key)
         if result.outcome is Outcome.FAILED or entry is None or entry.pipedrive_id is None:
-            raise RecordError(f"customer {customer_no} could not be synced first (see its audit)")
+            raise RecordError(
+                f"{parent.entity} {parent_key} could not be synced first (see its audit)"
+            )
         return entry.pipedrive_id
 
     def _find_existing(
@@ -463,35 +421,13 @@ class TenantSync:
             return hint
         if hint == ABSENT and not had_intent:
             return None
-        fields = layout.organization_fields if spec.entity == CUSTOMER else layout.deal_fields
-        key_field = fields[spec.key_field]
-        search = (
-            self.pipedrive.search_organizations
-            if spec.entity == CUSTOMER
-            else self.pipedrive.search_deals
-        )
-        candidates = sorted(int(item["id"]) for item in search(key))
+        key_field = spec.fields(layout)[spec.key_field]
+        candidates = sorted(int(item["id"]) for item in self.pipedrive.search(spec.resource, key))
         for candidate in candidates:
-            current = self._current(spec, candidate)
+            current = self.pipedrive.get(spec.resource, candidate)
             if str((current.get("custom_fields") or {}).get(key_field)) == key:
                 return candidate
         return None
-
-    def _current(self, spec: EntitySpec, pipedrive_id: int) -> dict[str, Any]:
-        if spec.entity == CUSTOMER:
-            return self.pipedrive.get_organization(pipedrive_id)
-        return self.pipedrive.get_deal(pipedrive_id)
-
-    def _create(self, spec: EntitySpec, payload: dict[str, Any]) -> int:
-        if spec.entity == CUSTOMER:
-            return int(self.pipedrive.create_organization(payload)["id"])
-        return int(self.pipedrive.create_deal(payload)["id"])
-
-    def _update(self, spec: EntitySpec, pipedrive_id: int, changes: dict[str, Any]) -> None:
-        if spec.entity == CUSTOMER:
-            self.pipedrive.update_organization(pipedrive_id, changes)
-        else:
-            self.pipedrive.update_deal(pipedrive_id, changes)
 
 
 def plan_audit(plan: Plan) -> Attempt:

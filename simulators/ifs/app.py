@@ -168,7 +168,11 @@ def _authenticate(sim: IfsSim) -> str:
 # -- OData projections -------------------------------------------------------------------
 def _projection(sim: IfsSim, projection: str, resource: str) -> Response:
     match = _RESOURCE_RE.match(resource)
-    entity = entity_types().get((projection, match.group("set"))) if match else None
+    entity = (
+        entity_types(sim.settings.customer_key).get((projection, match.group("set")))
+        if match
+        else None
+    )
     shape = "" if not match else ("(key)" if match.group("key") is not None else "")
     operation = "/action" if match and match.group("operation") else ""
     label_set = match.group("set") if match else resource
@@ -193,7 +197,7 @@ def _projection(sim: IfsSim, projection: str, resource: str) -> Response:
         raise IfsError(
             504, "ODP_OPERATION_TIMEOUT", "The operation timed out before it could complete."
         )
-    if projection not in {p for p, _ in entity_types()}:
+    if projection not in {p for p, _ in entity_types(sim.settings.customer_key)}:
         raise IfsError(
             404, "MI_METADATA_NOTFOUND", f"Metadata for projection {projection} not found."
         )

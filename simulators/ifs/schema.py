@@ -141,19 +141,24 @@ def customer_order() -> EntityType:
 
 
 @cache
-def customer_info() -> EntityType:
+def customer_info(key: str = "CustomerId") -> EntityType:
+    """CustomerInfo; `key` renames the key property, as an installation may call it."""
+    properties = {
+        (key if name == "CustomerId" else name): kind for name, kind in CUSTOMER_FIELDS.items()
+    }
     return EntityType(
         name="CustomerInfo",
         projection="CustomerHandling",
         entity_set="CustomerInfoSet",
-        key="CustomerId",
+        key=key,
         key_column="CUSTOMER_ID",
-        properties=dict(CUSTOMER_FIELDS),
+        properties=properties,
         stateful=False,
-        read_only=frozenset({"CustomerId", "luname", "keyref", "Objgrants"}),
+        read_only=frozenset({key, "luname", "keyref", "Objgrants"}),
     )
 
 
-def entity_types() -> dict[tuple[str, str], EntityType]:
+def entity_types(customer_key: str = "CustomerId") -> dict[tuple[str, str], EntityType]:
     """(projection, entity set) → entity type, for URL routing."""
-    return {(t.projection, t.entity_set): t for t in (customer_order(), customer_info())}
+    types = (customer_order(), customer_info(customer_key))
+    return {(t.projection, t.entity_set): t for t in types}

@@ -28,6 +28,9 @@ class IfsSimSettings:
     # Server-driven page size used when the client sends no `Prefer: odata.maxpagesize`;
     # None returns the whole result, as IFS does for small sets.
     default_page_size: int | None = None
+    # The CustomerInfo key property: an installation where it is e.g. `CustomerNo` (customers
+    # are then stored, keyed, ordered and addressed by that property instead of CustomerId).
+    customer_key: str = "CustomerId"
     # Data seeded when the app is created (the demo and `ml-connector simulate ifs`).
     seed_customers: int = 0
     seed_orders: int = 0

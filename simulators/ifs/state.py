@@ -157,7 +157,9 @@ class IfsSim:
             self._customers = {}
             self._orders = {}
             for record in seeded_customers:
-                self._store(customer_info(), record.data, record.objid, record.objversion)
+                self._store(
+                    self.customer_type, self._keyed(record.data), record.objid, record.objversion
+                )
             for record in seeded_orders:
                 stored = self._store(customer_order(), record.data, record.objid, record.objversion)
                 stored.previous_state = record.previous_state
@@ -168,21 +170,22 @@ class IfsSim:
 
     def insert_customer(self, fields: dict[str, Any], omit: Iterable[str] = ()) -> dict[str, Any]:
         """Add one customer; unspecified fields get realistic values, `omit` drops fields."""
-        self._check_fields(customer_info(), fields, allow_envelope=False)
+        entity = self.customer_type
+        self._check_fields(entity, fields, allow_envelope=False)
         with self._lock:
             rng = self._insert_rng
             template = seeding.generate_customers(1, rng)[0]
-            data = template.data
+            data = self._keyed(template.data)
             data.update(fields)
-            if "CustomerId" not in fields:
-                data["CustomerId"] = self._free_customer_id()
-            key = str(data["CustomerId"])
+            if entity.key not in fields:
+                data[entity.key] = self._free_customer_id()
+            key = str(data[entity.key])
             if key in self._customers:
                 raise ValueError(f"customer {key} already exists")
             for name in omit:
                 data.pop(name, None)
             stored = self._store(
-                customer_info(), data, seeding.make_objid(rng), self._objversion_after(None), key
+                entity, data, seeding.make_objid(rng), self._objversion_after(None), key
             )
             return self._render(stored)
 
@@ -193,7 +196,7 @@ class IfsSim:
             rng = self._insert_rng
             customer_no = fields.get("CustomerNo")
             existing = self._customers.get(str(customer_no)) if customer_no else None
-            customer = existing.data if existing else self._any_customer(customer_no)
+            customer = self._seeded(existing.data) if existing else self._any_customer(customer_no)
             data, previous = seeding.build_order(self._next_order, customer, rng)
             if "OrderNo" not in fields:
                 data["OrderNo"] = seeding.order_no(self._next_order)
@@ -217,7 +220,7 @@ class IfsSim:
 
     def edit_customer(self, customer_id: str, **fields: Any) -> dict[str, Any]:
         """A simulated IFS user edits the customer: fields change and the ETag moves on."""
-        return self._user_edit(customer_info(), customer_id, fields)
+        return self._user_edit(self.customer_type, customer_id, fields)
 
     def edit_order_after_next_read(self, order_no: str, **fields: Any) -> None:
         """An IFS user edits the order right after the next client read of it by key: the
@@ -238,7 +241,7 @@ class IfsSim:
         return self.get(customer_order(), order_no)
 
     def get_customer(self, customer_id: str) -> dict[str, Any]:
-        return self.get(customer_info(), customer_id)
+        return self.get(self.customer_type, customer_id)
 
     def get(self, entity: EntityType, key: str) -> dict[str, Any]:
         with self._lock:
@@ -401,6 +404,20 @@ class IfsSim:
             }
 
     # -- internals ----------------------------------------------------------------------
+    @property
+    def customer_type(self) -> EntityType:
+        """CustomerInfo as this installation names its key (`settings.customer_key`)."""
+        return customer_info(self.settings.customer_key)
+
+    def _keyed(self, seeded: dict[str, Any]) -> dict[str, Any]:
+        """A seeded customer (keyed `CustomerId`) under this installation's key property."""
+        key = self.settings.customer_key
+        return {(key if name == "CustomerId" else name): value for name, value in seeded.items()}
+
+    def _seeded(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored customer as the seeding code reads it (keyed `CustomerId`)."""
+        return {**stored, "CustomerId": stored[self.settings.customer_key]}
+
     def _table(self, entity: EntityType) -> dict[str, StoredEntity]:
         return self._orders if entity.name == "CustomerOrder" else self._customers
 
@@ -485,7 +502,7 @@ class IfsSim:
 
     def _any_customer(self, customer_no: Any) -> dict[str, Any]:
         if customer_no is None and self._customers:
-            return next(iter(self._customers.values())).data
+            return self._seeded(next(iter(self._customers.values())).data)
         return {"CustomerId": customer_no, "Name": None, "Country": "FR"}
 
 

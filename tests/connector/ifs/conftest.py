@@ -9,6 +9,7 @@ import pytest
 
 from connector.http import RetryPolicy
 from connector.ifs.client import IfsClient
+from connector.ifs.entity_sets import EntitySet
 from connector.tenants import IfsConfig
 from tests.fixtures.ifs_sim import IfsSimHandle
 
@@ -36,7 +37,12 @@ def make_ifs_client(ifs_sim: IfsSimHandle, waits: Waits) -> Iterator[Callable[..
             **overrides.pop("config", {}),
         }
         config = IfsConfig(**fields)
-        options: dict[str, Any] = {"tenant_id": "acme", "policy": QUICK, "sleep": waits.append}
+        options: dict[str, Any] = {
+            "tenant_id": "acme",
+            "orders": EntitySet(config.order_projection, config.order_entity_set, "OrderNo"),
+            "policy": QUICK,
+            "sleep": waits.append,
+        }
         options.update(overrides)
         secret = options.pop("client_secret", ifs_sim.client_secret)
         client = IfsClient(config, secret, **options)

@@ -94,7 +94,7 @@ def test_wrong_secret_is_reported_not_retried(ifs_sim, make_ifs_client):
 def test_wrong_realm_is_reported(ifs_sim, make_ifs_client):
     client = make_ifs_client(config={"namespace": "elsewhere"})
     with pytest.raises(RemoteError, match="Realm does not exist") as raised:
-        client.probe()
+        client.tokens.token()
     assert raised.value.status == 404
 
 

@@ -9,13 +9,15 @@ import pytest
 from connector.coordination import Coordination
 from connector.errors import PreconditionFailed, RemoteError
 from connector.http import RetryPolicy
-from connector.ifs.client import IfsClient, key_segment
+from connector.ifs.client import IfsClient
+from connector.ifs.entity_sets import EntitySet, key_segment
 from connector.ifs.odata import EnumLiteral, Field, Query
 from connector.ratelimit import RateLimited
 from connector.tenants import TenantConfig
 from simulators.ifs.schema import customer_order
 
 ORDER_STATE = "IfsApp.CustomerOrderHandling.CustomerOrderState"
+CUSTOMERS = EntitySet("CustomerHandling.svc", "CustomerInfoSet", "CustomerId")
 
 
 def order_keys(ifs_sim) -> list[str]:
@@ -29,7 +31,7 @@ def _all_orders(ifs_sim):
 
 def test_top_skip_paging_yields_every_order_once(ifs_sim, ifs_client: IfsClient):
     ifs_sim.state.seed(customers=20, orders=250)
-    keys = [record.key for record in ifs_client.iter_orders(page_size=40)]
+    keys = [record.key for record in ifs_client.iter_records(ifs_client.orders, page_size=40)]
     assert keys == order_keys(ifs_sim)
     assert len(keys) == 250
     # 7 windows of 40 (the last one short); no nextLink was needed
@@ -38,7 +40,7 @@ def test_top_skip_paging_yields_every_order_once(ifs_sim, ifs_client: IfsClient)
 
 def test_next_link_paging_yields_every_order_once(ifs_sim, ifs_client: IfsClient):
     ifs_sim.state.seed(customers=20, orders=250)
-    records = list(ifs_client.iter_orders(page_size=100, server_page_size=30))
+    records = list(ifs_client.iter_records(ifs_client.orders, page_size=100, server_page_size=30))
     assert [record.key for record in records] == order_keys(ifs_sim)
     # windows of 100 arrive in pages of 30: 4 + 4 + 2 responses
     assert ifs_sim.state.stats()["requests"]["GET CustomerOrderSet"] == 10
@@ -46,12 +48,14 @@ def test_next_link_paging_yields_every_order_once(ifs_sim, ifs_client: IfsClient
 
 def test_query_top_and_filter_are_respected(ifs_sim, ifs_client: IfsClient):
     ifs_sim.state.seed(customers=10, orders=120)
-    limited = list(ifs_client.iter_orders(Query(top=55), page_size=20))
+    limited = list(ifs_client.iter_records(ifs_client.orders, Query(top=55), page_size=20))
     assert [r.key for r in limited] == order_keys(ifs_sim)[:55]
     released = EnumLiteral(ORDER_STATE, "Released")
     selected = list(
-        ifs_client.iter_orders(
-            Query(filter=Field("Objstate") == released, select=["Objstate"]), page_size=7
+        ifs_client.iter_records(
+            ifs_client.orders,
+            Query(filter=Field("Objstate") == released, select=["Objstate"]),
+            page_size=7,
         )
     )
     expected = sorted(r["OrderNo"] for r in _all_orders(ifs_sim) if r["Objstate"] == "Released")
@@ -62,16 +66,18 @@ def test_query_top_and_filter_are_respected(ifs_sim, ifs_client: IfsClient):
 def test_string_literals_with_quotes_filter_exactly(ifs_sim, ifs_client: IfsClient):
     ifs_sim.state.seed(customers=3, orders=0)
     ifs_sim.state.insert_customer({"CustomerId": "OB'1", "Name": "O'Brien Marine"})
-    found = list(ifs_client.iter_customers(Query(filter=Field("Name") == "O'Brien Marine")))
+    found = list(
+        ifs_client.iter_records(CUSTOMERS, Query(filter=Field("Name") == "O'Brien Marine"))
+    )
     assert [r.key for r in found] == ["OB'1"]
     injected = Query(filter=Field("Name") == "x' or Name ne 'x")
-    assert list(ifs_client.iter_customers(injected)) == []
+    assert list(ifs_client.iter_records(CUSTOMERS, injected)) == []
 
 
 def test_get_by_key_escapes_quotes_and_url_characters(ifs_sim, ifs_client: IfsClient):
     ifs_sim.state.seed(customers=2, orders=0)
     ifs_sim.state.insert_customer({"CustomerId": "O'B #1?&", "Name": "Odd key"})
-    record = ifs_client.get_customer("O'B #1?&")
+    record = ifs_client.get_record(CUSTOMERS, "O'B #1?&")
     assert record.key == "O'B #1?&" and record.data["Name"] == "Odd key"
     segment = key_segment("CustomerOrderSet", "OrderNo", "O'1")
     assert segment == "CustomerOrderSet(OrderNo='O%27%271')"
@@ -120,11 +126,11 @@ def test_bound_action_changes_the_state(ifs_sim, ifs_client: IfsClient):
     assert released.data["Objstate"] == "Released" and released.etag != order.etag
     with pytest.raises(PreconditionFailed):
         ifs_client.order_action(order.key, order.etag, "Block")
-    assert ifs_client.order_action_name("Release") == (
+    assert ifs_client.orders.action_name("Release") == (
         "IfsApp.CustomerOrderHandling.CustomerOrder_Release"
     )
     with pytest.raises(ValueError):
-        ifs_client.order_action_name("Release/../x")
+        ifs_client.orders.action_name("Release/../x")
 
 
 def test_429_retry_after_is_honoured(ifs_sim, ifs_client: IfsClient, waits):
@@ -140,7 +146,7 @@ def test_503_is_retried(ifs_sim, make_ifs_client, waits):
     ifs_sim.state.seed(customers=2, orders=40)
     # seeded faults: the same draws every run; half the requests fail
     ifs_sim.state.set_faults(error_rate=0.5, seed=7)
-    keys = [r.key for r in ifs_client.iter_orders(page_size=5)]
+    keys = [r.key for r in ifs_client.iter_records(ifs_client.orders, page_size=5)]
     assert keys == order_keys(ifs_sim)
     failures = ifs_sim.state.stats()["responses"].get("503", 0)
     assert failures > 0 and len(waits) == failures
@@ -165,24 +171,29 @@ def test_504_timeout_is_retried(ifs_sim, ifs_client: IfsClient):
 def test_400_is_not_retried_and_keeps_the_ifs_text(ifs_sim, ifs_client: IfsClient):
     ifs_sim.state.seed(customers=2, orders=3)
     with pytest.raises(RemoteError) as raised:
-        list(ifs_client.iter_orders(Query(filter=Field("NoSuchProperty") == 1)))
+        list(ifs_client.iter_records(ifs_client.orders, Query(filter=Field("NoSuchProperty") == 1)))
     error = raised.value
     assert error.status == 400 and not error.retryable
     assert "NoSuchProperty" in str(error)
     assert ifs_sim.state.stats()["requests"]["GET CustomerOrderSet"] == 1
 
 
-def test_probe_authenticates_and_reads_one_of_each(ifs_sim, ifs_client: IfsClient):
+def _first_key(client: IfsClient, entity_set: EntitySet) -> str | None:
+    records = client.iter_records(entity_set, Query(select=[entity_set.key], top=1), page_size=1)
+    record = next(iter(records), None)
+    return record.key if record is not None else None
+
+
+def test_first_record_of_each_set_is_read_by_its_key(ifs_sim, ifs_client: IfsClient):
     ifs_sim.state.seed(customers=2, orders=3)
-    result = ifs_client.probe()
-    assert result["authenticated"] is True
-    assert result["customers"]["sample_key"] == "C00001"
-    assert result["orders"]["sample_key"] == order_keys(ifs_sim)[0]
+    assert ifs_client.tokens.token()
+    assert _first_key(ifs_client, CUSTOMERS) == "C00001"
+    assert _first_key(ifs_client, ifs_client.orders) == order_keys(ifs_sim)[0]
 
 
-def test_probe_of_an_empty_installation(ifs_sim, ifs_client: IfsClient):
-    result = ifs_client.probe()
-    assert result["customers"]["sample_key"] is None and result["orders"]["sample_key"] is None
+def test_first_record_of_an_empty_installation(ifs_sim, ifs_client: IfsClient):
+    assert _first_key(ifs_client, CUSTOMERS) is None
+    assert _first_key(ifs_client, ifs_client.orders) is None
 
 
 class _Secrets:
@@ -244,3 +255,19 @@ def test_clients_are_usable_from_many_threads(ifs_sim, ifs_client: IfsClient):
         thread.join()
     assert errors == []
     assert ifs_sim.state.stats()["tokens_issued"] == 1
+
+
+def test_an_entity_set_keyed_by_another_property_is_ordered_addressed_and_keyed_by_it(
+    ifs_sim, ifs_client: IfsClient
+):
+    ifs_sim.state.configure(customer_key="CustomerNo")  # until the fixture's reset
+    ifs_sim.state.seed(customers=5, orders=0)
+    customers = EntitySet("CustomerHandling.svc", "CustomerInfoSet", "CustomerNo")
+    records = list(ifs_client.iter_records(customers, Query(select=["Name"]), page_size=2))
+    assert [r.key for r in records] == sorted(ifs_sim.state.keys(ifs_sim.state.customer_type))
+    assert all(set(r.data) == {"Name", "CustomerNo"} for r in records)
+    record = ifs_client.get_record(customers, records[2].key, select=["Name"])
+    assert record.key == records[2].key and record.data["Name"] == records[2].data["Name"]
+    with pytest.raises(RemoteError) as raised:
+        list(ifs_client.iter_records(CUSTOMERS))  # the default key is not a property here
+    assert raised.value.status == 400

@@ -31,37 +31,37 @@ def _custom_field(pipedrive_sim, entity: str, name: str) -> str:
 
 def test_organization_crud_round_trip(client: PipedriveClient, pipedrive_sim) -> None:
     key = _custom_field(pipedrive_sim, "organization", "IFS customer id")
-    created = client.create_organization({"name": "Acme AB", "custom_fields": {key: "C-100"}})
+    created = client.create("organizations", {"name": "Acme AB", "custom_fields": {key: "C-100"}})
     assert created["name"] == "Acme AB"
     assert created["custom_fields"][key] == "C-100"
 
-    updated = client.update_organization(created["id"], {"name": "Acme Sweden AB"})
+    updated = client.update("organizations", created["id"], {"name": "Acme Sweden AB"})
     assert updated["name"] == "Acme Sweden AB"
-    assert client.get_organization(created["id"])["name"] == "Acme Sweden AB"
+    assert client.get("organizations", created["id"])["name"] == "Acme Sweden AB"
 
-    client.delete_organization(created["id"])
+    client.delete("organizations", created["id"])
     with pytest.raises(RemoteError) as raised:
-        client.get_organization(created["id"])
+        client.get("organizations", created["id"])
     assert raised.value.status == 404
     assert pipedrive_sim.state.stats()["records"]["organization"] == 0
 
 
 def test_deal_crud_round_trip(client: PipedriveClient, pipedrive_sim) -> None:
-    org = client.create_organization({"name": "Deal Org"})
-    deal = client.create_deal(
-        {"title": "Order 1", "value": 125.5, "currency": "SEK", "org_id": org["id"]}
+    org = client.create("organizations", {"name": "Deal Org"})
+    deal = client.create(
+        "deals", {"title": "Order 1", "value": 125.5, "currency": "SEK", "org_id": org["id"]}
     )
     assert deal["value"] == 125.5
     assert deal["org_id"] == org["id"]
-    assert client.update_deal(deal["id"], {"value": 200})["value"] == 200
-    assert client.get_deal(deal["id"])["title"] == "Order 1"
-    client.delete_deal(deal["id"])
+    assert client.update("deals", deal["id"], {"value": 200})["value"] == 200
+    assert client.get("deals", deal["id"])["title"] == "Order 1"
+    client.delete("deals", deal["id"])
     assert pipedrive_sim.state.stats()["records"]["deal"] == 0
 
 
 def test_remote_error_carries_pipedrive_error_text(client: PipedriveClient) -> None:
     with pytest.raises(RemoteError) as raised:
-        client.create_deal({"value": 1})  # title is required
+        client.create("deals", {"value": 1})  # title is required
     assert raised.value.status == 400
     assert "Title is required" in str(raised.value)
     assert not raised.value.retryable
@@ -73,7 +73,7 @@ def test_iter_deals_pages_through_1200_deals_by_cursor(
     pipedrive_sim.control("seed", {"deals": [{"title": f"Deal {n}"} for n in range(1200)]})
     before = client.requests_sent
 
-    deals = list(client.iter_deals(limit=500))
+    deals = list(client.iter_records("deals", limit=500))
 
     assert len(deals) == 1200
     assert len({deal["id"] for deal in deals}) == 1200
@@ -84,25 +84,27 @@ def test_iter_deals_pages_through_1200_deals_by_cursor(
 def test_iter_organizations_filters_by_updated_since(
     client: PipedriveClient, pipedrive_sim
 ) -> None:
-    client.create_organization({"name": "Old"})
+    client.create("organizations", {"name": "Old"})
     future = datetime.now(UTC) + timedelta(days=1)
-    assert list(client.iter_organizations(updated_since=future)) == []
+    assert list(client.iter_records("organizations", updated_since=future)) == []
     past = datetime.now(UTC) - timedelta(days=1)
-    assert [org["name"] for org in client.iter_organizations(updated_since=past)] == ["Old"]
+    assert [org["name"] for org in client.iter_records("organizations", updated_since=past)] == [
+        "Old"
+    ]
 
 
 def test_search_exact_match_by_custom_field(client: PipedriveClient, pipedrive_sim) -> None:
     org_key = _custom_field(pipedrive_sim, "organization", "IFS customer id")
     deal_key = _custom_field(pipedrive_sim, "deal", "IFS order number")
-    wanted = client.create_organization({"name": "Wanted", "custom_fields": {org_key: "C-42"}})
-    client.create_organization({"name": "Near miss", "custom_fields": {org_key: "C-421"}})
-    deal = client.create_deal({"title": "D", "custom_fields": {deal_key: "ORD-7"}})
-    client.create_deal({"title": "E", "custom_fields": {deal_key: "ORD-77"}})
+    wanted = client.create("organizations", {"name": "Wanted", "custom_fields": {org_key: "C-42"}})
+    client.create("organizations", {"name": "Near miss", "custom_fields": {org_key: "C-421"}})
+    deal = client.create("deals", {"title": "D", "custom_fields": {deal_key: "ORD-7"}})
+    client.create("deals", {"title": "E", "custom_fields": {deal_key: "ORD-77"}})
 
-    found = client.search_organizations("C-42")
+    found = client.search("organizations", "C-42")
     assert [item["id"] for item in found] == [wanted["id"]]
-    assert [item["id"] for item in client.search_deals("ORD-7")] == [deal["id"]]
-    assert client.search_deals("ORD-8") == []
+    assert [item["id"] for item in client.search("deals", "ORD-7")] == [deal["id"]]
+    assert client.search("deals", "ORD-8") == []
     stats = pipedrive_sim.state.stats()["requests"]
     assert stats["GET /api/v2/organizations/search"] == 1
 
@@ -168,7 +170,7 @@ def test_requests_take_tenant_limiter_tokens(pipedrive_sim, tenant, vault, coord
     vault.set(tenant.id, "pipedrive", "api_token", pipedrive_sim.api_token)
     client = PipedriveClient.for_tenant(tenant, vault=vault, coordination=coordination)
     client.users_me()  # cost 2
-    client.search_deals("X-1")  # cost 20
+    client.search("deals", "X-1")  # cost 20
     day = daily_limit(tenant.pipedrive)
     # What is left of the shared daily budget: a request for exactly the rest still fits,
     # one more token does not.

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from connector.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, map_customer
 from connector.pipedrive.client import PipedriveClient
 from connector.pipedrive.provisioning import (
     FIELD_KEYS,
@@ -16,6 +15,7 @@ from connector.pipedrive.provisioning import (
     ensure_layout,
     ensure_pipeline,
 )
+from connector.sync.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, map_customer
 
 pytestmark = pytest.mark.integration
 
@@ -127,9 +127,9 @@ def test_layout_feeds_the_mapping(client, tenant, tenant_state, pipedrive_sim) -
     body = map_customer(
         tenant, {"CustomerId": "C-9", "Name": "Nine AB", "Cf_Region": "North"}, layout
     )
-    created = client.create_organization(body)
+    created = client.create("organizations", body)
     assert created["custom_fields"][layout.organization_fields["ifs_customer_id"]] == "C-9"
-    assert [o["id"] for o in client.search_organizations("C-9")] == [created["id"]]
+    assert [o["id"] for o in client.search("organizations", "C-9")] == [created["id"]]
 
 
 def test_tenant_state_store_round_trip(tenant, tenant_state, database) -> None:

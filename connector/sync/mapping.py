@@ -40,6 +40,19 @@ def _required(data: Mapping[str, Any], prop: str, what: str) -> str:
     return value
 
 
+def customer_properties(tenant: TenantConfig) -> tuple[str, ...]:
+    """The CustomerInfo properties `map_customer` reads."""
+    return tuple(sorted(set(tenant.customer_mapping.model_dump().values())))
+
+
+def order_properties(tenant: TenantConfig) -> tuple[str, ...]:
+    """The CustomerOrder properties `map_order` reads (the title's placeholders included)."""
+    mapping = tenant.order_mapping
+    names = {value for key, value in mapping.model_dump().items() if key != "title"}
+    names |= {name for _, name, _, _ in string.Formatter().parse(mapping.title) if name}
+    return tuple(sorted(names))
+
+
 def map_customer(
     tenant: TenantConfig, data: Mapping[str, Any], layout: PipedriveLayout
 ) -> dict[str, Any]:
