@@ -17,10 +17,14 @@ from connector.storage.models import AuditRecord, utcnow
 IFS_TO_PIPEDRIVE = "ifs_to_pipedrive"
 PIPEDRIVE_TO_IFS = "pipedrive_to_ifs"
 
+# AuditRecord.status values.
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 SKIPPED = "skipped"
+RETRYING = "retrying"  # failed for a transient reason; the task runs again
 REPLAYED = "replayed"  # a failed row whose replay has been queued
+STATUSES = (SUCCEEDED, FAILED, SKIPPED, RETRYING, REPLAYED)
+FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED)  # the attempt will not run again by itself
 
 
 @dataclass

@@ -8,10 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from connector.storage.audit import FAILED, FINAL_STATUSES, SUCCEEDED
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord
-
-FINAL_STATUSES = ("succeeded", "failed", "skipped")
 
 
 @dataclass
@@ -79,7 +78,7 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
             summary.read += int(plan.get("read", 0))
             summary.queued += int(plan.get("queued", 0))
             summary.unchanged += int(plan.get("unchanged", 0))
-            if row.status == "failed":
+            if row.status == FAILED:
                 summary.failed += 1
                 summary.plans_failed += 1
                 summary.failures.append(
@@ -88,7 +87,7 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
             continue
         newest[(row.entity, row.record_key)] = row
         if (
-            row.status == "succeeded"
+            row.status == SUCCEEDED
             and row.operation in ("create", "update")
             and wrote.get((row.entity, row.record_key)) != "create"
         ):
@@ -96,7 +95,7 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
     for (entity, key), row in newest.items():
         if row.status not in FINAL_STATUSES or entity not in planned:
             continue
-        if row.status == "failed":
+        if row.status == FAILED:
             summary.failed += 1
             summary.failures.append(
                 {"audit_id": row.id, "entity": entity, "key": key, "error": row.error}
