@@ -7,7 +7,6 @@ that would lose an accepted event (database or broker down) answers 503 so Piped
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,20 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from connector.diagnostics.queues import queue_status
 from connector.errors import ConfigError, MissingCredentialError, VaultError
+from connector.jobs import PUSH_STAGE
 from connector.runtime import Runtime
 from connector.settings import get_settings
-from connector.stage_push.push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
 from connector.storage.migrate import require_migrated
-from connector.storage.models import WebhookEvent
+from connector.storage.webhook_events import StoredEvent, WebhookEvents, WebhookEventStatus
 from connector.tenants import TenantConfig, WebhookConfig
 from connector.webhooks.auth import verify_basic, verify_hmac
-from connector.webhooks.events import PayloadError, WebhookEventData, parse_payload
+from connector.webhooks.events import PayloadError, WebhookEventData, parse_body
 
 log = logging.getLogger("webhook_receiver")
 
@@ -201,11 +199,7 @@ def _read_body(limit: int) -> bytes:
 
 def _parse(body: bytes) -> tuple[dict[str, Any], WebhookEventData]:
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Rejection(400, "bad_payload", {"error": "body is not valid JSON"}) from None
-    try:
-        return payload, parse_payload(payload)
+        return parse_body(body)
     except PayloadError as error:
         raise Rejection(400, "bad_payload", {"error": str(error)}) from None
 
@@ -217,77 +211,54 @@ def _accept(
     event: WebhookEventData,
 ) -> tuple[Response, int]:
     """Persist, commit, then enqueue; a duplicate is enqueued only if it never was."""
+    events = WebhookEvents(context.runtime.database)
     try:
-        row_id, status, created = _persist(context.runtime, tenant.id, payload, event)
+        stored = _persist(events, tenant.id, payload, event)
     except SQLAlchemyError as error:
         log.error("tenant %s: cannot store webhook event: %s", tenant.id, type(error).__name__)
         _count(tenant.id, "rejected", "unavailable")
         return jsonify({"error": "unavailable"}), 503
-    if status == IGNORED:
-        _count(tenant.id, "accepted" if created else "duplicate")
-        return jsonify({"status": "ignored" if created else "duplicate"}), 200
-    if status != RECEIVED:
+    if stored.status == WebhookEventStatus.IGNORED:
+        _count(tenant.id, "accepted" if stored.created else "duplicate")
+        return jsonify({"status": "ignored" if stored.created else "duplicate"}), 200
+    if stored.status != WebhookEventStatus.RECEIVED:
         _count(tenant.id, "duplicate")
         return jsonify({"status": "duplicate"}), 200
     try:
-        context.enqueue(PUSH_TASK, {"tenant": tenant.id, "webhook_event_id": row_id})
+        context.enqueue(PUSH_STAGE, {"tenant": tenant.id, "webhook_event_id": stored.id})
     except Exception as error:
         # The row stays "received": Pipedrive's retry of this 503 enqueues it then.
         log.error(
             "tenant %s: cannot enqueue webhook event %s: %s",
             tenant.id,
-            row_id,
+            stored.id,
             type(error).__name__,
         )
         _count(tenant.id, "rejected", "unavailable")
         return jsonify({"error": "unavailable"}), 503
-    _mark_enqueued(context.runtime, row_id)
-    _count(tenant.id, "accepted" if created else "duplicate")
+    _mark_enqueued(events, stored.id)
+    _count(tenant.id, "accepted" if stored.created else "duplicate")
     return jsonify({"status": "accepted", "event_id": event.event_id}), 200
 
 
 def _persist(
-    runtime: Runtime, tenant_id: str, payload: dict[str, Any], event: WebhookEventData
-) -> tuple[int, str, bool]:
-    """(row id, status, created) of the event's row; the unique key decides who inserted it."""
-    try:
-        with runtime.database.session() as session:
-            row = WebhookEvent(
-                tenant=tenant_id,
-                event_id=event.event_id,
-                entity=event.entity[:32],
-                entity_id=event.entity_id,
-                action=event.action,
-                change_source=(event.change_source or "")[:16] or None,
-                user_id=event.user_id,
-                event_time=event.timestamp,
-                payload=payload,
-                status=RECEIVED if event.is_deal else IGNORED,
-                detail=None if event.is_deal else f"{event.entity} events are not synchronised",
-            )
-            session.add(row)
-            session.flush()
-            return row.id, row.status, True
-    except IntegrityError:
-        pass
-    with runtime.database.session() as session:
-        existing = session.execute(
-            select(WebhookEvent.id, WebhookEvent.status).where(
-                WebhookEvent.tenant == tenant_id, WebhookEvent.event_id == event.event_id
-            )
-        ).one()
-        return existing.id, existing.status, False
+    events: WebhookEvents, tenant_id: str, payload: dict[str, Any], event: WebhookEventData
+) -> StoredEvent:
+    """The event's row, committed; only deal events are pushed, the others kept as ignored."""
+    if event.is_deal:
+        return events.add(tenant_id, event, payload, status=WebhookEventStatus.RECEIVED)
+    return events.add(
+        tenant_id,
+        event,
+        payload,
+        status=WebhookEventStatus.IGNORED,
+        detail=f"{event.entity} events are not synchronised",
+    )
 
 
-def _mark_enqueued(runtime: Runtime, row_id: int) -> None:
-    # Only from "received": the worker may already have finished the event.
+def _mark_enqueued(events: WebhookEvents, row_id: int) -> None:
     try:
-        with runtime.database.session() as session:
-            session.execute(
-                update(WebhookEvent)
-                .where(WebhookEvent.id == row_id, WebhookEvent.status == RECEIVED)
-                .values(status=ENQUEUED)
-            )
+        events.mark_enqueued(row_id)
     except SQLAlchemyError as error:
         # Enqueued all the same; a redelivery would enqueue again, which the task tolerates.
         log.warning("webhook event %s enqueued but not marked: %s", row_id, type(error).__name__)

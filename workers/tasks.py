@@ -210,7 +210,7 @@ def push_stage_to_ifs(self: Task, tenant: str, webhook_event_id: int, **options:
 @celery_app.task(name="ml_connector.reconcile_stages", bind=True)
 def reconcile_stages(self: Task, tenant: str) -> dict[str, Any]:
     """Apply deal stage changes that no webhook delivered (bans and outages lose events)."""
-    from connector.stage_push.push import reconcile_stages as reconcile
+    from connector.stage_push.reconcile import reconcile_stages as reconcile
 
     return _jsonable(asdict(reconcile(get_runtime(), tenant, None)))
 

@@ -10,7 +10,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.storage.audit import AuditLog
+from connector.storage.audit import FAILED, FINAL_STATUSES, STATUSES, AuditLog
 from connector.storage.models import AuditRecord
 
 
@@ -57,7 +57,7 @@ def audit() -> None:
 @click.option("--tenant", "tenant_id", default=None, help="Only this tenant.")
 @click.option(
     "--status",
-    type=click.Choice(["succeeded", "failed", "skipped", "retrying", "replayed"]),
+    type=click.Choice(STATUSES),
     default=None,
 )
 @click.option("--since", default=None, help="ISO time or span (30m, 6h, 2d).")
@@ -151,7 +151,7 @@ def replay(
                 row = log.get(audit_id)
                 if row is None:
                     raise click.ClickException(f"no audit row {audit_id}")
-                if row.status != "failed":
+                if row.status != FAILED:
                     raise click.ClickException(
                         f"audit row {audit_id} is {row.status}, not failed: nothing to replay"
                     )
@@ -176,7 +176,7 @@ def _wait_for_replays(obj: CliContext, audit_ids: list[int], timeout_s: float = 
             rows = session.scalars(
                 select(AuditRecord).where(
                     AuditRecord.replay_of.in_(audit_ids),
-                    AuditRecord.status.in_(("succeeded", "failed", "skipped")),
+                    AuditRecord.status.in_(FINAL_STATUSES),
                 )
             )
             outcome = {row.replay_of: row.status for row in rows if row.replay_of is not None}

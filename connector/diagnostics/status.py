@@ -6,16 +6,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-
 from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
 from connector.errors import ConnectorError
-from connector.stage_push.push import FAILED, RECONCILE_ACTION
 from connector.storage.audit import AuditLog
-from connector.storage.models import AuditRecord, SyncWatermark, WebhookEvent
-from connector.storage.runs import run_summary
+from connector.storage.runs import latest_run, run_summary
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.vault import required_credentials
+from connector.storage.watermarks import Watermarks
+from connector.storage.webhook_events import WebhookEvents, WebhookEventStatus
 from connector.webhooks import registration
 
 if TYPE_CHECKING:
@@ -48,25 +46,10 @@ def _iso(moment: datetime | None) -> str | None:
 def last_run(runtime: Runtime, tenant_id: str) -> dict[str, Any] | None:
     """The newest sync run of the tenant (by its plan rows) and how it went."""
     database = runtime.database
-    with database.session() as session:
-        run_id = session.scalar(
-            select(AuditRecord.correlation_id)
-            .where(
-                AuditRecord.tenant == tenant_id,
-                AuditRecord.record_key == "*",
-                AuditRecord.operation == "plan",
-                AuditRecord.correlation_id.is_not(None),
-            )
-            .order_by(AuditRecord.id.desc())
-            .limit(1)
-        )
-        if run_id is None:
-            return None
-        started, finished = session.execute(
-            select(func.min(AuditRecord.started_at), func.max(AuditRecord.finished_at)).where(
-                AuditRecord.correlation_id == run_id
-            )
-        ).one()
+    newest = latest_run(database, tenant_id)
+    if newest is None:
+        return None
+    run_id, started, finished = newest
     summary = run_summary(database, run_id)
     state = "finished" if summary.done >= summary.queued else "running"
     return {
@@ -86,25 +69,16 @@ def last_run(runtime: Runtime, tenant_id: str) -> dict[str, Any] | None:
 def webhook_status(runtime: Runtime, tenant_id: str, *, remote: bool = False) -> dict[str, Any]:
     """Registration (tenant_state), received events, and with `remote` Pipedrive's own list."""
     state = DatabaseTenantState(runtime.database).get(tenant_id, registration.STATE_KEY)
-    with runtime.database.session() as session:
-        delivered = WebhookEvent.tenant == tenant_id, WebhookEvent.action != RECONCILE_ACTION
-        last_event = session.scalar(select(func.max(WebhookEvent.received_at)).where(*delivered))
-        total = session.scalar(select(func.count()).where(*delivered)) or 0
-        failed = (
-            session.scalar(
-                select(func.count()).where(
-                    WebhookEvent.tenant == tenant_id, WebhookEvent.status == FAILED
-                )
-            )
-            or 0
-        )
+    events = WebhookEvents(runtime.database)
+    delivered = events.delivered(tenant_id)
+    failed = events.counts_by_status(tenant_id).get(WebhookEventStatus.FAILED, 0)
     info: dict[str, Any] = {
         "registered": state is not None,
         "webhook_id": (state or {}).get("webhook_id"),
         "subscription_url": (state or {}).get("subscription_url"),
-        "last_event_at": _iso(last_event),
-        "events_received": int(total),
-        "events_failed": int(failed),
+        "last_event_at": _iso(delivered.last_received_at),
+        "events_received": delivered.count,
+        "events_failed": failed,
     }
     if remote:
         try:
@@ -148,21 +122,15 @@ def tenant_status(runtime: Runtime, tenant_id: str, *, remote: bool = False) -> 
     failed = AuditLog(runtime.database).latest_failed(tenant_id)
     status.failed_waiting = len(failed)
     status.failed_keys = [f"{row.entity} {row.record_key}" for row in failed[:10]]
-    with runtime.database.session() as session:
-        rows = session.scalars(
-            select(SyncWatermark)
-            .where(SyncWatermark.tenant == tenant_id)
-            .order_by(SyncWatermark.entity)
-        )
-        status.watermarks = [
-            {
-                "entity": row.entity,
-                "last_run_at": _iso(row.last_run_at),
-                "last_status": row.last_status,
-                "last_summary": row.last_summary,
-            }
-            for row in rows
-        ]
+    status.watermarks = [
+        {
+            "entity": row.entity,
+            "last_run_at": _iso(row.last_run_at),
+            "last_status": row.last_status,
+            "last_summary": row.last_summary,
+        }
+        for row in Watermarks(runtime.database).of_tenant(tenant_id)
+    ]
     status.webhook = webhook_status(runtime, tenant_id, remote=remote)
     status.missing_credentials = missing_credentials(runtime, tenant)
     status.headroom = {

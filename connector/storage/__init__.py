@@ -1,1 +1,1 @@
-"""Persistence: every table's reads and writes (audit, id map, events, vault, state), migrations."""
+"""Persistence: every table's reads and writes, one upsert helper, the migrations."""

@@ -17,11 +17,14 @@ from connector.storage.models import AuditRecord, utcnow
 IFS_TO_PIPEDRIVE = "ifs_to_pipedrive"
 PIPEDRIVE_TO_IFS = "pipedrive_to_ifs"
 
+# AuditRecord.status values.
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 RETRYING = "retrying"  # a transient failure; the job retries (or marks it failed at the end)
 SKIPPED = "skipped"
 REPLAYED = "replayed"  # a failed row whose replay has been queued
+STATUSES = (SUCCEEDED, FAILED, SKIPPED, RETRYING, REPLAYED)
+FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED)  # the attempt will not run again by itself
 
 
 @dataclass

@@ -7,11 +7,12 @@ import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
-from connector.storage.models import IdMapEntry
+from connector.storage.models import IdMapEntry, utcnow
+from connector.storage.upsert import upsert
 
 CUSTOMER = "customer"
 ORDER = "order"
@@ -46,14 +47,30 @@ class IdMap:
             )
 
     def by_pipedrive_id(self, tenant: str, entity: str, pipedrive_id: int) -> IdMapEntry | None:
+        """The entry linked to a Pipedrive record; of several (a relinked record), the oldest."""
         with self.database.session() as session:
             return session.scalar(
-                select(IdMapEntry).where(
+                select(IdMapEntry)
+                .where(
                     IdMapEntry.tenant == tenant,
                     IdMapEntry.entity == entity,
                     IdMapEntry.pipedrive_id == pipedrive_id,
                 )
+                .order_by(IdMapEntry.id)
+                .limit(1)
             )
+
+    def linked_pipedrive_ids(self, tenant: str, entity: str) -> set[int]:
+        """The Pipedrive ids of every linked record of one tenant and entity."""
+        with self.database.session() as session:
+            ids = session.scalars(
+                select(IdMapEntry.pipedrive_id).where(
+                    IdMapEntry.tenant == tenant,
+                    IdMapEntry.entity == entity,
+                    IdMapEntry.pipedrive_id.is_not(None),
+                )
+            )
+            return {int(pipedrive_id) for pipedrive_id in ids if pipedrive_id is not None}
 
     def summaries(self, tenant: str, entity: str) -> dict[str, PushedState]:
         """What was last pushed for every record of one tenant and entity, by IFS key.
@@ -94,24 +111,41 @@ class IdMap:
             changes["content_hash"] = content_hash(payload)
         if last_event_at is not None:
             changes["last_event_at"] = last_event_at
-        for _ in range(2):  # a concurrent insert of the same key turns into an update
-            try:
-                with self.database.session() as session:
-                    row = session.scalar(
-                        select(IdMapEntry).where(
-                            IdMapEntry.tenant == tenant,
-                            IdMapEntry.entity == entity,
-                            IdMapEntry.ifs_key == ifs_key,
-                        )
-                    )
-                    if row is None:
-                        session.add(
-                            IdMapEntry(tenant=tenant, entity=entity, ifs_key=ifs_key, **changes)
-                        )
-                    else:
-                        for name, value in changes.items():
-                            setattr(row, name, value)
-                return
-            except IntegrityError:
-                continue
-        raise RuntimeError(f"id map: could not save {tenant}/{entity}/{ifs_key}")
+        if changes:
+            changes["updated_at"] = utcnow()
+        with self.database.session() as session:
+            upsert(
+                session,
+                IdMapEntry,
+                {"tenant": tenant, "entity": entity, "ifs_key": ifs_key, **changes},
+                key=("tenant", "entity", "ifs_key"),
+                update=changes,
+            )
+
+    def advance_last_event(
+        self,
+        tenant: str,
+        entity: str,
+        pipedrive_id: int,
+        moment: datetime,
+        *,
+        session: Session | None = None,
+    ) -> None:
+        """Record `moment` as the newest handled event of the linked record, monotonically:
+        a concurrent newer time is never replaced by an older one. `session`: join the
+        caller's transaction (the event's outcome and this time commit together)."""
+        statement = (
+            update(IdMapEntry)
+            .where(
+                IdMapEntry.tenant == tenant,
+                IdMapEntry.entity == entity,
+                IdMapEntry.pipedrive_id == pipedrive_id,
+                or_(IdMapEntry.last_event_at.is_(None), IdMapEntry.last_event_at < moment),
+            )
+            .values(last_event_at=moment)
+        )
+        if session is not None:
+            session.execute(statement)
+            return
+        with self.database.session() as own:
+            own.execute(statement)

@@ -104,11 +104,6 @@ def current_revision(database_url: str) -> str | None:
         database.dispose()
 
 
-def is_up_to_date(database_url: str) -> bool:
-    """True when the database is at the newest revision this code knows."""
-    return current_revision(database_url) == head_revision()
-
-
 def require_migrated(database: Database) -> None:
     """Raise ConfigError unless `database` is at the head revision (operator forgot to migrate)."""
     current = _revision_of(database)

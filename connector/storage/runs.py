@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from connector.storage.audit import FAILED, FINAL_STATUSES, SUCCEEDED
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord
-
-FINAL_STATUSES = ("succeeded", "failed", "skipped")
 
 
 @dataclass
@@ -79,7 +79,7 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
             summary.read += int(plan.get("read", 0))
             summary.queued += int(plan.get("queued", 0))
             summary.unchanged += int(plan.get("unchanged", 0))
-            if row.status == "failed":
+            if row.status == FAILED:
                 summary.failed += 1
                 summary.plans_failed += 1
                 summary.failures.append(
@@ -88,7 +88,7 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
             continue
         newest[(row.entity, row.record_key)] = row
         if (
-            row.status == "succeeded"
+            row.status == SUCCEEDED
             and row.operation in ("create", "update")
             and wrote.get((row.entity, row.record_key)) != "create"
         ):
@@ -96,7 +96,7 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
     for (entity, key), row in newest.items():
         if row.status not in FINAL_STATUSES or entity not in planned:
             continue
-        if row.status == "failed":
+        if row.status == FAILED:
             summary.failed += 1
             summary.failures.append(
                 {"audit_id": row.id, "entity": entity, "key": key, "error": row.error}
@@ -109,3 +109,29 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
             summary.unchanged_by_task += 1
             summary.unchanged += 1
     return summary
+
+
+def latest_run(
+    database: Database, tenant: str
+) -> tuple[str, datetime | None, datetime | None] | None:
+    """(run id, first start, last finish) of the tenant's newest run, by its plan rows."""
+    with database.session() as session:
+        run_id = session.scalar(
+            select(AuditRecord.correlation_id)
+            .where(
+                AuditRecord.tenant == tenant,
+                AuditRecord.record_key == "*",
+                AuditRecord.operation == "plan",
+                AuditRecord.correlation_id.is_not(None),
+            )
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+        )
+        if run_id is None:
+            return None
+        started, finished = session.execute(
+            select(func.min(AuditRecord.started_at), func.max(AuditRecord.finished_at)).where(
+                AuditRecord.correlation_id == run_id
+            )
+        ).one()
+    return run_id, started, finished

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
 from connector.storage.database import Database
 from connector.storage.models import TenantState, utcnow
+from connector.storage.upsert import upsert
 
 
 class TenantStateStore(Protocol):
@@ -32,16 +30,13 @@ class DatabaseTenantState:
 
     def put(self, tenant: str, key: str, value: dict[str, Any]) -> None:
         """Insert or replace, atomically: two workers writing at once both succeed."""
-        insert = sqlite_insert if self.database.is_sqlite else postgresql_insert
-        now = utcnow()
-        statement = insert(TenantState).values(
-            tenant=tenant, key=key, value=dict(value), updated_at=now
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["tenant", "key"], set_={"value": dict(value), "updated_at": now}
-        )
         with self.database.session() as session:
-            session.execute(statement)
+            upsert(
+                session,
+                TenantState,
+                {"tenant": tenant, "key": key, "value": dict(value), "updated_at": utcnow()},
+                key=("tenant", "key"),
+            )
 
     def delete(self, tenant: str, key: str) -> None:
         with self.database.session() as session:

@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from connector.errors import MissingCredentialError, VaultError
 from connector.logs import register_secret
 from connector.storage.database import Database
 from connector.storage.models import Credential, utcnow
+from connector.storage.upsert import upsert
 
 if TYPE_CHECKING:
     from connector.tenants import TenantConfig
@@ -149,21 +148,21 @@ class Vault:
             raise VaultError(f"refusing to store an empty {system} credential {name!r}")
         ciphertext = self._seal(tenant, system, name, value)
         now = utcnow()
-        insert = postgresql_insert if not self.database.is_sqlite else sqlite_insert
-        statement = insert(Credential).values(
-            tenant=tenant,
-            system=system,
-            name=name,
-            ciphertext=ciphertext,
-            created_at=now,
-            updated_at=now,
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["tenant", "system", "name"],
-            set_={"ciphertext": ciphertext, "updated_at": now},
-        )
         with self.database.session() as session:
-            session.execute(statement)
+            upsert(
+                session,
+                Credential,
+                {
+                    "tenant": tenant,
+                    "system": system,
+                    "name": name,
+                    "ciphertext": ciphertext,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+                key=("tenant", "system", "name"),
+                update=("ciphertext", "updated_at"),
+            )
 
     def get_optional(self, tenant: str, system: str, name: str) -> str | None:
         """The secret, or None when none is stored."""

@@ -68,17 +68,15 @@ class WebhookEventData:
         return previous is not None and previous != self.current_state
 
 
-# The name the receiver and push code use for deal events.
-DealEvent = WebhookEventData
-
-
-def parse_body(body: bytes) -> WebhookEventData:
-    """Parse a raw webhook body; PayloadError when it is not JSON or not a webhook payload."""
+def parse_body(body: bytes) -> tuple[dict[str, Any], WebhookEventData]:
+    """The decoded payload (as it is stored) and its event, from a raw webhook body;
+    PayloadError when it is not JSON or not a webhook payload."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise PayloadError("body is not valid JSON") from error
-    return parse_payload(payload)
+    event = parse_payload(payload)  # refuses anything but an object, so payload is a dict
+    return payload, event
 
 
 def parse_payload(payload: Any) -> WebhookEventData:

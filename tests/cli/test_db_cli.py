@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connector.storage.migrate import head_revision, is_up_to_date
+from connector.storage.migrate import current_revision, head_revision
 from tests.connector.storage.databases import fresh_postgres
 
 
@@ -30,7 +30,7 @@ def test_upgrade_on_postgres_masks_the_password(run, postgres_url):
         result = run("db", "upgrade")
         assert result.exit_code == 0, result.output
         assert "pw-xyz" not in result.output and "postgres:***@" in result.output
-        assert is_up_to_date(url)
+        assert current_revision(url) == head_revision()
 
 
 def test_unreachable_database_is_one_clean_error_line(run):

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
+from connector.storage.webhook_events import WebhookEvents, WebhookEventStatus
+from connector.webhooks.events import WebhookEventData
 from simulators.ifs.schema import customer_order
 
 
@@ -36,18 +37,22 @@ def test_status_after_a_sync_with_one_failure_shows_the_run_and_the_waiting_row(
         stack.tenant, "webhook", {"webhook_id": 77, "subscription_url": "https://x/y"}
     )
     received = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
-    with stack.runtime.database.session() as session:
-        session.add(
-            WebhookEvent(
-                tenant=stack.tenant,
-                event_id="e-1",
-                entity="deal",
-                action="change",
-                payload={},
-                status="failed",
-                received_at=received,
-            )
-        )
+    WebhookEvents(stack.runtime.database).add(
+        stack.tenant,
+        WebhookEventData(
+            event_id="e-1",
+            version=2,
+            action="change",
+            entity="deal",
+            entity_id=None,
+            change_source=None,
+            user_id=None,
+            timestamp=None,
+        ),
+        {},
+        status=WebhookEventStatus.FAILED,
+        received_at=received,
+    )
 
     result = stack.cli("status", "--tenant", stack.tenant, "--json")
 

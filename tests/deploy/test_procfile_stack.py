@@ -16,10 +16,10 @@ from celery import Celery
 from sqlalchemy import select
 
 from connector.pipedrive.provisioning import FieldKeys, PipelineIds
-from connector.stage_push.push import APPLIED
 from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
+from connector.storage.webhook_events import WebhookEventStatus
 from simulators.ifs.schema import customer_order
 from tests.fixtures.stack import (
     BIN,
@@ -185,7 +185,9 @@ def test_procfile_serves_sync_webhook_and_stage_push_then_stops_cleanly(
         def event_states() -> list[tuple[str, str]]:
             return [(e.action, e.status) for e in _deal_events(stack, deal_id)]
 
-        applied = wait_until(lambda: event_states() == [("change", APPLIED)], timeout=15)
+        applied = wait_until(
+            lambda: event_states() == [("change", WebhookEventStatus.APPLIED)], timeout=15
+        )
         assert applied, event_states()
 
         # (c) SIGINT to honcho stops every process of the tree, without a SIGKILL

@@ -10,7 +10,8 @@ import pytest
 import redis
 import requests
 
-from connector.stage_push.push import ENQUEUED, IGNORED, PUSH_TASK, RECEIVED
+from connector.jobs import PUSH_STAGE
+from connector.storage.webhook_events import WebhookEventStatus
 from connector.webhooks.auth import sign
 from simulators.serving import RunningServer
 from tests.connector.webhooks.support import (
@@ -139,8 +140,8 @@ def test_a_valid_event_is_persisted_and_enqueued_once_when_delivered_three_times
     rows = events_of(runtime, tenant)
     assert len(rows) == 1
     assert rows[0].event_id == payload["meta"]["id"]
-    assert rows[0].entity_id == 101 and rows[0].status == ENQUEUED
-    assert broker.calls == [(PUSH_TASK, {"tenant": tenant, "webhook_event_id": rows[0].id})]
+    assert rows[0].entity_id == 101 and rows[0].status == WebhookEventStatus.ENQUEUED
+    assert broker.calls == [(PUSH_STAGE, {"tenant": tenant, "webhook_event_id": rows[0].id})]
 
 
 def test_a_v1_event_without_an_event_id_is_deduplicated_by_its_content(
@@ -174,7 +175,7 @@ def test_an_event_of_another_entity_is_stored_as_ignored_and_not_enqueued(
     answer = post(server, tenant, encode(payload), basic())
 
     assert answer.status_code == 200 and answer.json()["status"] == "ignored"
-    assert [row.status for row in events_of(runtime, tenant)] == [IGNORED]
+    assert [row.status for row in events_of(runtime, tenant)] == [WebhookEventStatus.IGNORED]
     assert broker.calls == []
 
 
@@ -345,7 +346,7 @@ def test_enqueue_failure_is_503_and_the_redelivery_enqueues(server, runtime, bro
     first = post(server, tenant, body, basic())
 
     assert first.status_code == 503
-    assert [row.status for row in events_of(runtime, tenant)] == [RECEIVED]
+    assert [row.status for row in events_of(runtime, tenant)] == [WebhookEventStatus.RECEIVED]
     assert broker.calls == []
 
     broker.down = False
@@ -355,8 +356,8 @@ def test_enqueue_failure_is_503_and_the_redelivery_enqueues(server, runtime, bro
     assert (second.status_code, third.status_code) == (200, 200)
     assert third.json()["status"] == "duplicate"
     rows = events_of(runtime, tenant)
-    assert [row.status for row in rows] == [ENQUEUED]
-    assert broker.calls == [(PUSH_TASK, {"tenant": tenant, "webhook_event_id": rows[0].id})]
+    assert [row.status for row in rows] == [WebhookEventStatus.ENQUEUED]
+    assert broker.calls == [(PUSH_STAGE, {"tenant": tenant, "webhook_event_id": rows[0].id})]
 
 
 def test_database_down_is_503_and_nothing_is_enqueued(broker):

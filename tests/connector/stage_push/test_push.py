@@ -8,18 +8,15 @@ import pytest
 from sqlalchemy import select
 
 from connector.errors import PreconditionFailed
-from connector.stage_push.push import (
-    APPLIED,
-    FAILED,
-    IGNORED,
-    PUSH_TASK,
-    WATERMARK_ENTITY,
-    push_stage_to_ifs,
-    reconcile_stages,
-)
+from connector.jobs import PUSH_STAGE
+from connector.stage_push.push import push_stage_to_ifs
+from connector.stage_push.reconcile import WATERMARK_ENTITY, reconcile_stages
 from connector.storage.idmap import IdMap
-from connector.storage.models import AuditRecord, SyncWatermark, WebhookEvent
+from connector.storage.models import AuditRecord
 from connector.storage.tenant_state import DatabaseTenantState
+from connector.storage.watermarks import Watermarks
+from connector.storage.webhook_events import WebhookEvents
+from connector.storage.webhook_events import WebhookEventStatus as Status
 from connector.webhooks.events import parse_payload
 from tests.connector.webhooks.support import (
     INTEGRATION_USER,
@@ -77,24 +74,11 @@ def order_no(ifs_sim, runtime, tenant_id) -> str:
 
 
 def store(runtime, tenant_id: str, payload: dict[str, Any]) -> int:
-    """Persist an event as the receiver does."""
-    event = parse_payload(payload)
-    with runtime.database.session() as session:
-        row = WebhookEvent(
-            tenant=tenant_id,
-            event_id=event.event_id,
-            entity=event.entity,
-            entity_id=event.entity_id,
-            action=event.action,
-            change_source=event.change_source,
-            user_id=event.user_id,
-            event_time=event.timestamp,
-            payload=payload,
-            status="enqueued",
-        )
-        session.add(row)
-        session.flush()
-        return row.id
+    """Persist an event as the receiver does, as handed to the broker."""
+    stored = WebhookEvents(runtime.database).add(
+        tenant_id, parse_payload(payload), payload, status=Status.ENQUEUED
+    )
+    return stored.id
 
 
 def state_of(ifs_sim, order_no: str) -> str:
@@ -143,12 +127,12 @@ def test_a_stage_move_runs_the_mapped_action_with_the_etag(runtime, tenant_id, i
 
     outcome = push_stage_to_ifs(runtime, tenant_id, row_id)
 
-    assert outcome.status == APPLIED and outcome.writes == 1 and outcome.conflicts == 0
+    assert outcome.status == Status.APPLIED and outcome.writes == 1 and outcome.conflicts == 0
     assert (outcome.ifs_state_before, outcome.ifs_state_after) == ("Planned", "Released")
     assert state_of(ifs_sim, order_no) == "Released"
     assert ifs_sim.state.stats()["precondition_required"] == 0
     [event] = events_of(runtime, tenant_id)
-    assert event.status == APPLIED and event.processed_at is not None
+    assert event.status == Status.APPLIED and event.processed_at is not None
     entry = IdMap(runtime.database).get(tenant_id, "order", order_no)
     assert entry is not None and entry.last_event_at is not None
     assert entry.last_event_at.isoformat().startswith("2026-03-01T10:00:00")
@@ -158,7 +142,7 @@ def test_a_stage_move_runs_the_mapped_action_with_the_etag(runtime, tenant_id, i
         "pipedrive_to_ifs",
         order_no,
     )
-    assert audit.replay_task == PUSH_TASK
+    assert audit.replay_task == PUSH_STAGE
     assert audit.replay_args == {"tenant": tenant_id, "webhook_event_id": row_id}
 
 
@@ -168,7 +152,7 @@ def test_a_won_deal_patches_the_mapped_fields(runtime, tenant_id, ifs_sim, order
     )
     outcome = push_stage_to_ifs(runtime, tenant_id, store(runtime, tenant_id, payload))
 
-    assert outcome.status == APPLIED and outcome.change == {"patch": {"Cf_Crm_Stage": "Won"}}
+    assert outcome.status == Status.APPLIED and outcome.change == {"patch": {"Cf_Crm_Stage": "Won"}}
     assert ifs_sim.state.get_order(order_no)["Cf_Crm_Stage"] == "Won"
 
 
@@ -178,7 +162,7 @@ def test_the_same_event_twice_changes_ifs_once(runtime, tenant_id, ifs_sim, orde
     first = push_stage_to_ifs(runtime, tenant_id, row_id)
     second = push_stage_to_ifs(runtime, tenant_id, row_id)
 
-    assert (first.status, second.status) == (APPLIED, APPLIED)
+    assert (first.status, second.status) == (Status.APPLIED, Status.APPLIED)
     assert (first.writes, second.writes) == (1, 0)
     assert writes(ifs_sim) == 1
     assert [a.status for a in audit_rows(runtime, tenant_id)] == ["succeeded", "skipped"]
@@ -190,10 +174,10 @@ def test_an_older_event_delivered_late_changes_nothing(runtime, tenant_id, ifs_s
         runtime, tenant_id, v2_deal_event(DEAL, stage_id=6, previous_stage_id=2, timestamp=T2)
     )
 
-    assert push_stage_to_ifs(runtime, tenant_id, newer).status == APPLIED
+    assert push_stage_to_ifs(runtime, tenant_id, newer).status == Status.APPLIED
     late = push_stage_to_ifs(runtime, tenant_id, older)
 
-    assert late.status == IGNORED and "older" in late.reason
+    assert late.status == Status.IGNORED and "older" in late.reason
     assert state_of(ifs_sim, order_no) == "Blocked"
     assert writes(ifs_sim) == 1
 
@@ -209,8 +193,8 @@ def test_duplicates_and_reordering_end_in_the_newest_state(runtime, tenant_id, i
     assert state_of(ifs_sim, order_no) == "Blocked"
     assert writes(ifs_sim) == 1
     assert {e.id: e.status for e in events_of(runtime, tenant_id)} == {
-        release: IGNORED,
-        block: APPLIED,
+        release: Status.IGNORED,
+        block: Status.APPLIED,
     }
 
 
@@ -228,7 +212,11 @@ def test_two_moves_within_one_second_follow_the_chain_of_previous_stages(
     outcomes = [push_stage_to_ifs(runtime, tenant_id, row_id).status for row_id in sequence]
 
     assert state_of(ifs_sim, order_no) == "Blocked"
-    assert outcomes == ([APPLIED, APPLIED] if order == "in-order" else [APPLIED, IGNORED])
+    assert outcomes == (
+        [Status.APPLIED, Status.APPLIED]
+        if order == "in-order"
+        else [Status.APPLIED, Status.IGNORED]
+    )
 
 
 # -- nothing to do ------------------------------------------------------------------------
@@ -240,7 +228,7 @@ def test_the_connectors_own_change_is_an_echo_and_ifs_is_not_called(
     payload = v2_deal_event(DEAL, stage_id=2, change_source="api", user_id=INTEGRATION_USER)
     outcome = push_stage_to_ifs(runtime, tenant_id, store(runtime, tenant_id, payload))
 
-    assert outcome.status == IGNORED and "echo" in outcome.reason
+    assert outcome.status == Status.IGNORED and "echo" in outcome.reason
     assert sum(ifs_sim.state.stats()["requests"].values()) == 0
     assert state_of(ifs_sim, order_no) == "Planned"
     [audit] = audit_rows(runtime, tenant_id)
@@ -259,7 +247,7 @@ def test_an_order_already_in_the_state_is_not_written(runtime, tenant_id, ifs_si
         runtime, tenant_id, store(runtime, tenant_id, v2_deal_event(DEAL, stage_id=2))
     )
 
-    assert outcome.status == IGNORED and "already Released" in outcome.reason
+    assert outcome.status == Status.IGNORED and "already Released" in outcome.reason
     assert writes(ifs_sim) == 0
 
 
@@ -278,10 +266,10 @@ def test_events_that_map_to_no_ifs_change_are_ignored_with_a_reason(
 ):
     outcome = push_stage_to_ifs(runtime, tenant_id, store(runtime, tenant_id, payload))
 
-    assert outcome.status == IGNORED and reason in outcome.reason
+    assert outcome.status == Status.IGNORED and reason in outcome.reason
     assert writes(ifs_sim) == 0
     [event] = events_of(runtime, tenant_id)
-    assert event.status == IGNORED and reason in (event.detail or "")
+    assert event.status == Status.IGNORED and reason in (event.detail or "")
 
 
 # -- concurrency with IFS users -----------------------------------------------------------
@@ -295,7 +283,7 @@ def test_a_412_rereads_and_writes_with_the_new_etag(runtime, tenant_id, ifs_sim,
 
     outcome = push_stage_to_ifs(runtime, tenant_id, row_id, ifs=client)
 
-    assert (outcome.status, outcome.conflicts, outcome.writes) == (APPLIED, 1, 1)
+    assert (outcome.status, outcome.conflicts, outcome.writes) == (Status.APPLIED, 1, 1)
     assert client.reads == 2
     assert ifs_sim.state.stats()["precondition_failed"] == 1
     order = ifs_sim.state.get_order(order_no)
@@ -312,7 +300,7 @@ def test_a_412_after_an_ifs_user_made_the_same_change_writes_nothing(
         runtime, tenant_id, store(runtime, tenant_id, v2_deal_event(DEAL, stage_id=2)), ifs=client
     )
 
-    assert (outcome.status, outcome.conflicts, outcome.writes) == (IGNORED, 1, 0)
+    assert (outcome.status, outcome.conflicts, outcome.writes) == (Status.IGNORED, 1, 0)
     assert writes(ifs_sim) == 0
 
 
@@ -330,9 +318,9 @@ def test_endless_412s_give_up_after_three_retries_and_fail_the_event(
     assert client.reads == 4
     assert state_of(ifs_sim, order_no) == "Planned"
     [event] = events_of(runtime, tenant_id)
-    assert event.status == FAILED
+    assert event.status == Status.FAILED
     [audit] = audit_rows(runtime, tenant_id)
-    assert audit.status == "failed" and audit.replay_task == PUSH_TASK
+    assert audit.status == "failed" and audit.replay_task == PUSH_STAGE
 
 
 # -- reconciliation -----------------------------------------------------------------------
@@ -354,10 +342,10 @@ def test_reconciliation_applies_a_missed_stage_change_once_and_keeps_a_watermark
     assert (second.applied, second.already_seen) == (0, 1)
     assert state_of(ifs_sim, order_no) == "Released"
     assert writes(ifs_sim) == 1
-    with runtime.database.session() as session:
-        mark = session.get(SyncWatermark, (tenant_id, WATERMARK_ENTITY))
-        assert mark.watermark.startswith("2026-03-01T10:00:05")
-        assert mark.last_status == "succeeded"
+    mark = Watermarks(runtime.database).get(tenant_id, WATERMARK_ENTITY)
+    assert mark is not None and mark.watermark is not None
+    assert mark.watermark.startswith("2026-03-01T10:00:05")
+    assert mark.last_status == "succeeded"
 
 
 def test_reconciliation_skips_deals_a_newer_webhook_already_handled(

@@ -12,6 +12,15 @@ from connector.webhooks.events import DealState, PayloadError, parse_body, parse
 from tests.connector.webhooks.support import v2_deal_event
 
 
+def test_a_raw_body_parses_into_the_payload_to_store_and_its_event():
+    payload = v2_deal_event(12, event_id="e-12")
+
+    stored, event = parse_body(json.dumps(payload).encode())
+
+    assert stored == payload
+    assert (event.event_id, event.entity_id) == ("e-12", 12)
+
+
 def test_v2_change_event():
     payload = v2_deal_event(
         12, stage_id=3, previous_stage_id=2, event_id="5f0c1a2e-uuid", user_id=900

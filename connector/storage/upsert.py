@@ -1,0 +1,65 @@
+"""The one way rows are inserted-or-updated: INSERT … ON CONFLICT on Postgres and SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from connector.storage.models import Base
+
+
+def _insert(session: Session, model: type[Base]) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql_insert(model)
+    if dialect == "sqlite":
+        return sqlite_insert(model)
+    raise ValueError(
+        f"no upsert for the {dialect} dialect: the connector runs on Postgres or SQLite"
+    )
+
+
+def upsert(
+    session: Session,
+    model: type[Base],
+    values: Mapping[str, Any],
+    *,
+    key: Sequence[str],
+    update: Iterable[str] | None = None,
+) -> None:
+    """Insert `values` as a row of `model`, or, when a row with the same `key` columns exists,
+    set its `update` columns (default: every non-key column of `values`) to `values`.
+
+    One statement, so two writers racing on a new key both succeed and leave one row.
+    Column `onupdate` defaults do not run on the conflict path: pass such columns (updated_at)
+    in `values` and `update`. An empty `update` leaves an existing row as it is.
+    """
+    columns = [name for name in (update if update is not None else values) if name not in key]
+    statement = _insert(session, model).values(dict(values))
+    if columns:
+        statement = statement.on_conflict_do_update(
+            index_elements=list(key),
+            set_={name: statement.excluded[name] for name in columns},
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=list(key))
+    session.execute(statement)
+
+
+def insert_if_absent(
+    session: Session, model: type[Base], values: Mapping[str, Any], *, key: Sequence[str]
+) -> int | None:
+    """Insert `values` unless a row with the same `key` columns exists; the new row's id,
+    or None when the row was there already (the unique key decides, also under races)."""
+    statement = (
+        _insert(session, model)
+        .values(dict(values))
+        .on_conflict_do_nothing(index_elements=list(key))
+        .returning(model.__table__.c.id)
+    )
+    new_id = session.execute(statement).scalar_one_or_none()
+    return int(new_id) if new_id is not None else None

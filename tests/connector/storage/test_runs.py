@@ -1,0 +1,58 @@
+"""A run's summary, counted from its audit rows: what was read, queued, written, failed."""
+
+from __future__ import annotations
+
+import uuid
+
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, SUCCEEDED, Attempt, AuditLog
+from connector.storage.runs import run_summary
+
+
+def test_run_summary_counts_each_record_by_its_newest_attempt(database, tenant):
+    run_id = uuid.uuid4().hex
+    log = AuditLog(database)
+
+    def row(entity: str, key: str, operation: str, status: str = SUCCEEDED, **summary) -> None:
+        log.write(
+            Attempt(
+                tenant,
+                IFS_TO_PIPEDRIVE,
+                entity,
+                key,
+                operation=operation,
+                status=status,
+                response_summary=summary or None,
+                correlation_id=run_id,
+            )
+        )
+
+    row("customer", "*", "plan", read=5, queued=4, unchanged=1, requests={"ifs": 2})
+    row("customer", "C-1", "create", requests={"pipedrive": 3})
+    row("customer", "C-2", "update")
+    row("customer", "C-3", "unchanged")
+    # An order synced its new customer first; the customer's own task then found it done.
+    row("customer", "C-4", "create")
+    row("customer", "C-4", "unchanged")
+    row("order", "*", "plan", status=RETRYING, read=9, queued=9)  # will run again
+    row("order", "*", "plan", status=FAILED)
+    row("order", "O-1", "update", status=RETRYING)
+    row("order", "O-1", "update", status=FAILED)
+    row("note", "N-1", "create")  # no plan of this entity in the run
+    log.write(Attempt(tenant, IFS_TO_PIPEDRIVE, "customer", "C-9", operation="create"))
+
+    summary = run_summary(database, run_id)
+
+    assert (summary.planned_entities, summary.read, summary.queued) == (2, 5, 4)
+    assert (summary.created, summary.updated) == (2, 1)
+    assert (summary.unchanged, summary.unchanged_by_task) == (2, 1)
+    assert (summary.failed, summary.plans_failed) == (2, 1)
+    assert sorted(failure["key"] for failure in summary.failures) == ["*", "O-1"]
+    assert summary.requests == {"ifs": 2, "pipedrive": 3}
+    assert summary.done == 5
+    assert summary.finished(expected_entities=2) and not summary.finished(expected_entities=3)
+
+
+def test_a_run_with_no_rows_is_empty_and_not_finished(database):
+    summary = run_summary(database, uuid.uuid4().hex)
+
+    assert summary.as_dict()["created"] == 0 and not summary.finished(expected_entities=1)
