@@ -11,10 +11,10 @@ from connector.diagnostics.status import (
     tenant_status,
     webhook_status,
 )
-from connector.stage_push.push import APPLIED, FAILED, RECONCILE_ACTION
 from connector.storage.audit import IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
+from connector.storage.webhook_events import RECONCILE_ACTION, WebhookEventStatus
 from connector.webhooks.registration import STATE_KEY
 from tests.connector.diagnostics.conftest import MakeRuntime
 from tests.connector.webhooks.support import tenant_body
@@ -83,10 +83,10 @@ def test_webhook_status_counts_deliveries_not_reconciliation(runtime_for: MakeRu
     )
     early, late = datetime(2026, 5, 1, 9, tzinfo=UTC), datetime(2026, 5, 1, 10, tzinfo=UTC)
     with runtime.database.session() as session:
-        session.add(_event(tenant, "e-1", APPLIED, early))
-        session.add(_event(tenant, "e-2", FAILED, early))
+        session.add(_event(tenant, "e-1", WebhookEventStatus.APPLIED, early))
+        session.add(_event(tenant, "e-2", WebhookEventStatus.FAILED, early))
         # Reconciliation makes events of its own: not deliveries, but their failures count.
-        session.add(_event(tenant, "r-1", FAILED, late, action=RECONCILE_ACTION))
+        session.add(_event(tenant, "r-1", WebhookEventStatus.FAILED, late, action=RECONCILE_ACTION))
 
     info = webhook_status(runtime, tenant)
 
