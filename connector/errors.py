@@ -40,11 +40,16 @@ class TransientError(ConnectorError):
     429/5xx/connection error. `retry_after_s` is the earliest sensible retry (None: no hint).
 
     The library raises it; the task layer alone decides whether and when to retry.
+    `audit_id` names the "retrying" audit row the attempt left, which the task layer marks
+    failed once no retry is left.
     """
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, audit_id: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.audit_id = audit_id
 
 
 class RemoteError(ConnectorError):

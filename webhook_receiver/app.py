@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from connector import metrics
 from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.runtime import Runtime
 from connector.settings import get_settings
@@ -113,10 +114,6 @@ def _context() -> ReceiverContext:
 
 
 def _count(tenant: str, result: str, reason: str | None = None) -> None:
-    try:
-        from connector import metrics
-    except ImportError:  # metrics are optional for the receiver to run
-        return
     try:
         metrics.count_webhook(tenant, result, reason)
     except Exception:  # a broken counter must never fail a delivery
@@ -330,12 +327,8 @@ def readyz() -> tuple[Response, int]:
 @health.get("/metrics")
 def metrics_endpoint() -> Response:
     """Prometheus exposition of this process (all processes in multi-process mode)."""
-    try:
-        from connector.metrics import render_latest
-    except ImportError:
-        return Response("metrics unavailable\n", status=404, mimetype="text/plain")
     _measure_queue_depth()
-    body, content_type = render_latest()
+    body, content_type = metrics.render_latest()
     return Response(body, status=200, headers={"Content-Type": content_type})
 
 

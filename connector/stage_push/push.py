@@ -9,7 +9,6 @@ one, and the connector's own changes coming back as webhooks change nothing.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -198,7 +197,6 @@ def push_stage_to_ifs(
         attempt=attempt,
     )
     outcome = PushOutcome(IGNORED, "", deal_id=row.entity_id)
-    started = time.perf_counter()
     try:
         with AuditLog(runtime.database).attempt(record):
             with _deal_lock(runtime, tenant_id, row.entity_id):
@@ -211,10 +209,8 @@ def push_stage_to_ifs(
     except Exception as error:
         outcome.status = FAILED
         _finish_event(runtime, webhook_event_id, FAILED, f"{type(error).__name__}: {error}")
-        _observe(tenant_id, FAILED, started)
         raise
     outcome.audit_id = record.audit_id
-    _observe(tenant_id, APPLIED if outcome.writes else "skipped", started)
     log.info(
         "stage push %s/%s deal %s: %s (%s)",
         tenant_id,
@@ -224,14 +220,6 @@ def push_stage_to_ifs(
         outcome.reason,
     )
     return outcome
-
-
-def _observe(tenant_id: str, outcome: str, started: float) -> None:
-    try:
-        from connector.metrics import observe_stage_push
-    except ImportError:  # metrics are optional for the library
-        return
-    observe_stage_push(tenant_id, outcome, time.perf_counter() - started)
 
 
 def _summary(outcome: PushOutcome) -> dict[str, Any]:

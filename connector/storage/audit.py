@@ -21,6 +21,7 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 SKIPPED = "skipped"
 REPLAYED = "replayed"  # a failed row whose replay has been queued
+RETRYING = "retrying"  # a transient failure that the task layer will try again
 
 
 @dataclass
@@ -143,4 +144,14 @@ class AuditLog:
             if row is None or row.status != FAILED:
                 return False
             row.status = REPLAYED
+            return True
+
+    def mark_failed(self, audit_id: int) -> bool:
+        """Turn a retrying row into a failed one (no retry is left); False if it was not
+        retrying."""
+        with self.database.session() as session:
+            row = session.get(AuditRecord, audit_id, with_for_update=True)
+            if row is None or row.status != RETRYING:
+                return False
+            row.status = FAILED
             return True
