@@ -347,16 +347,18 @@ class Story:
             raise click.ClickException(f"demo: {label} did not finish within 120 s")
 
     def _replay(self) -> None:
+        from connector.replay import Replay
         from connector.storage.audit import AuditLog
-        from workers.tasks import latest_failed, requeue
+        from workers.app import enqueue
 
-        failed = latest_failed(DEMO_TENANT)
+        log = AuditLog(self.runtime.database)
+        replays = Replay(log, enqueue)
+        failed = replays.latest_failed(DEMO_TENANT)
         for row in failed:
             self.say(f"   audit row {row.id}: {row.entity} {row.record_key}: {row.error}")
         self.ifs.edit_order(self.broken, CurrencyCode="EUR")
         self.say(f"   an IFS user corrects {self.broken}'s currency to EUR; replaying")
-        queued = [row.id for row in failed if requeue(row)]
-        log = AuditLog(self.runtime.database)
+        queued = [row.id for row in failed if replays.requeue(row)]
 
         def replays_done() -> int:
             rows = log.list(tenant=DEMO_TENANT, limit=50)
@@ -375,9 +377,9 @@ class Story:
             self.say(f"   replay of row {row.replay_of}: {row.operation} {row.status}")
 
     def _failed_now(self) -> int:
-        from workers.tasks import latest_failed
+        from connector.storage.audit import AuditLog
 
-        return len(latest_failed(DEMO_TENANT))
+        return len(AuditLog(self.runtime.database).latest_failed(DEMO_TENANT))
 
     def _requests(self) -> dict[str, int]:
         ifs_requests = sum(self.ifs.stats()["requests"].values())

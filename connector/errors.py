@@ -41,6 +41,8 @@ class TransientError(ConnectorError):
     `audit_id` is the "retrying" audit row the attempt left, if it left one.
 
     The library raises it; the task layer alone decides whether and when to retry.
+    `audit_id` names the "retrying" audit row the attempt left, which the task layer marks
+    failed once no retry is left.
     """
 
     def __init__(

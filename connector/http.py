@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -56,19 +56,23 @@ def _notify(system: str, method: str, status: int | None, seconds: float) -> Non
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long to retry a retryable failure (429, 5xx, connection errors)."""
+    """How often and how long to retry a retryable failure (429, 5xx, connection errors).
+
+    The one policy: RemoteSession retries requests with it, and the task layer retries
+    whole tasks with it (other numbers, same formula).
+    """
 
     max_tries: int = 6
     base_s: float = 0.5
     cap_s: float = 30.0
     max_time_s: float = 120.0
 
-    def delays(self) -> Iterator[float]:
-        """Full-jitter exponential delays: uniform(0, min(cap, base * 2**n))."""
-        expo = backoff.expo(base=2, factor=self.base_s, max_value=self.cap_s)
-        next(expo)  # backoff's generators are primed by one send before the first value
-        for value in expo:
-            yield backoff.full_jitter(value)
+    def delay_s(self, retry: int, minimum_s: float | None = None) -> float:
+        """The wait before retry number `retry` (0 = the first): full-jitter exponential,
+        uniform(0, min(cap, base * 2**retry)), and never less than `minimum_s` (the remote's
+        or the limiter's own hint)."""
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(retry, 64))
+        return max(backoff.full_jitter(ceiling), minimum_s or 0.0)
 
 
 def retry_after_seconds(
@@ -220,7 +224,6 @@ class RemoteSession:
         """
         url = self.url_for(path)
         kwargs.setdefault("timeout", self.timeout_s)
-        delays = self.policy.delays()
         started = time.monotonic()
         tries = 0
         refreshed = False
@@ -239,9 +242,7 @@ class RemoteSession:
                 if not idempotent and failure.error.status != 429:
                     raise failure.error from None
                 elapsed = time.monotonic() - started
-                delay = next(delays)
-                if failure.minimum_wait is not None:
-                    delay = max(delay, failure.minimum_wait)
+                delay = self.policy.delay_s(tries - 1, failure.minimum_wait)
                 if tries >= self.policy.max_tries or elapsed + delay > self.policy.max_time_s:
                     raise failure.error from None
                 log.info(

@@ -6,6 +6,12 @@ arguments so that a replay can queue it again; workers/ registers a task under e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+Enqueue = Callable[[str, dict[str, Any]], None]
+"""(job name, keyword arguments) -> None: hands one job to the queue (Celery in production)."""
+
 PLAN_SYNC = "ml_connector.plan_sync"
 SYNC_CUSTOMER = "ml_connector.sync_customer"
 SYNC_ORDER = "ml_connector.sync_order"

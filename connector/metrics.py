@@ -16,10 +16,13 @@ from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+from connector.settings import Settings
+
 # prometheus_client picks its storage (memory or mmap files) when it is first imported, so the
-# connector's own setting has to be in place before that import.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and os.environ.get("CONNECTOR_METRICS_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["CONNECTOR_METRICS_DIR"]
+# connector's own setting has to be in place before that import. A fresh Settings, not the
+# process-wide one: importing metrics must not freeze the settings of the process.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and (directory := Settings().metrics_dir):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +35,8 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client import multiprocess as _multiprocess
+
+from connector import http
 
 SYNC_OUTCOMES = frozenset({"created", "updated", "unchanged", "failed"})
 WEBHOOK_RESULTS = frozenset({"accepted", "rejected", "duplicate"})
@@ -160,17 +165,9 @@ def install_remote_observer() -> bool:
     """
     global _observer_installed
     with _observer_lock:
-        if _observer_installed:
-            return True
-        try:
-            from connector import http
-        except ImportError:
-            return False
-        add_observer = getattr(http, "add_observer", None)
-        if add_observer is None:
-            return False
-        add_observer(observe_remote)
-        _observer_installed = True
+        if not _observer_installed:
+            http.add_observer(observe_remote)
+            _observer_installed = True
         return True
 
 

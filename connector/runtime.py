@@ -1,11 +1,14 @@
 """The composition root of the library: settings, tenants, database, vault, coordination, clients.
 
 Workers, the webhook receiver and the CLI each build one Runtime per process and ask it
-for what they need; nothing else reads environment variables or constructs clients.
+for what they need; nothing else reads environment variables or constructs clients. The
+Runtime also owns the process's caches (tenants, per-tenant syncs) and their one
+invalidation point, `invalidate`.
 """
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
     from connector.ifs.client import IfsClient
     from connector.pipedrive.client import PipedriveClient
     from connector.storage.vault import Vault
+    from connector.sync.engine import TenantSync
 
 
 class Runtime:
@@ -31,16 +35,45 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self._tenants_path = tenants_path or settings.tenants_file
+        # Tenants given here have no file behind them: `invalidate` keeps them.
+        self._given_tenants = tenants
         self._tenants = tenants
+        self._syncs: dict[str, TenantSync] = {}
+        self._lock = threading.Lock()
 
     @property
     def tenants(self) -> dict[str, TenantConfig]:
-        if self._tenants is None:
-            self._tenants = load_tenants(self._tenants_path)
-        return self._tenants
+        with self._lock:
+            if self._tenants is None:
+                self._tenants = load_tenants(self._tenants_path)
+            return self._tenants
 
     def tenant(self, tenant_id: str) -> TenantConfig:
         return get_tenant(self.tenants, tenant_id)
+
+    def tenant_sync(self, tenant_id: str) -> TenantSync:
+        """This process's TenantSync of one tenant, kept so that its clients and token caches
+        serve every task until `invalidate`."""
+        with self._lock:
+            sync = self._syncs.get(tenant_id)
+        if sync is not None:
+            return sync
+        from connector.sync.engine import TenantSync
+
+        # Built outside the lock: it reads the tenants (which takes the lock) and the vault.
+        sync = TenantSync(self, tenant_id)
+        with self._lock:
+            return self._syncs.setdefault(tenant_id, sync)
+
+    def invalidate(self, tenant_id: str | None = None) -> None:
+        """Forget cached state: one tenant's sync, or every tenant's; the tenants file is read
+        again on the next use either way. The one place to call when configuration changed."""
+        with self._lock:
+            if tenant_id is None:
+                self._syncs.clear()
+            else:
+                self._syncs.pop(tenant_id, None)
+            self._tenants = self._given_tenants
 
     @cached_property
     def database(self) -> Database:

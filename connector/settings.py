@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     )
     metrics_dir: Path | None = Field(
         default=None,
-        description="prometheus multiprocess directory (PROMETHEUS_MULTIPROC_DIR wins).",
+        description=(
+            "Prometheus multiprocess directory (PROMETHEUS_MULTIPROC_DIR wins); connector.metrics "
+            "reads it when imported."
+        ),
     )
 
     @property

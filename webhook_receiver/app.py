@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from connector import metrics
 from connector.diagnostics.queues import queue_status
 from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.jobs import PUSH_STAGE
@@ -112,10 +113,6 @@ def _context() -> ReceiverContext:
 
 
 def _count(tenant: str, result: str, reason: str | None = None) -> None:
-    try:
-        from connector import metrics
-    except ImportError:  # metrics are optional for the receiver to run
-        return
     try:
         metrics.count_webhook(tenant, result, reason)
     except Exception:  # a broken counter must never fail a delivery
@@ -302,12 +299,8 @@ def readyz() -> tuple[Response, int]:
 @health.get("/metrics")
 def metrics_endpoint() -> Response:
     """Prometheus exposition of this process (all processes in multi-process mode)."""
-    try:
-        from connector.metrics import render_latest
-    except ImportError:
-        return Response("metrics unavailable\n", status=404, mimetype="text/plain")
     _measure_queue_depth()
-    body, content_type = render_latest()
+    body, content_type = metrics.render_latest()
     return Response(body, status=200, headers={"Content-Type": content_type})
 
 

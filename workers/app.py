@@ -46,6 +46,11 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 celery_app = create_celery_app()
 
 
+def enqueue(job: str, kwargs: dict[str, Any]) -> None:
+    """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app."""
+    celery_app.send_task(job, kwargs=kwargs)
+
+
 @celery_app.on_after_configure.connect
 def _install_beat_schedule(sender: Celery, **_: Any) -> None:
     # Beat reads its schedule from the tenants file; a worker without one still runs tasks.

@@ -1,15 +1,53 @@
-"""The task base class: every task runs inside a log context naming its tenant and record."""
+"""The task base classes: what happens around every task body (log context, retries, metrics).
+
+A task body only calls the library; the library raises and never counts. Around it
+(pypi/warehouse's WarehouseTask and sentry's task base are the models):
+
+- every run is inside a log context naming its task, tenant, record and run;
+- a transient error (`connector.errors.is_transient`) is retried with the one retry policy
+  (full-jitter exponential, `connector.http.RetryPolicy`), never sooner than the error's
+  `retry_after_s` (the remote's Retry-After, the limiter's wait), at most MAX_RETRIES times;
+  once none is left, the "retrying" audit row the attempt left (`audit_id`) is marked
+  failed and the task ends "failed", for `replay` to run again;
+- each run that ends is observed once, with its outcome; a run that retries has none yet.
+
+Jobs are sent with keyword arguments (connector.jobs), which is what these read.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Retry
 
+from connector import metrics
+from connector.errors import is_transient, retry_after_s
+from connector.http import RetryPolicy
 from connector.logs import log_context
+from connector.storage.audit import FAILED, AuditLog
+from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 10
+# Task-level waits are longer than HTTP-level ones: these follow a failure that the HTTP
+# policy already retried, or a limiter that said how long to wait.
+TASK_RETRY_POLICY = RetryPolicy(max_tries=MAX_RETRIES + 1, base_s=2.0, cap_s=60.0)
 
 
 class ConnectorTask(Task):
+    max_retries = MAX_RETRIES
+    # False for tasks whose next scheduled run is their retry.
+    transient_retries = True
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first run, 2 for the first retry, …"""
+        return (self.request.retries or 0) + 1
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(
             task=self.name,
@@ -17,4 +55,57 @@ class ConnectorTask(Task):
             record_key=kwargs.get("key") or kwargs.get("webhook_event_id"),
             correlation_id=kwargs.get("run_id") or getattr(self.request, "id", None),
         ):
-            return super().__call__(*args, **kwargs)
+            started = time.monotonic()
+            try:
+                outcome = super().__call__(*args, **kwargs)
+            except Retry:
+                raise
+            except Exception as error:
+                if not (self.transient_retries and is_transient(error)):
+                    self.observe(kwargs, FAILED, time.monotonic() - started)
+                    raise
+                self.retry_transient(error)
+                outcome = FAILED
+            self.observe(kwargs, outcome, time.monotonic() - started)
+            return outcome
+
+    def retry_transient(
+        self,
+        error: Exception,
+        *,
+        audit_id: int | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Run this task again later because of a transient `error` (raises Celery's Retry).
+
+        Returns only when no retry is left, after marking the attempt's "retrying" audit row
+        (`audit_id`, else the error's) failed. `kwargs` replaces the task's arguments for the
+        retry (a plan retries only what it has still to plan).
+        """
+        retries = self.request.retries or 0
+        if retries < self.max_retries:
+            countdown = TASK_RETRY_POLICY.delay_s(retries, retry_after_s(error))
+            raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
+        row_id = audit_id if audit_id is not None else getattr(error, "audit_id", None)
+        log.warning("%s: no retry left after %d: %s", self.name, retries, error)
+        if row_id is not None:
+            AuditLog(get_runtime().database).mark_failed(row_id)
+
+    def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
+        """Record the metrics of one run that ended with `outcome`; none by default."""
+
+
+class RecordSyncTask(ConnectorTask):
+    """Upserts one IFS record of `entity`; counts it in mlc_records_synced_total."""
+
+    entity = ""  # set by the task decorator (customer, order)
+
+    def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
+        metrics.record_sync(str(kwargs.get("tenant")), self.entity, str(outcome))
+
+
+class StagePushTask(ConnectorTask):
+    """Applies one deal stage change to IFS; observes mlc_stage_push_seconds once per run."""
+
+    def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
+        metrics.observe_stage_push(str(kwargs.get("tenant")), str(outcome), seconds)

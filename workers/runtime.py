@@ -1,4 +1,5 @@
-"""One connector Runtime per worker process, built on first use."""
+"""The worker process's one connector Runtime, built on first use (or shared by the embedded
+setup, whose worker threads use the runtime of the command that started them)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import threading
 
 from connector.runtime import Runtime
 from connector.settings import get_settings
-from connector.sync.engine import TenantSync
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
-_syncs: dict[str, TenantSync] = {}
 
 
 def get_runtime() -> Runtime:
@@ -26,16 +25,3 @@ def set_runtime(runtime: Runtime | None) -> None:
     global _runtime
     with _lock:
         _runtime = runtime
-        _syncs.clear()
-
-
-def tenant_sync(tenant_id: str) -> TenantSync:
-    """The process's TenantSync for one tenant (clients, token caches and layout reused)."""
-    runtime = get_runtime()
-    with _lock:
-        sync = _syncs.get(tenant_id)
-    if sync is None:
-        sync = TenantSync(runtime, tenant_id)
-        with _lock:
-            sync = _syncs.setdefault(tenant_id, sync)
-    return sync

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery.schedules import crontab
 
+from connector import jobs
 from connector.cron import parse_cron
 from connector.tenants import TenantConfig
 
@@ -27,17 +28,17 @@ def build_beat_schedule(tenants: Iterable[TenantConfig]) -> dict[str, dict[str, 
     for tenant in tenants:
         every = tenant_crontab(tenant.schedule)
         schedule[f"{tenant.id}:sync"] = {
-            "task": "ml_connector.plan_sync",
+            "task": jobs.PLAN_SYNC,
             "schedule": every,
             "kwargs": {"tenant": tenant.id, "entity": "all"},
         }
         schedule[f"{tenant.id}:reconcile-stages"] = {
-            "task": "ml_connector.reconcile_stages",
+            "task": jobs.RECONCILE_STAGES,
             "schedule": every,
             "kwargs": {"tenant": tenant.id},
         }
         schedule[f"{tenant.id}:ensure-webhook"] = {
-            "task": "ml_connector.ensure_webhook",
+            "task": jobs.ENSURE_WEBHOOK,
             "schedule": crontab(minute="17", hour="3"),
             "kwargs": {"tenant": tenant.id},
         }

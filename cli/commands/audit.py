@@ -137,14 +137,14 @@ def replay(
         raise click.UsageError("give audit row IDs or --failed (not both)")
     database = migrated_database(obj)
     from cli.commands.sync import workers_for_cli
-    from workers.runtime import set_runtime
-    from workers.tasks import requeue
+    from connector.replay import Replay
+    from workers.app import enqueue
 
-    set_runtime(obj.runtime)  # requeue marks rows through the runtime's database
     log = AuditLog(database)
+    replays = Replay(log, enqueue)
     with reported_errors():
         if all_failed:
-            rows = log.latest_failed(tenant_id, parse_since(since))
+            rows = replays.latest_failed(tenant_id, parse_since(since))
         else:
             rows = []
             for audit_id in audit_ids:
@@ -157,7 +157,7 @@ def replay(
                     )
                 rows.append(row)
     with workers_for_cli(obj) as embedded:
-        queued = [row.id for row in rows if requeue(row)]
+        queued = [row.id for row in rows if replays.requeue(row)]
         click.echo(f"queued {len(queued)} replay(s): {', '.join(map(str, queued)) or 'none'}")
         if queued and (wait or embedded):
             _wait_for_replays(obj, queued)

@@ -14,6 +14,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
+from connector import jobs
 from connector.storage.database import Database
 from connector.storage.idmap import CUSTOMER, ORDER
 from connector.storage.runs import RunSummary, run_summary
@@ -189,14 +190,14 @@ def sync(
     if dry_run:
         _dry_run(obj, tenant_id, entities, full, as_json)
         return
-    from workers.app import celery_app
+    from workers.app import enqueue
 
     run_id = uuid.uuid4().hex
     started = time.monotonic()
     with workers_for_cli(obj) as embedded:
-        celery_app.send_task(
-            "ml_connector.plan_sync",
-            kwargs={
+        enqueue(
+            jobs.PLAN_SYNC,
+            {
                 "tenant": tenant_id,
                 "entity": entities[0] if len(entities) == 1 else "all",
                 "full": full,

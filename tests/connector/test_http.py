@@ -312,15 +312,21 @@ def test_counters_are_thread_safe(remote):
 def test_delays_are_full_jitter_under_the_exponential_cap():
     policy = RetryPolicy(base_s=0.5, cap_s=4.0)
     for _ in range(50):
-        delays = policy.delays()
-        values = [next(delays) for _ in range(6)]
+        values = [policy.delay_s(retry) for retry in range(6)]
         for n, value in enumerate(values):
             assert 0 <= value <= min(4.0, 0.5 * 2**n)
 
 
 def test_full_jitter_spreads_delays():
-    delays = {round(next(RetryPolicy(base_s=1.0).delays()), 3) for _ in range(30)}
+    delays = {round(RetryPolicy(base_s=1.0).delay_s(0), 3) for _ in range(30)}
     assert len(delays) > 5
+
+
+def test_a_delay_is_never_shorter_than_the_hint():
+    policy = RetryPolicy(base_s=0.5, cap_s=4.0)
+    assert all(policy.delay_s(retry, minimum_s=7.5) == 7.5 for retry in range(8))
+    assert all(policy.delay_s(2, minimum_s=0.0) <= 2.0 for _ in range(20))
+    assert policy.delay_s(10_000) <= 4.0  # no overflow however many retries
 
 
 def test_retry_after_parsing():

@@ -13,6 +13,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from connector.jobs import REPLAY_FAILED
 from connector.pipedrive.provisioning import FieldKeys
 from connector.storage.audit import AuditLog
 from connector.storage.models import AuditRecord
@@ -21,8 +22,6 @@ from simulators.ifs.schema import customer_order
 from tests.fixtures.stack import BIN, ProcessTree, Stack, free_port, wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
-
-REPLAY_FAILED = "ml_connector.replay_failed"
 
 
 def _flower(stack: Stack, port: int, credentials: str, folder: Path) -> ProcessTree:

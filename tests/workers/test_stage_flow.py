@@ -13,6 +13,7 @@ import requests
 from celery import Celery
 from sqlalchemy import select
 
+from connector import jobs
 from connector.pipedrive.provisioning import PipelineIds
 from connector.runtime import Runtime
 from connector.storage.idmap import IdMap
@@ -183,7 +184,7 @@ def test_a_deleted_webhook_is_recreated_and_reconciliation_applies_missed_moves(
     assert ensured.returncode == 0, ensured.stderr
     assert len(flow.stack.pipedrive.list_webhooks()) == 1
     flow.sender.send_task(
-        "ml_connector.reconcile_stages",
+        jobs.RECONCILE_STAGES,
         kwargs={"tenant": flow.stack.tenant},
         queue=flow.stack.env["CONNECTOR_QUEUE"],
     )

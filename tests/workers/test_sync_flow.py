@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from connector import jobs
 from connector.pipedrive.provisioning import FieldKeys
 from connector.storage.idmap import IdMap
 from connector.storage.tenant_state import DatabaseTenantState
@@ -186,7 +187,7 @@ def test_bad_records_unknown_tenant_and_revoked_token_fail_with_reasons(stack_fa
 
     sender = Celery(broker=stack.env["CONNECTOR_BROKER_URL"])
     sender.send_task(
-        "ml_connector.sync_order",
+        jobs.SYNC_ORDER,
         kwargs={"tenant": "no-such-tenant", "key": "C1"},
         queue=stack.env["CONNECTOR_QUEUE"],
     )

@@ -1,0 +1,248 @@
+"""The task base classes: transient errors retry with the one policy and the error's own wait,
+exhausted retries leave a failed row, and each run that ends is observed exactly once.
+
+Tasks run through Celery's own eager `apply()` (its real tracer and retry machinery, no
+broker); the stage push runs against the IFS simulator and the real database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, signals
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from connector.errors import RecordError, RemoteError, TransientError
+from connector.metrics import SYNC_OUTCOMES
+from connector.ratelimit import RateLimited
+from connector.runtime import Runtime
+from connector.storage.audit import IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
+from connector.storage.idmap import IdMap
+from connector.storage.models import AuditRecord, WebhookEvent
+from connector.storage.tenant_state import DatabaseTenantState
+from connector.webhooks.events import parse_payload
+from tests.connector.webhooks.support import (
+    INTEGRATION_USER,
+    make_runtime,
+    tenant_body,
+    unique_tenant,
+    v2_deal_event,
+)
+from workers.base import MAX_RETRIES, TASK_RETRY_POLICY, ConnectorTask, RecordSyncTask
+from workers.runtime import set_runtime
+
+STAGE_OUTCOMES = ("applied", "ignored", "skipped", "failed")
+app = Celery("test-task-base", broker="memory://", set_as_current=False)
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _name(what: str) -> str:
+    return f"test.{what}.{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def countdowns() -> Iterator[list[float]]:
+    """The countdown of every retry Celery schedules during the test."""
+    seen: list[float] = []
+
+    def on_retry(reason: Any, **_: Any) -> None:
+        seen.append(float(reason.when))
+
+    signals.task_retry.connect(on_retry, weak=False)
+    yield seen
+    signals.task_retry.disconnect(on_retry)
+
+
+@pytest.fixture
+def runtime(postgres_url: str) -> Iterator[Runtime]:
+    """A runtime on the real database, used by the tasks of this process."""
+    runtime = make_runtime(postgres_url, {})
+    set_runtime(runtime)
+    yield runtime
+    set_runtime(None)
+    runtime.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RateLimited("pipedrive:acme:burst", 42.5),
+        RemoteError("pipedrive", "slow down", status=429, retryable=True, retry_after_s=42.5),
+    ],
+    ids=["limiter", "remote"],
+)
+def test_a_retry_waits_at_least_the_wait_the_error_asks_for(
+    error: Exception, countdowns: list[float]
+) -> None:
+    @app.task(bind=True, base=ConnectorTask, name=_name("limited"))
+    def limited(self: ConnectorTask, tenant: str) -> str:
+        if self.attempt == 1:
+            raise error
+        return "done"
+
+    assert limited.apply(kwargs={"tenant": "acme"}).get() == "done"
+    assert len(countdowns) == 1 and countdowns[0] >= 42.5
+
+
+def test_without_a_hint_the_countdown_is_the_policys_full_jitter(countdowns: list[float]) -> None:
+    @app.task(bind=True, base=ConnectorTask, name=_name("flaky"))
+    def flaky(self: ConnectorTask, tenant: str) -> str:
+        if self.attempt <= 3:
+            raise TransientError("lock busy")
+        return "done"
+
+    assert flaky.apply(kwargs={"tenant": "acme"}).get() == "done"
+    assert len(countdowns) == 3
+    for retry, countdown in enumerate(countdowns):
+        assert 0 <= countdown <= min(TASK_RETRY_POLICY.cap_s, TASK_RETRY_POLICY.base_s * 2**retry)
+
+
+def test_a_final_error_is_not_retried(countdowns: list[float]) -> None:
+    @app.task(bind=True, base=ConnectorTask, name=_name("broken"))
+    def broken(self: ConnectorTask, tenant: str) -> str:
+        raise RecordError("CurrencyCode is missing")
+
+    with pytest.raises(RecordError):
+        broken.apply(kwargs={"tenant": "acme"}, throw=True)
+    assert countdowns == []
+
+
+def test_a_retry_can_carry_what_is_left_to_do(countdowns: list[float]) -> None:
+    seen: list[str] = []
+
+    @app.task(bind=True, base=ConnectorTask, name=_name("plan"))
+    def plan(self: ConnectorTask, tenant: str, entity: str) -> str:
+        seen.append(entity)
+        if self.attempt == 1:
+            self.retry_transient(TransientError("busy"), kwargs={"tenant": tenant, "entity": "b"})
+        return "done"
+
+    assert plan.apply(kwargs={"tenant": "acme", "entity": "a,b"}).get() == "done"
+    assert seen == ["a,b", "b"] and len(countdowns) == 1
+
+
+def test_exhausted_retries_mark_the_retrying_row_failed_and_count_one_failure(
+    runtime: Runtime, countdowns: list[float]
+) -> None:
+    tenant, audit = unique_tenant("base"), AuditLog(runtime.database)
+
+    @app.task(bind=True, base=RecordSyncTask, entity="customer", name=_name("sync"))
+    def sync(self: RecordSyncTask, tenant: str, key: str) -> str:
+        audit_id = audit.write(
+            Attempt(
+                tenant=tenant,
+                direction=IFS_TO_PIPEDRIVE,
+                entity="customer",
+                record_key=key,
+                status=RETRYING,
+                attempt=self.attempt,
+                replay_task=self.name,
+                replay_args={"tenant": tenant, "key": key},
+            )
+        )
+        raise TransientError("lock 'record:…' not acquired", 0.5, audit_id=audit_id)
+
+    assert sync.apply(kwargs={"tenant": tenant, "key": "C1"}).get() == "failed"
+
+    rows = audit.list(tenant=tenant)[::-1]
+    assert [row.attempt for row in rows] == list(range(1, MAX_RETRIES + 2))
+    assert [row.status for row in rows] == [RETRYING] * MAX_RETRIES + ["failed"]
+    assert len(countdowns) == MAX_RETRIES and min(countdowns) >= 0.5
+    assert [row.id for row in audit.latest_failed(tenant)] == [rows[-1].id]
+    name = "mlc_records_synced_total"
+    assert _value(name, tenant=tenant, entity="customer", outcome="failed") == 1
+    counted = [_value(name, tenant=tenant, entity="customer", outcome=o) for o in SYNC_OUTCOMES]
+    assert sum(counted) == 1
+
+
+# -- the stage push metric ------------------------------------------------------------------
+
+STAGES = {"Planned": 1, "Released": 2, "Reserved": 3, "Blocked": 6}
+DEAL = 801
+
+
+@pytest.fixture
+def push_runtime(postgres_url: str, ifs_sim: Any) -> Iterator[tuple[Runtime, str, str]]:
+    """A tenant on the IFS simulator with one Planned order linked to deal DEAL."""
+    tenant = unique_tenant("metric")
+    body = tenant_body(
+        ifs_url=ifs_sim.url, namespace=ifs_sim.namespace, client_id=ifs_sim.client_id
+    )
+    runtime = make_runtime(postgres_url, {tenant: body})
+    runtime.vault.set(tenant, "ifs", "client_secret", ifs_sim.client_secret)
+    DatabaseTenantState(runtime.database).put(
+        tenant, "pipeline", {"pipeline_id": 1, "stage_ids": STAGES}
+    )
+    order = ifs_sim.state.insert_order({"Objstate": "Planned", "Cf_Crm_Stage": None})
+    IdMap(runtime.database).save(tenant, "order", order["OrderNo"], pipedrive_id=DEAL)
+    set_runtime(runtime)
+    yield runtime, tenant, str(order["OrderNo"])
+    set_runtime(None)
+    runtime.close()
+
+
+def _store(runtime: Runtime, tenant: str, payload: dict[str, Any]) -> int:
+    event = parse_payload(payload)
+    with runtime.database.session() as session:
+        row = WebhookEvent(
+            tenant=tenant,
+            event_id=event.event_id,
+            entity=event.entity,
+            entity_id=event.entity_id,
+            action=event.action,
+            change_source=event.change_source,
+            user_id=event.user_id,
+            event_time=event.timestamp,
+            payload=payload,
+            status="enqueued",
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _stage_pushes(tenant: str) -> dict[str, float]:
+    counts = {
+        o: _value("mlc_stage_push_seconds_count", tenant=tenant, outcome=o) for o in STAGE_OUTCOMES
+    }
+    return {outcome: count for outcome, count in counts.items() if count}
+
+
+def test_one_applied_stage_push_observes_mlc_stage_push_seconds_exactly_once(
+    push_runtime: tuple[Runtime, str, str], ifs_sim: Any
+) -> None:
+    from workers.tasks import push_stage_to_ifs
+
+    runtime, tenant, order_no = push_runtime
+    row_id = _store(runtime, tenant, v2_deal_event(DEAL, stage_id=2, previous_stage_id=1))
+
+    result = push_stage_to_ifs.apply(kwargs={"tenant": tenant, "webhook_event_id": row_id})
+
+    assert result.get() == "applied"
+    assert ifs_sim.state.get_order(order_no)["Objstate"] == "Released"
+    assert _stage_pushes(tenant) == {"applied": 1}
+
+
+def test_an_ignored_stage_push_is_observed_once_as_ignored(
+    push_runtime: tuple[Runtime, str, str],
+) -> None:
+    from workers.tasks import push_stage_to_ifs
+
+    runtime, tenant, _ = push_runtime
+    echo = v2_deal_event(DEAL, stage_id=2, change_source="api", user_id=INTEGRATION_USER)
+    row_id = _store(runtime, tenant, echo)
+
+    result = push_stage_to_ifs.apply(kwargs={"tenant": tenant, "webhook_event_id": row_id})
+
+    assert result.get() == "ignored"
+    assert _stage_pushes(tenant) == {"ignored": 1}
+    with runtime.database.session() as session:
+        statuses = session.scalars(select(AuditRecord.status).where(AuditRecord.tenant == tenant))
+        assert list(statuses) == ["skipped"]
