@@ -15,7 +15,14 @@ from werkzeug.serving import make_server
 
 from simulators.ifs import odata
 from simulators.ifs.auth import issue_token, verify_token
-from simulators.ifs.errors import IfsError, not_found, syntax_error, unsupported
+from simulators.ifs.errors import (
+    IfsError,
+    deserialization_error,
+    not_found,
+    syntax_error,
+    unsupported,
+)
+from simulators.ifs.metadata import metadata_document
 from simulators.ifs.schema import EntityType, entity_types
 from simulators.ifs.settings import IfsSimSettings
 from simulators.ifs.state import IfsSim, value_problem
@@ -29,6 +36,7 @@ _COLLECTION_OPTIONS = {"$filter", "$select", "$orderby", "$top", "$skip", "$coun
 _IGNORED_OPTIONS = {"$format"}
 _UNSUPPORTED_OPTIONS = {"$expand", "$search", "$apply", "$compute", "$levels", "$index"}
 _JSON = "application/json;odata.metadata=minimal;IEEE754Compatible=false"
+_METADATA = "$metadata"
 
 
 def create_app(settings: IfsSimSettings | None = None) -> Flask:
@@ -177,6 +185,38 @@ def _projection(sim: IfsSim, projection: str, resource: str) -> Response:
     operation = "/action" if match and match.group("operation") else ""
     label_set = match.group("set") if match else resource
     g.route_label = f"{request.method} {label_set}{shape}{operation}"
+    _admit(sim)
+    if projection not in {p for p, _ in entity_types(sim.settings.customer_key)}:
+        raise IfsError(
+            404, "MI_METADATA_NOTFOUND", f"Metadata for projection {projection} not found."
+        )
+    if resource == _METADATA:
+        if request.method != "GET":
+            raise IfsError(405, None, "The metadata document is read with GET.")
+        return _metadata(projection, sim.settings.customer_key)
+    if match is None or entity is None:
+        raise not_found()
+    key_text, operation_name = match.group("key"), match.group("operation")
+    if key_text is None:
+        if operation_name is not None:
+            raise not_found()
+        if request.method != "GET":
+            raise IfsError(405, None, "Method not allowed on an entity set.")
+        return _collection(sim, entity)
+    key = _parse_key(key_text, entity)
+    if operation_name is not None:
+        if request.method != "POST":
+            raise IfsError(405, None, "Actions are invoked with POST.")
+        return _action(sim, entity, key, operation_name)
+    if request.method == "GET":
+        return _single(sim, entity, key)
+    if request.method == "PATCH":
+        return _patch(sim, entity, key)
+    raise IfsError(405, None, f"The method {request.method} is not allowed here.")
+
+
+def _admit(sim: IfsSim) -> None:
+    """Auth (401), then the client's budget (429), then injected faults, for every API call."""
     client_id = _authenticate(sim)
     retry_after = sim.admit(client_id)
     if retry_after is not None:
@@ -197,29 +237,15 @@ def _projection(sim: IfsSim, projection: str, resource: str) -> Response:
         raise IfsError(
             504, "ODP_OPERATION_TIMEOUT", "The operation timed out before it could complete."
         )
-    if projection not in {p for p, _ in entity_types(sim.settings.customer_key)}:
-        raise IfsError(
-            404, "MI_METADATA_NOTFOUND", f"Metadata for projection {projection} not found."
-        )
-    if match is None or entity is None:
-        raise not_found()
-    key_text, operation_name = match.group("key"), match.group("operation")
-    if key_text is None:
-        if operation_name is not None:
-            raise not_found()
-        if request.method != "GET":
-            raise IfsError(405, None, "Method not allowed on an entity set.")
-        return _collection(sim, entity)
-    key = _parse_key(key_text, entity)
-    if operation_name is not None:
-        if request.method != "POST":
-            raise IfsError(405, None, "Actions are invoked with POST.")
-        return _action(sim, entity, key, operation_name)
-    if request.method == "GET":
-        return _single(sim, entity, key)
-    if request.method == "PATCH":
-        return _patch(sim, entity, key)
-    raise IfsError(405, None, f"The method {request.method} is not allowed here.")
+
+
+def _metadata(projection: str, customer_key: str) -> Response:
+    # Olingo serves the CSDL document as application/xml.
+    response = Response(
+        metadata_document(projection, customer_key), status=200, content_type="application/xml"
+    )
+    response.headers["OData-Version"] = "4.0"
+    return response
 
 
 def _parse_key(text: str, entity: EntityType) -> str:
@@ -383,45 +409,43 @@ def _patch(sim: IfsSim, entity: EntityType, key: str) -> Response:
     return _json(body, headers={"ETag": etag})
 
 
-def _deserialization_error(detail: str = "") -> IfsError:
-    message = "Error while de-serializing contents."
-    return IfsError(400, "ODP_DESERIALIZATION_ERROR", f"{message} {detail}".strip())
-
-
 def _read_body(entity: EntityType) -> dict[str, Any]:
     try:
         body = json.loads(request.get_data(as_text=True) or "{}")
     except ValueError:
-        raise _deserialization_error() from None
+        raise deserialization_error() from None
     if not isinstance(body, dict):
-        raise _deserialization_error()
+        raise deserialization_error()
     changes = {k: v for k, v in body.items() if not k.startswith("@odata.")}
     for name, value in changes.items():
         edm_type = entity.properties.get(name)
         if edm_type is None:
-            raise _deserialization_error(
+            raise deserialization_error(
                 f"The property '{name}' does not exist in type '{entity.name}'."
             )
         if name in entity.read_only:
             continue
-        problem = value_problem(edm_type, value)
+        problem = value_problem(edm_type, value, entity.max_lengths.get(name))
+        if value is None and name in entity.required:
+            problem = "the property may not be null"
         if problem:
-            raise _deserialization_error(f"Invalid value for property '{name}': {problem}.")
+            raise deserialization_error(f"Invalid value for property '{name}': {problem}.")
     return changes
 
 
 def _action(sim: IfsSim, entity: EntityType, key: str, operation: str) -> Response:
-    prefix = f"IfsApp.{entity.projection}.{entity.name}_"
-    if entity.name != "CustomerOrder" or not operation.startswith(prefix):
+    prefix = f"{entity.namespace}.{entity.name}_"
+    if not entity.actions or not operation.startswith(prefix):
         raise not_found()
     if_match = _if_match()
     raw = request.get_data(as_text=True)
-    if raw.strip():
-        try:
-            json.loads(raw)
-        except ValueError:
-            raise _deserialization_error() from None
-    sim.run_action(key, operation[len(prefix) :], if_match)
+    try:
+        parameters = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise deserialization_error() from None
+    if not isinstance(parameters, dict):
+        raise deserialization_error("The action parameters must be a JSON object.")
+    sim.run_action(key, operation[len(prefix) :], if_match, parameters)
     # A void bound action answers 204 No Content; the client re-reads for the new ETag.
     return Response(status=204)
 

@@ -54,6 +54,12 @@ def unsupported(message: str) -> IfsError:
     return IfsError(400, "ODP_UNSUPPORTED_URL", f"Malformed Request: {message}")
 
 
+def deserialization_error(detail: str = "") -> IfsError:
+    """Olingo could not read the request body into the entity or the action's parameters."""
+    message = "Error while de-serializing contents."
+    return IfsError(400, "ODP_DESERIALIZATION_ERROR", f"{message} {detail}".strip())
+
+
 def not_found() -> IfsError:
     return IfsError(404, "ODP_RESOURCE_NOTFOUND", "Resource not found.")
 

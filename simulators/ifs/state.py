@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from simulators.ifs import seeding
-from simulators.ifs.errors import IfsError, database_error, not_found
+from simulators.ifs.errors import IfsError, database_error, deserialization_error, not_found
 from simulators.ifs.odata import coerce
 from simulators.ifs.schema import (
     BOOLEAN,
@@ -26,6 +26,7 @@ from simulators.ifs.schema import (
     DATETIME,
     DECIMAL,
     STRING,
+    BoundAction,
     EntityType,
     customer_info,
     customer_order,
@@ -36,17 +37,6 @@ _DATE_PATTERNS = {
     DATETIME: r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})",
 }
 _LU_PROMPTS = {"CustomerOrder": "Customer Order", "CustomerInfo": "Customer"}
-
-# Bound state actions: name → (states it may run from, resulting state; None = restore).
-ORDER_ACTIONS: dict[str, tuple[frozenset[str], str | None]] = {
-    "Release": (frozenset({"Planned"}), "Released"),
-    "Reserve": (frozenset({"Released"}), "Reserved"),
-    "Block": (frozenset({"Planned", "Released", "Reserved"}), "Blocked"),
-    "Unblock": (frozenset({"Blocked"}), None),
-    "Cancel": (frozenset({"Planned", "Released", "Blocked"}), "Cancelled"),
-    "CancelOrder": (frozenset({"Planned", "Released", "Blocked"}), "Cancelled"),
-    "Deliver": (frozenset({"Reserved", "Picked", "PartiallyDelivered"}), "Delivered"),
-}
 
 
 @dataclass
@@ -285,16 +275,20 @@ class IfsSim:
             self._counters["writes"] += 1
             return self._render(stored)
 
-    def run_action(self, key: str, action: str, if_match: str) -> dict[str, Any]:
-        """Run a bound state action on an order (Release, Block, …)."""
-        if action not in ORDER_ACTIONS:
-            raise not_found()
+    def run_action(
+        self, key: str, action: str, if_match: str, parameters: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Run a bound state action on an order (Release, Block, …) as its description says."""
         entity = customer_order()
+        bound = entity.action(action)
+        if bound is None:
+            raise not_found()
+        given = parameters or {}
+        check_action_parameters(entity, bound, given)
         with self._lock:
             stored = self._locate(entity, key, if_match)
-            allowed_from, target = ORDER_ACTIONS[action]
             state = stored.data.get("Objstate")
-            if state not in allowed_from:
+            if state not in bound.allowed_from:
                 raise database_error(
                     -20132,
                     entity.name,
@@ -302,14 +296,16 @@ class IfsSim:
                     f'The operation "{action}" is not allowed for Customer Order "{key}" '
                     f'which is in state "{state}".',
                 )
-            if action == "Block":
+            target = bound.target
+            if bound.remembers_state:
                 stored.previous_state = state
-                stored.data["BlockedType"] = "ManualBlocked"
-            if action == "Unblock":
+            if target is None:
                 target = stored.previous_state or "Planned"
                 stored.previous_state = None
-                stored.data["BlockedType"] = "NotBlocked"
-                stored.data["BlockedReason"] = None
+            stored.data.update(bound.sets)
+            for parameter in bound.parameters:
+                if parameter.stored_in is not None and parameter.name in given:
+                    stored.data[parameter.stored_in] = given[parameter.name]
             stored.data["Objstate"] = target
             self._bump(stored)
             self._counters["writes"] += 1
@@ -506,12 +502,38 @@ class IfsSim:
         return {"CustomerId": customer_no, "Name": None, "Country": "FR"}
 
 
-def value_problem(edm_type: str, value: Any) -> str | None:
+def check_action_parameters(
+    entity: EntityType, action: BoundAction, parameters: dict[str, Any]
+) -> None:
+    """Refuse, as Olingo's deserializer does, unknown, mistyped and missing required parameters."""
+    operation = f"{entity.name}_{action.name}"
+    for name, value in parameters.items():
+        parameter = action.parameter(name)
+        if parameter is None:
+            raise deserialization_error(
+                f"The parameter '{name}' is not a parameter of the action '{operation}'."
+            )
+        problem = value_problem(parameter.edm_type, value, parameter.max_length)
+        if problem:
+            raise deserialization_error(f"Invalid value for parameter '{name}': {problem}.")
+    for parameter in action.parameters:
+        if not parameter.nullable and parameters.get(parameter.name) is None:
+            raise deserialization_error(
+                f"The parameter '{parameter.name}' of the action '{operation}' is required "
+                "and may not be null."
+            )
+
+
+def value_problem(edm_type: str, value: Any, max_length: int | None = None) -> str | None:
     """Why `value` cannot be stored in a property of `edm_type`, or None when it can."""
     if value is None:
         return None
     if edm_type == STRING:
-        return None if isinstance(value, str) else "expected a string"
+        if not isinstance(value, str):
+            return "expected a string"
+        if max_length is not None and len(value) > max_length:
+            return f"longer than {max_length} characters"
+        return None
     if edm_type == BOOLEAN:
         return None if isinstance(value, bool) else "expected true or false"
     if edm_type == DECIMAL:
