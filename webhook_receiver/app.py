@@ -20,7 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from connector import metrics
 from connector.diagnostics.queues import queue_status
 from connector.errors import ConfigError, MissingCredentialError, VaultError
-from connector.jobs import PUSH_STAGE
+from connector.jobs import PUSH_STAGE, Enqueue
 from connector.runtime import Runtime
 from connector.settings import get_settings
 from connector.storage.migrate import require_migrated
@@ -31,7 +31,6 @@ from connector.webhooks.events import PayloadError, WebhookEventData, parse_body
 
 log = logging.getLogger("webhook_receiver")
 
-Enqueue = Callable[[str, dict[str, Any]], None]
 CheckBroker = Callable[[], None]  # returns when the broker answers, raises when it does not
 
 EXTENSION = "ml_connector_receiver"
@@ -39,11 +38,11 @@ UNAUTHORIZED_BODY = {"error": "unauthorized"}  # one body for every 401: no hint
 READ_CHUNK = 64 * 1024
 
 
-def celery_enqueue(name: str, kwargs: dict[str, Any]) -> None:
-    """Send a task through the workers' Celery app (imported late: receiver starts without it)."""
-    from workers.app import celery_app
+def celery_enqueue(job: str, kwargs: dict[str, Any]) -> None:
+    """The workers' enqueue, imported late: the receiver starts without the Celery app."""
+    from workers.app import enqueue
 
-    celery_app.send_task(name, kwargs=kwargs)
+    enqueue(job, kwargs)
 
 
 def celery_broker_check() -> None:

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from connector import jobs
+from connector import jobs, metrics
 from connector.errors import ConnectorError, is_transient
 from connector.replay import Replay
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
@@ -159,7 +159,10 @@ def reconcile_stages(self: ConnectorTask, tenant: str) -> dict[str, Any]:
     """Apply deal stage changes that no webhook delivered (bans and outages lose events)."""
     from connector.stage_push.reconcile import reconcile_stages as reconcile
 
-    return _jsonable(asdict(reconcile(get_runtime(), tenant, None)))
+    def observe(status: str, seconds: float) -> None:
+        metrics.observe_stage_push(tenant, status, seconds)
+
+    return _jsonable(asdict(reconcile(get_runtime(), tenant, None, observe=observe)))
 
 
 @celery_app.task(name=jobs.ENSURE_WEBHOOK, bind=True, base=ConnectorTask, transient_retries=False)

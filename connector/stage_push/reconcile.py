@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ def reconcile_stages(
     *,
     ifs: OrderEditor | None = None,
     deals: Iterable[dict[str, Any]] | None = None,
+    observe: Callable[[str, float], None] | None = None,
 ) -> ReconcileSummary:
     """Apply stage changes of deals updated since the last run that no webhook delivered.
 
@@ -51,6 +53,8 @@ def reconcile_stages(
     webhook event, so a second run does nothing twice and a failure can be replayed) and
     goes through the same decision code. The watermark is kept in sync_watermarks under
     "deal_stages". `deals` replaces the Pipedrive listing (for callers that already have it).
+    `observe(status, seconds)` is told of each push, as a webhook-driven push is by its task
+    (the library itself counts nothing).
     """
     runtime.tenant(tenant_id)  # unknown tenant → UnknownTenantError before any I/O
     watermarks = Watermarks(runtime.database)
@@ -77,12 +81,17 @@ def reconcile_stages(
             if row_id is None:
                 summary.already_seen += 1
                 continue
+            started = time.monotonic()
             try:
                 outcome = push_stage_to_ifs(runtime, tenant_id, row_id, ifs=ifs)
             except (RemoteError, ConnectorError) as error:
+                if observe is not None:
+                    observe(WebhookEventStatus.FAILED, time.monotonic() - started)
                 summary.failed += 1
                 summary.errors.append(f"deal {deal_id}: {error}")
                 continue
+            if observe is not None:
+                observe(outcome.status, time.monotonic() - started)
             if outcome.status == WebhookEventStatus.APPLIED:
                 summary.applied += 1
             else:

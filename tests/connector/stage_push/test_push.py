@@ -334,11 +334,15 @@ def test_reconciliation_applies_a_missed_stage_change_once_and_keeps_a_watermark
     runtime, tenant_id, ifs_sim, order_no
 ):
     listing = [deal(2, T2), deal(2, T1, deal_id=DEAL + 7)]  # the second deal is not linked
+    observed: list[str] = []
 
-    first = reconcile_stages(runtime, tenant_id, deals=listing)
+    first = reconcile_stages(
+        runtime, tenant_id, deals=listing, observe=lambda status, _s: observed.append(status)
+    )
     second = reconcile_stages(runtime, tenant_id, deals=listing)
 
     assert (first.deals_seen, first.linked, first.applied) == (2, 1, 1)
+    assert observed == ["applied"]  # one push, told once (the task turns it into the metric)
     assert (second.applied, second.already_seen) == (0, 1)
     assert state_of(ifs_sim, order_no) == "Released"
     assert writes(ifs_sim) == 1
