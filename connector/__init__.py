@@ -1,4 +1,4 @@
-"""The ml-connector library: clients, mapping, sync operations, storage and vault.
+"""The ml-connector library: sync, stage push, storage, diagnostics, the two remotes' clients.
 
 Knows nothing of Celery or Flask; workers/ and webhook_receiver/ drive it.
 """
