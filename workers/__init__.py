@@ -1,1 +1,1 @@
-"""Celery workers: the app, the task base class (retries, metrics), thin tasks, the beat schedule."""
+"""Celery workers: the app, the task base class (retries, metrics), thin tasks, beat schedule."""
