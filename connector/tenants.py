@@ -28,6 +28,15 @@ IFS_STATES = (
 )
 
 
+# IFS's Error_SYS answers "has been modified by another user" (Record_Modified) with
+# ORA-20114 and "is locked by another user" (Record_Locked) with ORA-20113; through OData
+# they arrive as DATABASE_ERROR with the ORA number in the message. Either means: re-read
+# the order and decide again. A 412 is always a conflict, whatever its code.
+DEFAULT_CONFLICT_CODES = ("ORA-20114", "ORA-20113")
+
+ParameterValue = str | int | float | bool | None
+
+
 class _Strict(BaseModel):
     # An unknown key is almost always a typo; refusing it beats silently ignoring it.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,6 +62,10 @@ class IfsConfig(_Strict):
     order_entity_set: str = "CustomerOrderSet"
     requests_per_minute: int = Field(default=1000, gt=0)
     page_size: int = Field(default=200, gt=0, le=5000)
+    conflict_codes: tuple[str, ...] = Field(
+        default=DEFAULT_CONFLICT_CODES,
+        description="IFS error codes (or ORA-nnnnn in the error) that mean a stale ETag",
+    )
 
     _url = field_validator("base_url")(classmethod(lambda cls, v: _check_url(v)))
 
@@ -135,12 +148,17 @@ class IfsChange(_Strict):
     """How a deal reaching a stage changes the IFS order: a bound state action or a PATCH."""
 
     action: str | None = Field(default=None, description="e.g. Release → CustomerOrder_Release")
-    patch: dict[str, str | int | float | bool | None] | None = None
+    parameters: dict[str, ParameterValue] | None = Field(
+        default=None, description="the action's parameters, e.g. {CancelReason: CRM}"
+    )
+    patch: dict[str, ParameterValue] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> IfsChange:
         if (self.action is None) == (self.patch is None):
             raise ValueError("give exactly one of action or patch")
+        if self.parameters is not None and self.action is None:
+            raise ValueError("parameters belong to an action, not to a patch")
         return self
 
 

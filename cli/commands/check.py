@@ -51,7 +51,24 @@ def _print_report(report: CheckReport) -> None:
             click.echo(f"{_INDENT}fix: {system.fix}")
         for line in _headroom_lines(system):
             click.echo(f"{_INDENT}{line}")
+        _print_fit(system)
+    fit = report.fit
+    if not fit.ok:
+        click.echo(f"does not fit: {len(fit.errors)} problem(s) above")
     click.echo("all good" if report.ok else "check failed: fix the above and run it again")
+
+
+_MARKS = {"error": "ERROR", "warning": "WARN ", "info": "ok   "}
+
+
+def _print_fit(system: SystemCheck) -> None:
+    if not system.findings:
+        return
+    click.echo(f"{'':<10} fit of the tenant's configuration:")
+    for finding in system.findings:
+        click.echo(f"{_INDENT}{_MARKS[finding.level]} {finding.subject}: {finding.message}")
+        if finding.fix:
+            click.echo(f"{_INDENT}      fix: {finding.fix}")
 
 
 @click.command()
@@ -64,7 +81,13 @@ def check(obj: CliContext, tenant_id: str, as_json: bool) -> None:
     Reads one customer and one order from IFS, and the integration user and one deal (or
     organization) from Pipedrive; never writes to either. Shows the rate-limit headroom
     Pipedrive reports and that of the connector's own limiter. Every failure names the
-    system, what was tried, and what to fix. Exit status 0 when both systems are OK, else 1.
+    system, what was tried, and what to fix.
+
+    Then checks that the tenant's configuration fits: the mapped properties, stage-map
+    actions (and their parameters) and patched properties against each projection's IFS
+    $metadata; the configured Pipedrive fields (name and type), pipeline and stages, the
+    plan's burst limit against pipedrive.burst_limit, and OAuth scopes. Exit status 0 when
+    both systems are OK and the configuration fits, else 1.
     """
     with reported_errors():
         obj.runtime.tenant(tenant_id)

@@ -91,9 +91,18 @@ def tenant_show(obj: CliContext, tenant_id: str) -> None:
 @click.argument(
     "path", required=False, type=click.Path(path_type=Path, dir_okay=False), default=None
 )
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Also run `check` (probes and fit report, reads only) for every tenant.",
+)
 @pass_context
-def tenant_validate(obj: CliContext, path: Path | None) -> None:
-    """Check a tenants file (PATH, default the --tenants file) and print each problem."""
+def tenant_validate(obj: CliContext, path: Path | None, remote: bool) -> None:
+    """Check a tenants file (PATH, default the --tenants file) and print each problem.
+
+    With --remote, also reach every tenant's IFS and Pipedrive as `ml-connector check`
+    does and report whether its configuration fits them; exit 1 when one does not.
+    """
     path = path or obj.tenants_path
     try:
         tenants = load_tenants(path)
@@ -101,3 +110,27 @@ def tenant_validate(obj: CliContext, path: Path | None) -> None:
         click.echo(str(error), err=True)
         raise SystemExit(1) from error
     click.echo(f"{path}: {len(tenants)} tenant(s) valid: {', '.join(tenants) or 'none'}")
+    if remote and not _remote_fit(obj, tenants, str(path)):
+        raise SystemExit(1)
+
+
+def _remote_fit(obj: CliContext, tenants: dict[str, TenantConfig], path: str) -> bool:
+    """One line per tenant (fits / does not fit), each problem with its fix below it."""
+    from connector.diagnostics.probe import check_config
+
+    migrated_database(obj)  # the credentials live in the database
+    all_fit = True
+    for tenant_id, config in tenants.items():
+        with reported_errors():
+            report = check_config(obj.runtime, config, tenants_file=path)
+        all_fit = all_fit and report.ok
+        click.echo(f"{tenant_id}: {'fits' if report.ok else 'does not fit'}")
+        for system in report.systems:
+            if not system.ok:
+                click.echo(f"  {system.label} FAILED: {system.error}")
+                click.echo(f"    fix: {system.fix}")
+        for finding in report.fit.errors:
+            click.echo(f"  {finding.subject}: {finding.message}")
+            if finding.fix:
+                click.echo(f"    fix: {finding.fix}")
+    return all_fit

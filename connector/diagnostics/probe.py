@@ -1,4 +1,5 @@
-"""Live read-only checks of a tenant's IFS and Pipedrive set-up, each failure with its fix."""
+"""Live read-only checks of a tenant's IFS and Pipedrive set-up, each failure with its fix,
+followed by the fit check of its configuration (connector.diagnostics.fit)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from connector.diagnostics.fit import Finding, FitReport, fit_ifs, fit_pipedrive
 from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
 from connector.diagnostics.urls import public_url
 from connector.errors import ConnectorError, MissingCredentialError, RemoteError, VaultError
@@ -15,6 +17,7 @@ from connector.http import RetryPolicy
 from connector.ifs.client import IfsClient, ifs_limits
 from connector.ifs.entity_sets import customer_set, order_set
 from connector.ifs.odata import Query
+from connector.pipedrive.auth import granted_scope
 from connector.pipedrive.client import PipedriveClient
 from connector.ratelimit import RateLimited
 
@@ -54,10 +57,17 @@ class SystemCheck:
     tried: str | None = None
     fix: str | None = None
     headroom: dict[str, Any] = field(default_factory=dict)
+    # The fit check's findings (connector.diagnostics.fit), once the probe itself passed.
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """The probe passed (the system answers our credentials); see `fits` for the fit."""
         return self.error is None
+
+    @property
+    def fits(self) -> bool:
+        return not any(finding.level == "error" for finding in self.findings)
 
     @property
     def label(self) -> str:
@@ -75,6 +85,7 @@ class SystemCheck:
             "tried": self.tried,
             "fix": self.fix,
             "headroom": self.headroom,
+            "fit": [asdict(finding) for finding in self.findings],
         }
 
 
@@ -86,14 +97,20 @@ class CheckReport:
     systems: list[SystemCheck]
 
     @property
+    def fit(self) -> FitReport:
+        return FitReport([finding for system in self.systems for finding in system.findings])
+
+    @property
     def ok(self) -> bool:
-        return all(system.ok for system in self.systems)
+        """Both systems answer, and the tenant's configuration fits them."""
+        return all(system.ok for system in self.systems) and self.fit.ok
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tenant": self.tenant,
             "ok": self.ok,
             "systems": [system.as_dict() for system in self.systems],
+            "fit": self.fit.as_dict(),
         }
 
 
@@ -231,7 +248,8 @@ def _pipedrive_fix(tenant: TenantConfig, tenants_file: str) -> Callable[[str, Re
 
 
 def check_ifs(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -> SystemCheck:
-    """Authenticate to IFS and read one customer and one order; nothing is written."""
+    """Authenticate to IFS, read one customer and one order, then the two projections'
+    `$metadata` for the fit check; nothing is written."""
     result = SystemCheck(IFS)
     config = tenant.ifs
     client: IfsClient | None = None
@@ -290,6 +308,8 @@ def check_ifs(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -> Syst
             _ifs_fix(tenant, tenants_file),
             tenant.id,
         )
+        if result.ok and client is not None:
+            result.findings = fit_ifs(tenant, client)
     finally:
         if client is not None:
             client.close()
@@ -298,7 +318,8 @@ def check_ifs(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -> Syst
 
 
 def check_pipedrive(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -> SystemCheck:
-    """Read /v1/users/me and one deal (or organization); report Pipedrive's rate headers."""
+    """Read /v1/users/me and one deal (or organization), then fields, pipelines and stages
+    for the fit check; report Pipedrive's rate headers."""
     result = SystemCheck(PIPEDRIVE)
     config = tenant.pipedrive
     client: PipedriveClient | None = None
@@ -345,6 +366,9 @@ def check_pipedrive(runtime: Runtime, tenant: TenantConfig, tenants_file: str) -
             _pipedrive_fix(tenant, tenants_file),
             tenant.id,
         )
+        if result.ok and client is not None:
+            scope = granted_scope(runtime.vault, tenant.id) if config.auth == "oauth2" else None
+            result.findings = fit_pipedrive(tenant, client, scope)
         headers = client.http.last_response_headers if client is not None else {}
     finally:
         if client is not None:
@@ -365,7 +389,14 @@ def check_tenant(
     `tenants_file` is named in fixes that point at the tenants file.
     """
     tenant = runtime.tenant(tenant_id)
+    return check_config(runtime, tenant, tenants_file=tenants_file)
+
+
+def check_config(
+    runtime: Runtime, tenant: TenantConfig, *, tenants_file: str | None = None
+) -> CheckReport:
+    """`check_tenant` for a tenant configuration read from any tenants file."""
     where = tenants_file or str(runtime.settings.tenants_file)
     return CheckReport(
-        tenant_id, [check_ifs(runtime, tenant, where), check_pipedrive(runtime, tenant, where)]
+        tenant.id, [check_ifs(runtime, tenant, where), check_pipedrive(runtime, tenant, where)]
     )

@@ -4,7 +4,7 @@ order writes and bound actions."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin
@@ -13,6 +13,7 @@ from connector.errors import RemoteError
 from connector.http import Acquire, RemoteSession, RetryPolicy, json_body
 from connector.ifs.auth import IfsTokenProvider, shared_token_provider
 from connector.ifs.entity_sets import EntitySet, order_set
+from connector.ifs.metadata import ProjectionMetadata, parse_metadata
 from connector.ifs.odata import Query
 from connector.ifs.records import IfsRecord
 from connector.ratelimit import Limit
@@ -197,8 +198,18 @@ class IfsClient:
         entity = json_body(response, "ifs")
         return IfsRecord.from_entity(entity, self.orders.key, response.headers.get("ETag"))
 
-    def order_action(self, order_no: str, etag: str, action: str) -> IfsRecord:
-        """Run a bound state action (e.g. "Release") guarded by the ETag; return the order after."""
+    def order_action(
+        self,
+        order_no: str,
+        etag: str,
+        action: str,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> IfsRecord:
+        """Run a bound state action (e.g. "Release") guarded by the ETag; return the order after.
+
+        `parameters` (e.g. {"CancelReason": "CRM"}) are the action's non-binding parameters,
+        sent as the JSON body as OData v4 wants them.
+        """
         if not etag:
             raise ValueError("IFS actions need the ETag of the version they change")
         path = f"{self.orders.record_path(order_no)}/{self.orders.action_name(action)}"
@@ -206,7 +217,7 @@ class IfsClient:
             "POST",
             path,
             bucket=BUCKET,
-            json={},
+            json=dict(parameters or {}),
             headers={"If-Match": etag, "Accept": "application/json"},
         )
         if response.status_code != 204 and response.content:
@@ -215,6 +226,17 @@ class IfsClient:
                 return IfsRecord.from_entity(entity, self.orders.key)
         # Void actions answer 204: read the order back for its new state and ETag.
         return self.get_order(order_no)
+
+    # -- metadata --------------------------------------------------------------------------
+    def metadata(self, projection: str) -> ProjectionMetadata:
+        """The projection's `$metadata` (e.g. `CustomerOrderHandling.svc`), parsed."""
+        response = self.http.request(
+            "GET",
+            f"{projection}/$metadata",
+            bucket=BUCKET,
+            headers={"Accept": "application/xml"},
+        )
+        return parse_metadata(response.content)
 
     def close(self) -> None:
         self.http.close()

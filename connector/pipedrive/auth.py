@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SYSTEM = "pipedrive"
 ACCESS_TOKEN = "oauth_access_token"
 REFRESH_TOKEN = "oauth_refresh_token"
+SCOPE = "oauth_scope"
 CLIENT_SECRET = "oauth_client_secret"
 ACCESS_EXPIRES_AT = "oauth_access_expires_at"  # unix seconds, as text
 API_DOMAIN = "oauth_api_domain"
@@ -115,7 +116,16 @@ def _store_grant(
     vault.set(tenant_id, SYSTEM, ACCESS_TOKEN, tokens.access_token)
     if tokens.api_domain:
         vault.set(tenant_id, SYSTEM, API_DOMAIN, tokens.api_domain)
+    scope = grant.get("scope")
+    if isinstance(scope, str) and scope:
+        # Kept for `check`: Pipedrive says which scopes it granted only in this answer.
+        vault.set(tenant_id, SYSTEM, SCOPE, scope)
     return tokens
+
+
+def granted_scope(vault: SecretStore, tenant_id: str) -> str | None:
+    """The scopes (space-separated) of the tenant's last OAuth grant, when known."""
+    return _optional(vault, tenant_id, SCOPE)
 
 
 TOKEN_POLICY = RetryPolicy(max_tries=3, max_time_s=30.0)

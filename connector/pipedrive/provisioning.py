@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from connector.errors import RemoteError
+from connector.errors import ConfigError, RemoteError
 from connector.pipedrive.client import FieldEntity, PipedriveClient
 from connector.storage.tenant_state import TenantStateStore
 from connector.sync.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, PipedriveLayout
@@ -24,6 +24,11 @@ PIPELINE = "pipeline"
 # Text fields: every value the connector writes is an IFS string, and varchar values are
 # searchable with exact_match (the upsert looks records up by them).
 FIELD_TYPE = "varchar"
+# Existing fields the connector can adopt: text it can write, found by exact-match search.
+COMPATIBLE_FIELD_TYPES = ("varchar", "varchar_auto", "text")
+# What the connector does over OAuth: deals, organizations (contacts), and the admin
+# scope for custom fields, pipelines, stages and webhooks.
+REQUIRED_OAUTH_SCOPES = ("deals:full", "contacts:full", "admin")
 LOCK_TTL_S = 120.0
 LOCK_WAIT_S = 120.0
 
@@ -81,7 +86,24 @@ def _provision_lock(
         yield
 
 
-def _wanted_fields(tenant: TenantConfig) -> dict[FieldEntity, dict[str, str]]:
+class FieldMisfit(ConfigError):
+    """A Pipedrive field with a configured name exists with a type the connector cannot use."""
+
+
+def field_misfit(found: Mapping[str, Any]) -> str | None:
+    """Why an existing field with the configured name cannot be adopted (None: it can)."""
+    field_type = found.get("field_type")
+    if found.get("edit_flag") is False:
+        return f"that is a standard Pipedrive field ({field_type}), not a custom one"
+    if field_type not in COMPATIBLE_FIELD_TYPES:
+        return (
+            f"of type {field_type}; the connector writes IFS text there and needs one of "
+            f"{', '.join(COMPATIBLE_FIELD_TYPES)}"
+        )
+    return None
+
+
+def wanted_fields(tenant: TenantConfig) -> dict[FieldEntity, dict[str, str]]:
     """entity → logical name → display name."""
     names = tenant.fields
     return {
@@ -90,7 +112,8 @@ def _wanted_fields(tenant: TenantConfig) -> dict[FieldEntity, dict[str, str]]:
     }
 
 
-def _normalise(name: str) -> str:
+def normalise_name(name: str) -> str:
+    """How Pipedrive names are compared: case and runs of spaces do not matter."""
     return " ".join(name.split()).casefold()
 
 
@@ -122,14 +145,24 @@ def ensure_custom_fields(
             if cached is not None and FieldKeys.from_json(cached).complete():
                 return FieldKeys.from_json(cached)
         found: dict[FieldEntity, dict[str, str]] = {"organization": {}, "deal": {}}
-        for entity, wanted in _wanted_fields(tenant).items():
+        for entity, wanted in wanted_fields(tenant).items():
             existing = {
-                _normalise(str(f.get("name", ""))): f
+                normalise_name(str(f.get("name", ""))): f
                 for f in client.list_fields(entity)
                 if f.get("key") and f.get("active_flag", True) is not False
             }
             for logical, display in wanted.items():
-                match = existing.get(_normalise(display))
+                match = existing.get(normalise_name(display))
+                misfit = field_misfit(match) if match is not None else None
+                if misfit is not None:
+                    article = "an" if entity == "organization" else "a"
+                    # Adopting it would fail every write with Pipedrive's type error.
+                    raise FieldMisfit(
+                        f"tenant {tenant.id}: Pipedrive already has {article} {entity} field "
+                        f"{display!r} {misfit}. Fix: give fields.{logical} another name in "
+                        "the tenants file (the connector then creates its own text field), "
+                        "or rename or delete that field in Pipedrive"
+                    )
                 if match is None and not create:
                     match = {"key": f"(new field {display!r})"}
                 elif match is None:
@@ -177,7 +210,7 @@ def ensure_pipeline(
             (
                 p
                 for p in client.list_pipelines()
-                if _normalise(str(p.get("name"))) == _normalise(name)
+                if normalise_name(str(p.get("name"))) == normalise_name(name)
             ),
             None,
         )
@@ -188,13 +221,13 @@ def ensure_pipeline(
             log.info("tenant %s: created Pipedrive pipeline %r", tenant.id, name)
         pipeline_id = int(pipeline["id"])
         stages = {
-            _normalise(str(s.get("name"))): int(s["id"])
+            normalise_name(str(s.get("name"))): int(s["id"])
             for s in client.list_stages(pipeline_id)
             if not s.get("is_deleted")
         }
         stage_ids: dict[str, int] = {}
         for stage_name in wanted:
-            stage_id = stages.get(_normalise(stage_name))
+            stage_id = stages.get(normalise_name(stage_name))
             if stage_id is None and not create:
                 stage_id = NOT_CREATED
             elif stage_id is None:

@@ -10,13 +10,14 @@ the caller observes the returned status.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connector.errors import PreconditionFailed, RemoteError
+from connector.errors import RemoteError
+from connector.ifs.conflicts import is_conflict
 from connector.jobs import PUSH_STAGE
 from connector.stage_push.stage_map import (
     describe_target,
@@ -51,7 +52,13 @@ class OrderEditor(Protocol):
 
     def patch_order(self, order_no: str, etag: str, changes: dict[str, Any]) -> Any: ...
 
-    def order_action(self, order_no: str, etag: str, action: str) -> Any: ...
+    def order_action(
+        self,
+        order_no: str,
+        etag: str,
+        action: str,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Any: ...
 
 
 @dataclass
@@ -291,7 +298,8 @@ def _apply(
     ifs: OrderEditor | None,
     outcome: PushOutcome,
 ) -> None:
-    """Read the order, decide, write with If-Match; re-read and re-decide on 412."""
+    """Read the order, decide, write with If-Match; re-read and re-decide on a conflict
+    (412, or an error code in the tenant's `ifs.conflict_codes`)."""
     current = event.current_state
     stage_name = None
     if current.stage_id is not None:
@@ -327,16 +335,24 @@ def _apply(
             raise RemoteError("IFS", f"order {order_no} came without an ETag; refusing to write")
         try:
             if rule.to_ifs.action is not None:
+                parameters = dict(rule.to_ifs.parameters or {})
                 outcome.change = {"action": rule.to_ifs.action}
-                written = editor.order_action(order_no, order.etag, rule.to_ifs.action)
+                if parameters:
+                    outcome.change["parameters"] = parameters
+                written = editor.order_action(
+                    order_no, order.etag, rule.to_ifs.action, parameters or None
+                )
             else:
                 outcome.change = {"patch": dict(rule.to_ifs.patch or {})}
                 written = editor.patch_order(order_no, order.etag, dict(rule.to_ifs.patch or {}))
-        except PreconditionFailed:
+        except RemoteError as error:
+            # 412, or an error code this installation uses for "modified by another user".
+            if not is_conflict(error, tenant.ifs.conflict_codes):
+                raise
             outcome.conflicts += 1
             if try_number == MAX_CONFLICT_RETRIES:
                 raise
-            log.info("IFS order %s changed under us (412); re-reading", order_no)
+            log.info("IFS order %s changed under us (%s); re-reading", order_no, error)
             continue
         outcome.writes += 1
         after = getattr(written, "data", None)

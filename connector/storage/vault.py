@@ -35,6 +35,7 @@ KNOWN_NAMES: dict[str, tuple[str, ...]] = {
         "oauth_access_token",
         "oauth_access_expires_at",
         "oauth_api_domain",
+        "oauth_scope",
     ),
     "webhook": ("basic_user", "basic_password", "hmac_secret"),
 }

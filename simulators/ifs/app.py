@@ -560,6 +560,19 @@ def _register_control_routes(app: Flask, sim: IfsSim) -> None:
         except (TypeError, ValueError) as error:
             return bad(str(error))
 
+    @app.post("/_sim/stale-etag")
+    def sim_stale_etag() -> Response:
+        data = body()
+        unknown = set(data) - {"status", "code"}
+        if unknown:
+            return bad(f"unknown stale-etag settings: {sorted(unknown)}")
+        status = data.get("status", sim.settings.stale_etag_status)
+        code = data.get("code", sim.settings.stale_etag_code)
+        if not isinstance(status, int) or not 400 <= status < 500 or not isinstance(code, str):
+            return bad("status must be a 4xx integer and code a string")
+        sim.configure(stale_etag_status=status, stale_etag_code=code)
+        return _json({"status": status, "code": code})
+
     @app.post("/_sim/clock")
     def sim_clock() -> Response:
         try:

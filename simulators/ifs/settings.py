@@ -31,6 +31,11 @@ class IfsSimSettings:
     # The CustomerInfo key property: an installation where it is e.g. `CustomerNo` (customers
     # are then stored, keyed, ordered and addressed by that property instead of CustomerId).
     customer_key: str = "CustomerId"
+    # How a stale If-Match is refused: real installations differ. 412 (the OData answer), or
+    # e.g. 400 with `DATABASE_ERROR` (then the ORA-20114 "modified by another user" detail
+    # Error_SYS.Record_Modified raises), or 409 with any code a test names.
+    stale_etag_status: int = 412
+    stale_etag_code: str = "ODP_PRECONDITION_FAILED"
     # Data seeded when the app is created (the demo and `ml-connector simulate ifs`).
     seed_customers: int = 0
     seed_orders: int = 0

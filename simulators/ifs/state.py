@@ -444,12 +444,15 @@ class IfsSim:
             raise not_found()
         if if_match.strip() != "*" and if_match.strip() != stored.etag:
             prompt = _LU_PROMPTS[entity.name]
-            raise IfsError(
-                412,
-                "ODP_PRECONDITION_FAILED",
+            text = (
                 f'The {prompt} "{key}" has been modified by another user. '
-                "Please refresh the object and reenter your changes.",
+                "Please refresh the object and reenter your changes."
             )
+            status, code = self.settings.stale_etag_status, self.settings.stale_etag_code
+            if code == "DATABASE_ERROR":
+                refused = database_error(20114, entity.luname, "MODIFIED", text)
+                raise IfsError(status, code, text, details=refused.details)
+            raise IfsError(status, code, text)
         return stored
 
     def _objversion_after(self, previous: str | None) -> str:

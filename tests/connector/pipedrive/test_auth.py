@@ -10,7 +10,12 @@ import pytest
 
 from connector.errors import RemoteError
 from connector.pipedrive import auth as oauth
-from connector.pipedrive.auth import OAuth2Auth, exchange_authorization_code, read_tokens
+from connector.pipedrive.auth import (
+    OAuth2Auth,
+    exchange_authorization_code,
+    granted_scope,
+    read_tokens,
+)
 from connector.pipedrive.client import PipedriveClient
 
 from .conftest import make_tenant
@@ -57,6 +62,11 @@ def test_code_exchange_stores_tokens_and_api_domain(oauth_tenant, vault, pipedri
     assert tokens is not None
     assert tokens.api_domain == pipedrive_sim.url
     assert tokens.expires_at > time.time() + 3000
+
+
+def test_the_granted_scope_is_kept_for_check(oauth_tenant, vault, pipedrive_sim) -> None:
+    # The simulator grants its default scope, as Pipedrive names them.
+    assert granted_scope(vault, oauth_tenant.id) == "base deals:full contacts:full admin"
 
 
 def test_oauth_client_uses_api_domain_from_grant(oauth_tenant, vault, coordination, pipedrive_sim):

@@ -11,6 +11,7 @@ from connector.pipedrive.client import PipedriveClient
 from connector.pipedrive.provisioning import (
     FIELD_KEYS,
     PIPELINE,
+    FieldMisfit,
     ensure_custom_fields,
     ensure_layout,
     ensure_pipeline,
@@ -40,6 +41,27 @@ def test_creates_missing_fields_once_and_caches_keys(client, tenant, tenant_stat
     assert ensure_custom_fields(client, tenant, tenant_state) == keys
     assert client.requests_sent == sent  # served from tenant_state
     assert tenant_state.get(tenant.id, FIELD_KEYS) == keys.to_json()
+
+
+def test_an_existing_field_of_an_incompatible_type_is_refused_with_the_fix(
+    client, tenant, tenant_state, pipedrive_sim
+):
+    pipedrive_sim.control(
+        "seed",
+        {
+            "organization_fields": [
+                {"name": tenant.fields.region, "field_type": "enum", "options": [{"label": "EU"}]}
+            ]
+        },
+    )
+
+    with pytest.raises(FieldMisfit) as refused:
+        ensure_custom_fields(client, tenant, tenant_state)
+
+    message = str(refused.value)
+    assert f"organization field {tenant.fields.region!r} of type enum" in message
+    assert "fields.region" in message and "another name" in message
+    assert tenant_state.get(tenant.id, FIELD_KEYS) is None  # nothing half-adopted is cached
 
 
 def test_finds_existing_fields_by_name_without_creating(

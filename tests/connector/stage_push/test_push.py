@@ -115,8 +115,8 @@ class EditedBetweenReadAndWrite:
     def patch_order(self, order_no: str, etag: str, changes: dict[str, Any]) -> Any:
         return self.client.patch_order(order_no, etag, changes)
 
-    def order_action(self, order_no: str, etag: str, action: str) -> Any:
-        return self.client.order_action(order_no, etag, action)
+    def order_action(self, order_no: str, etag: str, action: str, parameters: Any = None) -> Any:
+        return self.client.order_action(order_no, etag, action, parameters)
 
 
 # -- applying a stage change --------------------------------------------------------------
