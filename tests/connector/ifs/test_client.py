@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 
@@ -218,6 +219,9 @@ def test_for_tenant_reads_the_secret_and_shares_the_tenant_budget(ifs_sim):
                 "namespace": ifs_sim.namespace,
                 "client_id": ifs_sim.client_id,
                 "requests_per_minute": 3,
+                # Tokens are shared process-wide by (URL, client, scope, secret): a scope of
+                # its own keeps another test's cached token out of this count.
+                "scope": f"openid microprofile-jwt test-{uuid.uuid4().hex[:8]}",
             },
             "pipedrive": {"api_domain": "https://acme.pipedrive.com"},
         }
