@@ -38,7 +38,7 @@ from connector.storage.audit import (
     AuditLog,
 )
 from connector.storage.idmap import IdMap, PushedState, content_hash
-from connector.sync.lifecycle import Followed, LinkChange, follow_gone
+from connector.sync.lifecycle import Followed, LinkChange, follow_gone, record_lock
 from connector.sync.mapping import PipedriveLayout, changed_fields
 from connector.sync.specs import SPECS, EntitySpec
 
@@ -298,7 +298,7 @@ class TenantSync:
         )
         before = (self.ifs.http.requests_sent, self.pipedrive.requests_sent)
         try:
-            with self.runtime.coordination.lock(f"record:{self.tenant.id}:{spec.entity}:{key}"):
+            with self.runtime.coordination.lock(record_lock(self.tenant.id, spec.entity, key)):
                 outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run)
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from connector.errors import ConfigError
+from connector.storage.audit import IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 
 if TYPE_CHECKING:
@@ -21,6 +23,11 @@ if TYPE_CHECKING:
 # Pipedrive's entity names (webhook meta.entity) for the id map's.
 ENTITY_FOR_OBJECT = {"deal": ORDER, "organization": CUSTOMER}
 NOUN = {ORDER: "deal", CUSTOMER: "organization"}
+
+
+def record_lock(tenant: str, entity: str, ifs_key: str) -> str:
+    """The per-record lock name: upserts and delete webhooks of one record never interleave."""
+    return f"record:{tenant}:{entity}:{ifs_key}"
 
 
 class LinkChange(StrEnum):
@@ -86,3 +93,48 @@ def follow_gone(
         "a new one is created",
         gone_id,
     )
+
+
+def relink(
+    idmap: IdMap,
+    audit: AuditLog,
+    tenant: str,
+    entity: str,
+    ifs_key: str,
+    pipedrive_id: int | None = None,
+    *,
+    why: str,
+) -> int | None:
+    """An operator brings a record back: its tombstone goes, and it is linked to
+    `pipedrive_id` (or to nothing: the next sync adopts a record carrying its key, or
+    creates one). One audit row tells the story; returns the id it was linked to before."""
+    entry = idmap.get(tenant, entity, ifs_key)
+    if entry is None:
+        raise ConfigError(f"tenant {tenant!r} has no {entity} {ifs_key!r} in the id map")
+    before = entry.pipedrive_id
+    idmap.relink(tenant, entity, ifs_key, pipedrive_id)
+    audit.write(
+        Attempt(
+            tenant=tenant,
+            direction=IFS_TO_PIPEDRIVE,
+            entity=entity,
+            record_key=ifs_key,
+            operation="relink",
+            request_summary={
+                "from_pipedrive_id": before,
+                "to_pipedrive_id": pipedrive_id,
+                "was_tombstoned": entry.tombstoned_at is not None,
+            },
+            response_summary={"reason": why},
+        )
+    )
+    return before
+
+
+def revive_tombstoned(idmap: IdMap, audit: AuditLog, tenant: str, entity: str) -> list[str]:
+    """Relink every tombstoned record of one entity to nothing, so the next run recreates
+    them (`sync --full --recreate-deleted`); their keys."""
+    keys = idmap.tombstoned_keys(tenant, entity)
+    for key in keys:
+        relink(idmap, audit, tenant, entity, key, why="sync --full --recreate-deleted")
+    return keys

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from connector.errors import TransientError
 from connector.storage.audit import FAILED, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.models import AuditRecord
@@ -231,7 +232,7 @@ def test_lost_creates_are_adopted_by_listing_when_search_lags(
                     sync.sync_record(
                         entity, item.key, snapshot={"etag": item.etag, "data": item.data}
                     )
-                except Exception:  # noqa: BLE001 - a lost answer: the next round retries
+                except TransientError:  # a lost answer: the next round retries
                     continue
 
     layout = sync.layout()
