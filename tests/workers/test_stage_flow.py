@@ -174,9 +174,7 @@ def test_a_deleted_webhook_is_recreated_and_reconciliation_applies_missed_moves(
     flow: Flow,
 ) -> None:
     order_no = flow.stack.ifs.keys(customer_order())[5]
-    (webhook,) = [
-        w for w in flow.stack.pipedrive.list_webhooks() if w["event_action"] == "change"
-    ]
+    (webhook,) = [w for w in flow.stack.pipedrive.list_webhooks() if w["event_action"] == "change"]
     flow.stack.pipedrive.delete_webhook(int(webhook["id"]), reason="3 days of failures")
 
     flow.stack.pipedrive.move_deal(flow.deal_of(order_no), stage_id=flow.stage("Released"))
