@@ -220,6 +220,18 @@ class WebhookConfig(_Strict):
     )
 
 
+class LifecycleConfig(_Strict):
+    """What the connector does when a linked record's life goes on without it."""
+
+    on_pipedrive_delete: Literal["recreate", "respect"] = Field(
+        default="recreate",
+        description=(
+            "a linked deal/organization deleted in Pipedrive: recreate it on the next sync "
+            "(IFS is the master), or respect the delete (tombstone: no further writes)"
+        ),
+    )
+
+
 class TenantConfig(_Strict):
     """One tenant: an IFS installation paired with a Pipedrive company."""
 
@@ -233,6 +245,7 @@ class TenantConfig(_Strict):
     order_mapping: OrderMapping = OrderMapping()
     stage_map: tuple[StageRule, ...] = DEFAULT_STAGE_MAP
     webhook: WebhookConfig = WebhookConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
     @field_validator("schedule")
     @classmethod

@@ -240,8 +240,9 @@ def _accept(
 def _persist(
     events: WebhookEvents, tenant_id: str, payload: dict[str, Any], event: WebhookEventData
 ) -> StoredEvent:
-    """The event's row, committed; only deal events are pushed, the others kept as ignored."""
-    if event.is_deal:
+    """The event's row, committed; deal events and deletes (merges too) of organizations are
+    handled, the others kept as ignored."""
+    if event.is_deal or (event.entity == "organization" and event.action == "delete"):
         return events.add(tenant_id, event, payload, status=WebhookEventStatus.RECEIVED)
     return events.add(
         tenant_id,

@@ -10,6 +10,7 @@ from cli.commands.credentials import credentials
 from cli.commands.db import db
 from cli.commands.demo import demo
 from cli.commands.keys import keys
+from cli.commands.relink import relink
 from cli.commands.simulate import simulate
 from cli.commands.status import status
 from cli.commands.sync import sync
@@ -23,6 +24,7 @@ ALL: list[click.Command] = [
     status,
     audit,
     replay,
+    relink,
     tenant,
     credentials,
     keys,

@@ -156,6 +156,12 @@ def _dry_run(
 @click.option(
     "--dry-run", is_flag=True, help="Print what would be created or updated; write nothing."
 )
+@click.option(
+    "--recreate-deleted",
+    is_flag=True,
+    help="With --full: lift the tombstones of records deleted in Pipedrive (policy respect) "
+    "so this run creates them again.",
+)
 @click.option("--wait", is_flag=True, help="Wait with a progress bar and print a summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option(
@@ -172,6 +178,7 @@ def sync(
     tenant_id: str,
     entity: str,
     full: bool,
+    recreate_deleted: bool,
     dry_run: bool,
     wait: bool,
     as_json: bool,
@@ -185,8 +192,19 @@ def sync(
     """
     with reported_errors():
         obj.runtime.tenant(tenant_id)
-    migrated_database(obj)
+    database = migrated_database(obj)
     entities = ENTITY_CHOICES[entity]
+    if recreate_deleted and (not full or dry_run):
+        raise click.UsageError("--recreate-deleted needs --full and cannot be a --dry-run")
+    if recreate_deleted:
+        from connector.storage.audit import AuditLog
+        from connector.storage.idmap import IdMap
+        from connector.sync.lifecycle import revive_tombstoned
+
+        for name in entities:
+            revived = revive_tombstoned(IdMap(database), AuditLog(database), tenant_id, name)
+            if revived and not as_json:
+                click.echo(f"recreating {len(revived)} deleted {name} record(s)", err=True)
     if dry_run:
         _dry_run(obj, tenant_id, entities, full, as_json)
         return

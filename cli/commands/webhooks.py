@@ -1,4 +1,4 @@
-"""`ml-connector webhooks ensure|show`: the tenant's Pipedrive webhook and received events."""
+"""`ml-connector webhooks ensure|show`: the tenant's Pipedrive webhooks and received events."""
 
 from __future__ import annotations
 
@@ -12,26 +12,31 @@ from cli.context import CliContext, pass_context
 from connector.storage.models import WebhookEvent
 
 
-@click.group(short_help="Register, repair and inspect the Pipedrive webhook of a tenant.")
+@click.group(short_help="Register, repair and inspect the Pipedrive webhooks of a tenant.")
 def webhooks() -> None:
-    """Register, repair and inspect the Pipedrive webhook of a tenant (deal events, v2)."""
+    """Register, repair and inspect the Pipedrive webhooks of a tenant (v2: deal changes,
+    deletes of deals and organizations)."""
 
 
 @webhooks.command("ensure")
 @click.argument("tenant")
 @pass_context
 def webhooks_ensure(obj: CliContext, tenant: str) -> None:
-    """Register TENANT's deal webhook, or repair it (stale credentials, banned, wrong version).
+    """Register TENANT's webhooks (deal changes, deal and organization deletes), or repair
+    them (stale credentials, banned, wrong version or events).
 
     Basic credentials are generated and stored in the vault when there are none; they are
-    never printed. Safe to run again: a healthy webhook is left alone.
+    never printed. Safe to run again: a healthy webhook is left alone, also when Pipedrive's
+    listing hides its credentials (the fingerprint kept at registration vouches for them).
     """
     from connector.webhooks.registration import ensure_webhook
 
     migrated_database(obj)
     with reported_errors():
         status = ensure_webhook(obj.runtime, tenant)
-    click.echo(f"{status.action}: webhook {status.webhook_id} → {status.subscription_url}")
+    click.echo(f"{status.action}: webhooks → {status.subscription_url}")
+    for slot, webhook_id in sorted(status.webhook_ids.items()):
+        click.echo(f"  {slot}: webhook {webhook_id}")
     for webhook_id in status.removed:
         click.echo(f"removed faulty webhook {webhook_id}")
     for problem in status.problems:

@@ -96,6 +96,11 @@ def rfc3339(moment: datetime | str) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def is_gone(error: Exception) -> bool:
+    """True when Pipedrive says the addressed record does not exist (deleted or merged away)."""
+    return isinstance(error, RemoteError) and error.system == SYSTEM and error.status in (404, 410)
+
+
 class PipedriveClient:
     """One tenant's Pipedrive company over HTTP, with the project's retry policy and limiter.
 
@@ -289,6 +294,17 @@ class PipedriveClient:
         `filters` are the resource's own list parameters (deals: `pipeline_id`)."""
         params = {**self._list_params(updated_since, custom_fields, limit), **filters}
         return self._iter_cursor(f"{resource}.list", params)
+
+    def iter_archived_deals(
+        self,
+        *,
+        updated_since: datetime | str | None = None,
+        custom_fields: Sequence[str] | None = None,
+        limit: int = MAX_PAGE,
+    ) -> Iterator[dict[str, Any]]:
+        """Every archived deal (v2 `is_archived`): the deals list leaves them out."""
+        params = self._list_params(updated_since, custom_fields, limit)
+        return self._iter_cursor("deals.list_archived", params)
 
     def search(
         self,

@@ -53,6 +53,7 @@ OPERATIONS: dict[str, Operation] = {
     "deals.update": _op("v2", "PATCH", "/deals/{id}", 5),
     "deals.delete": _op("v2", "DELETE", "/deals/{id}", 3),
     "deals.search": _op("v2", "GET", "/deals/search", 20),
+    "deals.list_archived": _op("v2", "GET", "/deals/archived", 20),
     # v2 pipelines and stages
     "pipelines.list": _op("v2", "GET", "/pipelines", 5),
     "pipelines.create": _op("v2", "POST", "/pipelines", 5),

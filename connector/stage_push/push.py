@@ -34,6 +34,7 @@ from connector.storage.webhook_events import (
     WebhookEvents,
     WebhookEventStatus,
 )
+from connector.sync.lifecycle import ENTITY_FOR_OBJECT, Followed, follow_gone, record_lock
 from connector.tenants import TenantConfig
 from connector.webhooks.events import DealState, PayloadError, WebhookEventData, parse_payload
 
@@ -75,6 +76,9 @@ class PushOutcome:
     writes: int = 0
     conflicts: int = 0
     audit_id: int | None = None
+    # A delete (or merge) of a linked record: what the id map did about it.
+    followed: Followed | None = None
+    entity: str = ORDER
 
 
 class _Ignore(Exception):
@@ -137,8 +141,12 @@ def push_stage_to_ifs(
                 _process(runtime, tenant, webhook_event_id, ifs, outcome)
             if outcome.order_no:
                 record.record_key = outcome.order_no
+            record.entity = outcome.entity
             record.response_summary = _summary(outcome)
-            if outcome.writes == 0:
+            if outcome.followed is not None:
+                record.operation = outcome.followed.change.value
+                record.response_summary["lifecycle"] = outcome.followed.as_dict()
+            elif outcome.writes == 0:
                 record.skip("push_stage", outcome.reason)
     except Exception as error:
         outcome.status = WebhookEventStatus.FAILED
@@ -198,6 +206,13 @@ def _process(
         outcome.reason = outcome.reason.rstrip(": ")
         return
     newest: datetime | None = None
+    if row.action == "delete":
+        try:
+            _follow_delete(runtime, tenant, row, outcome)
+        except _Ignore as ignore:
+            outcome.status, outcome.reason = WebhookEventStatus.IGNORED, ignore.reason
+        events.finish(event_row_id, outcome.status, outcome.reason)
+        return
     try:
         event, entry = _check_event(runtime, tenant, row)
         outcome.order_no = entry.ifs_key
@@ -208,6 +223,42 @@ def _process(
         if not ignore.newest:
             newest = None
     events.finish(event_row_id, outcome.status, outcome.reason, deal_time=newest)
+
+
+def _follow_delete(
+    runtime: Runtime, tenant: TenantConfig, row: WebhookEvent, outcome: PushOutcome
+) -> None:
+    """A linked deal or organization was deleted (or merged away): the id map follows at
+    once, by the tenant's lifecycle policy, so the next sync neither fails nor duplicates."""
+    try:
+        event = parse_payload(row.payload)
+    except PayloadError as error:
+        raise _Ignore(f"stored payload cannot be parsed: {error}") from error
+    entity = ENTITY_FOR_OBJECT.get(event.entity)
+    if entity is None or event.entity_id is None:
+        raise _Ignore(f"deletes of {event.entity} records are not followed")
+    idmap = IdMap(runtime.database)
+    entry = idmap.by_pipedrive_id(tenant.id, entity, event.entity_id)
+    if entry is None:
+        raise _Ignore(f"{event.entity} {event.entity_id} is not linked to an IFS record")
+    outcome.entity, outcome.order_no = entity, entry.ifs_key
+    with runtime.coordination.lock(record_lock(tenant.id, entity, entry.ifs_key)):
+        entry = idmap.get(tenant.id, entity, entry.ifs_key)
+        if entry is None or entry.pipedrive_id != event.entity_id:
+            raise _Ignore(f"{event.entity} {event.entity_id} was relinked meanwhile")
+        if entry.tombstoned_at is not None:
+            raise _Ignore(f"{event.entity} {event.entity_id} is tombstoned already")
+        outcome.followed = follow_gone(
+            idmap,
+            tenant,
+            entity,
+            entry.ifs_key,
+            event.entity_id,
+            event.merged_to_id,
+            how=f"webhook event {event.event_id}",
+        )
+    outcome.status = WebhookEventStatus.APPLIED
+    outcome.reason = outcome.followed.reason
 
 
 def _check_event(

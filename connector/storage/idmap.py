@@ -30,6 +30,7 @@ class PushedState(NamedTuple):
     pipedrive_id: int | None
     etag: str | None
     content_hash: str | None
+    tombstoned: bool = False
 
 
 class IdMap:
@@ -85,9 +86,13 @@ class IdMap:
                     IdMapEntry.pipedrive_id,
                     IdMapEntry.etag,
                     IdMapEntry.content_hash,
+                    IdMapEntry.tombstoned_at,
                 ).where(IdMapEntry.tenant == tenant, IdMapEntry.entity == entity)
             )
-            return {key: PushedState(pid, etag, digest) for key, pid, etag, digest in rows}
+            return {
+                key: PushedState(pid, etag, digest, tombstoned is not None)
+                for key, pid, etag, digest, tombstoned in rows
+            }
 
     def save(
         self,
@@ -120,6 +125,59 @@ class IdMap:
                 {"tenant": tenant, "entity": entity, "ifs_key": ifs_key, **changes},
                 key=("tenant", "entity", "ifs_key"),
                 update=changes,
+            )
+
+    def relink(self, tenant: str, entity: str, ifs_key: str, pipedrive_id: int | None) -> None:
+        """Point the entry at another Pipedrive record (a merge survivor), or at none (the
+        record was deleted: the next sync finds or creates one). The tombstone goes, and the
+        content hash too: what the new record holds is unknown until it is read. The last
+        payload stays: it tells which values the connector itself last wrote."""
+        with self.database.session() as session:
+            session.execute(
+                update(IdMapEntry)
+                .where(
+                    IdMapEntry.tenant == tenant,
+                    IdMapEntry.entity == entity,
+                    IdMapEntry.ifs_key == ifs_key,
+                )
+                .values(
+                    pipedrive_id=pipedrive_id,
+                    content_hash=None,
+                    tombstoned_at=None,
+                    tombstone_reason=None,
+                    updated_at=utcnow(),
+                )
+            )
+
+    def tombstone(self, tenant: str, entity: str, ifs_key: str, reason: str) -> bool:
+        """Mark the entry deleted in Pipedrive (policy respect): no writes until relinked.
+        The Pipedrive id stays, for the record's history; False if it was tombstoned already."""
+        with self.database.session() as session:
+            result = session.execute(
+                update(IdMapEntry)
+                .where(
+                    IdMapEntry.tenant == tenant,
+                    IdMapEntry.entity == entity,
+                    IdMapEntry.ifs_key == ifs_key,
+                    IdMapEntry.tombstoned_at.is_(None),
+                )
+                .values(tombstoned_at=utcnow(), tombstone_reason=reason, updated_at=utcnow())
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def tombstoned_keys(self, tenant: str, entity: str) -> list[str]:
+        """The IFS keys of the tenant's tombstoned entries of one entity."""
+        with self.database.session() as session:
+            return list(
+                session.scalars(
+                    select(IdMapEntry.ifs_key)
+                    .where(
+                        IdMapEntry.tenant == tenant,
+                        IdMapEntry.entity == entity,
+                        IdMapEntry.tombstoned_at.is_not(None),
+                    )
+                    .order_by(IdMapEntry.ifs_key)
+                )
             )
 
     def advance_last_event(

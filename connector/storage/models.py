@@ -76,6 +76,9 @@ class IdMapEntry(Base):
     # Newest Pipedrive event applied to IFS for this record: older deliveries change nothing.
     last_event_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Deleted in Pipedrive under lifecycle policy "respect": no writes until relinked.
+    tombstoned_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    tombstone_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AuditRecord(Base):

@@ -9,11 +9,13 @@ instead of becoming a duplicate.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ from connector.errors import (
     retry_after_s,
 )
 from connector.ifs.odata import Query
+from connector.pipedrive.client import is_gone
 from connector.storage.audit import (
     FAILED,
     IFS_TO_PIPEDRIVE,
@@ -35,18 +38,28 @@ from connector.storage.audit import (
     AuditLog,
 )
 from connector.storage.idmap import IdMap, PushedState, content_hash
+from connector.sync.lifecycle import Followed, LinkChange, follow_gone, record_lock
 from connector.sync.mapping import PipedriveLayout, changed_fields
 from connector.sync.specs import SPECS, EntitySpec
 
 if TYPE_CHECKING:
     from connector.ifs.records import IfsRecord
     from connector.runtime import Runtime
+    from connector.storage.models import IdMapEntry
 
 log = logging.getLogger(__name__)
 
 # Plan hint: the bulk index read at plan time holds no Pipedrive record for this key.
 ABSENT = -1
 SEARCHES_BEFORE_INDEX = 20
+
+
+# Clock skew between this host and Pipedrive, when listing records updated since an intent.
+LIST_MARGIN = timedelta(minutes=2)
+
+
+class _ParentTombstoned(Exception):
+    """The record's parent was deleted in Pipedrive and is respected: nothing to attach to."""
 
 
 class Outcome(StrEnum):
@@ -87,6 +100,7 @@ class Plan:
     queued: int = 0
     unchanged: int = 0
     read: int = 0
+    tombstoned: int = 0  # left alone: deleted in Pipedrive, policy respect
 
 
 class TenantSync:
@@ -139,10 +153,17 @@ class TenantSync:
         return self.ifs.iter_records(spec.ifs_set(self.tenant), query)
 
     def pipedrive_index(self, spec: EntitySpec) -> dict[str, int]:
-        """IFS key → Pipedrive id of every record in Pipedrive that carries an IFS key."""
+        """IFS key → Pipedrive id of every record in Pipedrive that carries an IFS key
+        (archived ones included: they are present, never to be created again)."""
         key_field = spec.fields(self.layout())[spec.key_field]
         index: dict[str, int] = {}
-        for record in self.pipedrive.iter_records(spec.resource, custom_fields=[key_field]):
+        records: Iterable[dict[str, Any]] = self.pipedrive.iter_records(
+            spec.resource, custom_fields=[key_field]
+        )
+        if spec.lists_archived:
+            archived = self.pipedrive.iter_archived_deals(custom_fields=[key_field])
+            records = itertools.chain(records, archived)
+        for record in records:
             value = (record.get("custom_fields") or {}).get(key_field)
             if value not in (None, ""):
                 # Hand-made duplicates: the oldest record wins, consistently.
@@ -190,6 +211,11 @@ class TenantSync:
             plan.read += 1
             key = record.key
             entry = entries.get(key)
+            if entry is not None and entry.tombstoned:
+                # Respected delete: the one audit row saying why was written when it happened.
+                plan.unchanged += 1
+                plan.tombstoned += 1
+                continue
             known_id = entry.pipedrive_id if entry is not None else None
             if not full and known_id is not None and entry is not None:
                 try:
@@ -272,7 +298,7 @@ class TenantSync:
         )
         before = (self.ifs.http.requests_sent, self.pipedrive.requests_sent)
         try:
-            with self.runtime.coordination.lock(f"record:{self.tenant.id}:{spec.entity}:{key}"):
+            with self.runtime.coordination.lock(record_lock(self.tenant.id, spec.entity, key)):
                 outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run)
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)
@@ -323,40 +349,92 @@ class TenantSync:
             etag, data = record.etag, dict(record.data)
         else:
             etag, data = snapshot["etag"], snapshot["data"]
-        parent_id = self._parent_id(spec, key, data, dry_run, audit.correlation_id)
-        payload = spec.map(self.tenant, data, layout, parent_id)
-        digest = content_hash(payload)
         entry = self.idmap.get(tenant, spec.entity, key)
+        audit.request_summary = {"etag": etag}
+        if entry is not None and entry.tombstoned_at is not None:
+            audit.request_summary["pipedrive_id"] = entry.pipedrive_id
+            audit.skip("tombstoned", f"not written: {entry.tombstone_reason}")
+            return Outcome.UNCHANGED
+        try:
+            parent_id = self._parent_id(spec, key, data, dry_run, audit.correlation_id)
+        except _ParentTombstoned as tombstoned:
+            audit.skip("tombstoned", str(tombstoned))
+            return Outcome.UNCHANGED
+        payload = spec.map(self.tenant, data, layout, parent_id)
         pipedrive_id = entry.pipedrive_id if entry else None
         if pipedrive_id is None:
-            pipedrive_id = self._find_existing(spec, key, layout, entry is not None, hint)
-        audit.request_summary = {"etag": etag}
+            pipedrive_id = self._find_existing(spec, key, layout, entry, hint)
 
-        if pipedrive_id is None:
-            audit.operation = "create"
-            if dry_run:
-                audit.request_summary["payload"] = payload
-                return Outcome.CREATED
-            # The intent row makes a crash after the POST visible to the next attempt.
-            self.idmap.save(tenant, spec.entity, key, etag="")
-            created = int(self.pipedrive.create(spec.resource, payload)["id"])
-            self.idmap.save(
-                tenant, spec.entity, key, pipedrive_id=created, etag=etag, payload=payload
-            )
-            audit.response_summary = {"pipedrive_id": created}
+        if pipedrive_id is not None:
+            try:
+                return self._update(
+                    spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run
+                )
+            except RemoteError as error:
+                linked = entry is not None and entry.pipedrive_id == pipedrive_id
+                if dry_run or not is_gone(error) or self._exists(spec, pipedrive_id):
+                    raise
+                if not linked:  # a hint or search hit deleted meanwhile: not ours to mourn
+                    pipedrive_id = None
+                else:
+                    followed = self._follow_gone(spec, key, layout, pipedrive_id, audit)
+                    if followed.change is LinkChange.TOMBSTONED:
+                        audit.skip("tombstoned", followed.reason)
+                        return Outcome.UNCHANGED
+                    entry = self.idmap.get(tenant, spec.entity, key)
+                    pipedrive_id = followed.survivor_id
+                if pipedrive_id is not None:
+                    return self._update(
+                        spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run
+                    )
+
+        audit.operation = "create"
+        if dry_run:
+            audit.request_summary["payload"] = payload
             return Outcome.CREATED
+        # The intent row makes a crash after the POST visible to the next attempt.
+        self.idmap.save(tenant, spec.entity, key, etag="")
+        created = int(self.pipedrive.create(spec.resource, payload)["id"])
+        self.idmap.save(tenant, spec.entity, key, pipedrive_id=created, etag=etag, payload=payload)
+        audit.response_summary = {"pipedrive_id": created}
+        return Outcome.CREATED
 
-        previous = entry.last_payload if entry and entry.pipedrive_id == pipedrive_id else None
-        if full:
-            previous = self.pipedrive.get(spec.resource, pipedrive_id)
-        if previous is not None and not full and entry and entry.content_hash == digest:
+    def _update(
+        self,
+        spec: EntitySpec,
+        key: str,
+        entry: IdMapEntry | None,
+        pipedrive_id: int,
+        etag: str,
+        payload: dict[str, Any],
+        full: bool,
+        audit: Attempt,
+        dry_run: bool,
+    ) -> Outcome:
+        """Bring an existing Pipedrive record to `payload`, writing only what differs and
+        leaving sales-owned fields alone unless IFS changed them (RemoteError 404: gone)."""
+        tenant = self.tenant.id
+        linked = entry is not None and entry.pipedrive_id == pipedrive_id
+        written = entry.last_payload if entry is not None and linked else None
+        if (
+            linked
+            and not full
+            and entry is not None
+            and entry.content_hash == content_hash(payload)
+        ):
             audit.skip("unchanged", "mapped content unchanged since the last push")
             if not dry_run:
                 self.idmap.save(tenant, spec.entity, key, etag=etag)
             return Outcome.UNCHANGED
-        changes = changed_fields(previous, payload)
+        # A relinked record (content hash cleared) holds what someone else left there.
+        if full or (linked and entry is not None and entry.content_hash is None):
+            remote = self.pipedrive.get(spec.resource, pipedrive_id)
+            changes = _owned_changes(spec, changed_fields(remote, payload), payload, written)
+        else:
+            changes = changed_fields(written, payload)
         audit.operation = "update"
-        audit.request_summary["changes"] = sorted(changes)
+        summary = audit.request_summary = audit.request_summary or {}
+        summary["changes"] = sorted(changes)
         if not changes:
             audit.skip("unchanged", "Pipedrive already holds the mapped content")
             if not dry_run:
@@ -365,7 +443,7 @@ class TenantSync:
                 )
             return Outcome.UNCHANGED
         if dry_run:
-            audit.request_summary["payload"] = changes
+            summary["payload"] = changes
             return Outcome.UPDATED
         self.pipedrive.update(spec.resource, pipedrive_id, changes)
         self.idmap.save(
@@ -373,6 +451,35 @@ class TenantSync:
         )
         audit.response_summary = {"pipedrive_id": pipedrive_id}
         return Outcome.UPDATED
+
+    def _exists(self, spec: EntitySpec, pipedrive_id: int) -> bool:
+        """Whether the record answers a GET: a 404 on a PATCH may name a record it points at."""
+        try:
+            self.pipedrive.get(spec.resource, pipedrive_id)
+        except RemoteError as error:
+            if is_gone(error):
+                return False
+            raise
+        return True
+
+    def _follow_gone(
+        self, spec: EntitySpec, key: str, layout: PipedriveLayout, gone_id: int, audit: Attempt
+    ) -> Followed:
+        """The linked record is gone: find its merge survivor by the IFS key, then let the
+        lifecycle policy decide; the attempt's audit row tells what happened."""
+        survivor = self._find_by_key(spec, key, layout, since=None, exclude=gone_id)
+        followed = follow_gone(
+            self.idmap,
+            self.tenant,
+            spec.entity,
+            key,
+            gone_id,
+            survivor,
+            how="Pipedrive answered 404",
+        )
+        audit.request_summary = {**(audit.request_summary or {}), "lifecycle": followed.as_dict()}
+        log.info("%s %s %s: %s", self.tenant.id, spec.entity, key, followed.reason)
+        return followed
 
     def _parent_id(
         self,
@@ -394,6 +501,11 @@ class TenantSync:
                 f"IFS {spec.entity} {key}: required property {prop!r} is missing or empty"
             )
         entry = self.idmap.get(self.tenant.id, parent.entity, parent_key)
+        if entry is not None and entry.tombstoned_at is not None:
+            raise _ParentTombstoned(
+                f"not written: its {parent.entity} {parent_key} is tombstoned "
+                f"({entry.tombstone_reason})"
+            )
         if entry is not None and entry.pipedrive_id is not None:
             return entry.pipedrive_id
         if dry_run:
@@ -412,22 +524,76 @@ class TenantSync:
         spec: EntitySpec,
         key: str,
         layout: PipedriveLayout,
-        had_intent: bool,
+        entry: IdMapEntry | None,
         hint: int | None,
     ) -> int | None:
         """Adopt a Pipedrive record that already carries this IFS key (made by hand, or by a
         crashed earlier attempt), so that it is updated rather than duplicated."""
+        had_intent = entry is not None
         if hint is not None and hint != ABSENT and not had_intent:
             return hint
         if hint == ABSENT and not had_intent:
             return None
+        since = entry.updated_at if entry is not None else None
+        return self._find_by_key(spec, key, layout, since=since)
+
+    def _find_by_key(
+        self,
+        spec: EntitySpec,
+        key: str,
+        layout: PipedriveLayout,
+        *,
+        since: datetime | None,
+        exclude: int | None = None,
+    ) -> int | None:
+        """The oldest live record carrying `key` in its key field.
+
+        With `since` (an earlier attempt's create intent), records updated since then are
+        listed first: lists see a new record at once, while search may index it only
+        seconds later, and trusting search there made duplicates.
+        """
         key_field = spec.fields(layout)[spec.key_field]
+        if since is not None:
+            listed = sorted(
+                int(record["id"])
+                for record in self.pipedrive.iter_records(
+                    spec.resource, updated_since=since - LIST_MARGIN, custom_fields=[key_field]
+                )
+                if str((record.get("custom_fields") or {}).get(key_field)) == key
+                and int(record["id"]) != exclude
+            )
+            if listed:
+                return listed[0]
         candidates = sorted(int(item["id"]) for item in self.pipedrive.search(spec.resource, key))
         for candidate in candidates:
-            current = self.pipedrive.get(spec.resource, candidate)
+            if candidate == exclude:
+                continue
+            try:
+                current = self.pipedrive.get(spec.resource, candidate)
+            except RemoteError as error:
+                if is_gone(error):  # deleted since the search index saw it
+                    continue
+                raise
             if str((current.get("custom_fields") or {}).get(key_field)) == key:
                 return candidate
         return None
+
+
+def _owned_changes(
+    spec: EntitySpec,
+    changes: dict[str, Any],
+    payload: dict[str, Any],
+    written: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """`changes` without the sales-owned fields that IFS did not change since the connector
+    last wrote them (a won deal whose order did not change stays won)."""
+    if written is None:
+        return changes
+    return {
+        name: value
+        for name, value in changes.items()
+        if name not in spec.sales_owned or written.get(name) != payload.get(name)
+    }
 
 
 def plan_audit(plan: Plan) -> Attempt:
@@ -444,5 +610,6 @@ def plan_audit(plan: Plan) -> Attempt:
             "read": plan.read,
             "queued": plan.queued,
             "unchanged": plan.unchanged,
+            "tombstoned": plan.tombstoned,
         },
     )

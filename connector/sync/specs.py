@@ -47,6 +47,11 @@ class EntitySpec:
     fields: Callable[[PipedriveLayout], Mapping[str, str]]  # logical name → custom field key
     key_field: str  # logical custom field holding the IFS key
     parent: Parent | None = None
+    # Body fields that sales users own once they moved them: `--full` corrects them only
+    # when IFS changed them since the connector last wrote them.
+    sales_owned: tuple[str, ...] = ()
+    # Archived records leave the resource's list (v2 deals) but are present all the same.
+    lists_archived: bool = False
 
 
 def _map_customer(
@@ -84,6 +89,8 @@ ORDERS = EntitySpec(
     fields=lambda layout: layout.deal_fields,
     key_field="ifs_order_no",
     parent=Parent(CUSTOMER, lambda tenant: tenant.order_mapping.customer_no),
+    sales_owned=("stage_id", "status"),
+    lists_archived=True,
 )
 
 # In dependency order: a full run plans customers before the orders that point at them.

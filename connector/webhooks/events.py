@@ -41,6 +41,8 @@ class WebhookEventData:
     timestamp: datetime | None
     data: dict[str, Any] = field(default_factory=dict)
     previous: dict[str, Any] | None = None
+    # v2 reports a merge as a delete of the merged record naming the survivor here.
+    merged_to_id: int | None = None
 
     @property
     def is_deal(self) -> bool:
@@ -120,6 +122,7 @@ def parse_payload(payload: Any) -> WebhookEventData:
         timestamp=_timestamp(meta),
         data=data,
         previous=previous,
+        merged_to_id=_int_or_none(meta.get("merged_to_id")),
     )
 
 

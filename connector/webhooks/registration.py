@@ -1,7 +1,9 @@
-"""The tenant's Pipedrive webhook: registered, checked and repaired (v2, deal events, Basic)."""
+"""The tenant's Pipedrive webhooks: registered, checked and repaired (v2, Basic): deal changes,
+and deletes of deals and organizations."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,10 +14,17 @@ from connector.storage.tenant_state import DatabaseTenantState
 if TYPE_CHECKING:
     from connector.runtime import Runtime
 
-EVENT_OBJECT = "deal"
-EVENT_ACTION = "*"
 VERSION = "2.0"
 STATE_KEY = "webhook"
+# Pipedrive gives each webhook one event_action and one event_object. The connector needs
+# deal changes (stage moves), and deletes of deals and organizations (merges arrive as
+# deletes naming the survivor): never creates, so its own creates do not come back.
+SUBSCRIPTIONS: tuple[tuple[str, str], ...] = (
+    ("change", "deal"),
+    ("delete", "deal"),
+    ("delete", "organization"),
+)
+PRIMARY = "change.deal"  # the id `status` shows as the tenant's webhook
 
 
 @dataclass
@@ -25,7 +34,8 @@ class WebhookStatus:
     tenant: str
     subscription_url: str
     action: str  # ok | created | repaired
-    webhook_id: int | None = None
+    webhook_id: int | None = None  # the deal-change webhook
+    webhook_ids: dict[str, int] = field(default_factory=dict)  # "action.object" → id
     removed: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     webhooks: list[dict[str, Any]] = field(default_factory=list)
@@ -35,22 +45,59 @@ def _public(webhook: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in webhook.items() if k != "http_auth_password"}
 
 
-def _defects(webhook: dict[str, Any], user: str | None, password: str | None) -> list[str]:
-    """Why `webhook` cannot deliver deal events the receiver accepts (empty when it can)."""
+def _slot(action: str, event_object: str) -> str:
+    return f"{action}.{event_object}"
+
+
+def fingerprint(url: str, slot: str, user: str | None, password: str | None) -> str:
+    """What a registration was made with (URL, events, version, Basic credentials), hashed:
+    compared with the vault's credentials when Pipedrive's listing does not show them."""
+    material = "\n".join((url, slot, VERSION, user or "", password or ""))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _defects(
+    webhook: dict[str, Any],
+    slot: str,
+    user: str | None,
+    password: str | None,
+    registered: dict[str, Any] | None,
+) -> list[str]:
+    """Why `webhook` cannot deliver the `slot` events the receiver accepts (empty when it can).
+
+    Pipedrive's listing may answer `http_auth_user`/`http_auth_password` as null (its own
+    example does): then the fingerprint kept at registration vouches for the credentials.
+    """
     defects = []
     if str(webhook.get("version")) != VERSION:
         defects.append(f"version {webhook.get('version')!r} instead of {VERSION}")
-    if webhook.get("event_object") != EVENT_OBJECT:
-        defects.append(f"event_object {webhook.get('event_object')!r} instead of deal")
-    if webhook.get("event_action") not in (EVENT_ACTION, "change"):
-        defects.append(f"event_action {webhook.get('event_action')!r} misses changes")
+    if _slot(str(webhook.get("event_action")), str(webhook.get("event_object"))) != slot:
+        defects.append(
+            f"subscribes to {webhook.get('event_action')}.{webhook.get('event_object')} "
+            f"instead of {slot}"
+        )
     if "is_active" in webhook and not webhook.get("is_active"):
         defects.append("inactive (banned or removed by Pipedrive)")
-    if user is None or webhook.get("http_auth_user") != user:
+    if user is None or password is None:
+        defects.append("no Basic credentials in the vault")
+        return defects
+    shown_user, shown_password = webhook.get("http_auth_user"), webhook.get("http_auth_password")
+    if shown_user is not None and shown_user != user:
         defects.append("Basic user differs from the vault")
-    # Listings may omit the password; a present one must match.
-    if password is None or webhook.get("http_auth_password") not in (None, password):
+    if shown_password is not None and shown_password != password:
         defects.append("Basic password differs from the vault")
+    if shown_user is None or shown_password is None:
+        vouched = (
+            registered is not None
+            and registered.get("id") == webhook.get("id")
+            and registered.get("fingerprint")
+            == fingerprint(str(webhook.get("subscription_url")), slot, user, password)
+        )
+        if not vouched:
+            defects.append(
+                "Pipedrive does not show its Basic credentials and this connector did not "
+                "register it with the vault's"
+            )
     return defects
 
 
@@ -62,53 +109,87 @@ def webhooks_for(runtime: Runtime, tenant_id: str) -> list[dict[str, Any]]:
 
 
 def ensure_webhook(runtime: Runtime, tenant_id: str) -> WebhookStatus:
-    """Register the tenant's deal webhook, or repair it when it is missing, stale or banned.
+    """Register the tenant's webhooks (deal changes, deal and organization deletes), or
+    repair them when missing, stale or banned; a healthy one is left alone.
 
     Basic credentials are generated and stored in the vault before Pipedrive sees them, so
     the receiver can authenticate the very first delivery. A faulty webhook is deleted only
-    after its replacement exists, so no event falls in a gap.
+    after its replacement exists, so no event falls in a gap. What was registered (id, URL,
+    a fingerprint of events and credentials) is kept in the tenant state.
     """
     tenant = runtime.tenant(tenant_id)
     url = _subscription_url(runtime, tenant_id)
     client = runtime.pipedrive_client(tenant_id)
     vault = runtime.vault
+    tenant_state = DatabaseTenantState(runtime.database)
+    registered: dict[str, Any] = dict(
+        (tenant_state.get(tenant_id, STATE_KEY) or {}).get("webhooks") or {}
+    )
     user = vault.get_optional(tenant_id, "webhook", "basic_user")
     password = vault.get_optional(tenant_id, "webhook", "basic_password")
     ours = [w for w in client.list_webhooks() if w.get("subscription_url") == url]
-    healthy = [w for w in ours if not _defects(w, user, password)]
     status = WebhookStatus(tenant=tenant_id, subscription_url=url, action="ok")
     if tenant.webhook.auth == "hmac":
         status.problems.append(
             "webhook.auth is 'hmac' but Pipedrive cannot sign: its deliveries will be refused "
             "(use 'basic' or 'both' with a signing proxy)"
         )
-    if healthy:
-        keep = healthy[0]
-        status.webhook_id = int(keep["id"])
-    else:
+    kept: dict[str, dict[str, Any]] = {}
+    for action, event_object in SUBSCRIPTIONS:
+        slot = _slot(action, event_object)
+        healthy = [w for w in ours if not _defects(w, slot, user, password, registered.get(slot))]
+        if healthy:
+            kept[slot] = healthy[0]
+            # Healthy means its credentials are the vault's: vouch for them from now on.
+            registered[slot] = {
+                "id": int(healthy[0]["id"]),
+                "fingerprint": fingerprint(url, slot, user, password),
+            }
+    missing = [s for s in SUBSCRIPTIONS if _slot(*s) not in kept]
+    if missing:
         for webhook in ours:
+            if webhook in kept.values():
+                continue
+            slot = _slot(str(webhook.get("event_action")), str(webhook.get("event_object")))
+            problems = _defects(webhook, slot, user, password, registered.get(slot))
             status.problems.append(
-                f"webhook {webhook.get('id')}: " + "; ".join(_defects(webhook, user, password))
+                f"webhook {webhook.get('id')} ({slot}): "
+                + ("; ".join(problems) or "not one the connector needs")
             )
         if user is None or password is None:
             user = user or f"mlc-{tenant_id}"
             password = secrets.token_urlsafe(32)
             vault.set(tenant_id, "webhook", "basic_user", user)
             vault.set(tenant_id, "webhook", "basic_password", password)
-        created = client.create_webhook(
-            url, EVENT_ACTION, EVENT_OBJECT, user, password, version=VERSION
-        )
-        status.webhook_id = int(created["id"])
+        for action, event_object in missing:
+            slot = _slot(action, event_object)
+            created = client.create_webhook(
+                url, action, event_object, user, password, version=VERSION
+            )
+            kept[slot] = created
+            registered[slot] = {
+                "id": int(created["id"]),
+                "fingerprint": fingerprint(url, slot, user, password),
+            }
         status.action = "repaired" if ours else "created"
-        keep = created
+    keep_ids = {int(webhook["id"]) for webhook in kept.values()}
     for webhook in ours:
-        if int(webhook["id"]) != status.webhook_id:
+        if int(webhook["id"]) not in keep_ids:
             client.delete_webhook(int(webhook["id"]))
             status.removed.append(int(webhook["id"]))
-    DatabaseTenantState(runtime.database).put(
-        tenant_id, STATE_KEY, {"webhook_id": status.webhook_id, "subscription_url": url}
+            status.action = "repaired"
+    status.webhook_ids = {slot: int(webhook["id"]) for slot, webhook in kept.items()}
+    status.webhook_id = status.webhook_ids[PRIMARY]
+    tenant_state.put(
+        tenant_id,
+        STATE_KEY,
+        {
+            "webhook_id": status.webhook_id,
+            "subscription_url": url,
+            "webhooks": {slot: registered[slot] for slot in kept if slot in registered},
+        },
     )
-    status.webhooks = [_public(keep)]
+    status.webhooks = [_public(webhook) for webhook in kept.values()]
     return status
 
 

@@ -143,3 +143,31 @@ def test_replicas_upgrading_at_once_on_postgres_take_turns(postgres_url):
         assert [replica.returncode for replica in replicas] == [0, 0, 0], outputs
         assert sum("upgraded: empty -> " in output for output in outputs) == 1, outputs
         assert _schema_differences(url) == []
+
+
+def test_0002_lifecycle_adds_tombstones_to_existing_id_map_rows_and_downgrades_cleanly(empty_url):
+    upgrade(empty_url, "0001")
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO id_map (tenant, entity, ifs_key, pipedrive_id, updated_at) "
+                    "VALUES ('t', 'order', 'O1', 7, CURRENT_TIMESTAMP)"
+                )
+            )
+        assert upgrade(empty_url, "0002") == "0002"
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.text("SELECT pipedrive_id, tombstoned_at, tombstone_reason FROM id_map")
+            ).one()
+        assert tuple(row) == (7, None, None)
+        assert _schema_differences(empty_url) == []
+
+        command.downgrade(alembic_config(empty_url), "0001")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("id_map")}
+        assert "tombstoned_at" not in columns and "tombstone_reason" not in columns
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM id_map")).scalar() == 1
+    finally:
+        engine.dispose()
