@@ -7,6 +7,7 @@ benchmarks read (request arrival times, writes, process memory).
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import os
 import tempfile
@@ -29,6 +30,15 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 HIGH = 1_000_000  # a limit that never binds
+
+
+def benchmark_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of `python -m <module>`, its docstring as the help text."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 @contextmanager

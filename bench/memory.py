@@ -19,7 +19,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from bench.harness import bench_database, bench_stack, vm_kib
+from bench.harness import bench_database, bench_stack, benchmark_parser, vm_kib
 from connector.jobs import PLAN_SYNC
 from sandbox.polling import wait_until
 from sandbox.stack import Stack, forget_queues
@@ -298,11 +298,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = benchmark_parser("bench.memory", __doc__)
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument(
         "--orders", default="2000,20000", help="comma-separated order counts M to measure"

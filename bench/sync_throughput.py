@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import BenchStack, bench_database, bench_stack, peak_in_window
+from bench.harness import BenchStack, bench_database, bench_stack, benchmark_parser, peak_in_window
 
 PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (the limiter counts 2.5 s, see client.py)
 
@@ -138,11 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sync_throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = benchmark_parser("bench.sync_throughput", __doc__)
     parser.add_argument("--customers", type=int, default=500)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument(

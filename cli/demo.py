@@ -3,6 +3,7 @@ webhook receiver, and a story that runs IFS → Pipedrive → IFS with one failu
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 import uuid
@@ -21,7 +22,6 @@ from connector.stage_push.push import FAILED as EVENT_FAILED
 from connector.storage.audit import FAILED, SUCCEEDED
 
 if TYPE_CHECKING:
-    from sandbox.stack import Stack
     from simulators.ifs.state import IfsSim
     from simulators.pipedrive.state import PipedriveSim
 
@@ -44,18 +44,7 @@ class DemoResult:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "customers": self.customers,
-            "orders": self.orders,
-            "organizations_created": self.organizations_created,
-            "deals_created": self.deals_created,
-            "stage_changes_pushed": self.stage_changes_pushed,
-            "ifs_orders_updated": self.ifs_orders_updated,
-            "failed": self.failed,
-            "replayed": self.replayed,
-            "requests": self.requests,
-            "seconds": round(self.seconds, 2),
-        }
+        return dataclasses.asdict(self) | {"seconds": round(self.seconds, 2)}
 
 
 class Story:
@@ -84,17 +73,10 @@ class Story:
             tenant_overrides={"name": "Demo Boatworks", "pipedrive": {"burst_limit": 100}},
             webhook_auth="basic",
         ) as stack:
-            self.stack: Stack = stack
             self.runtime = stack.runtime
+            self.ifs: IfsSim = stack.ifs
+            self.pipedrive: PipedriveSim = stack.pipedrive
             yield
-
-    @property
-    def ifs(self) -> IfsSim:
-        return self.stack.ifs
-
-    @property
-    def pipedrive(self) -> PipedriveSim:
-        return self.stack.pipedrive
 
     # -- the story ---------------------------------------------------------------------
 

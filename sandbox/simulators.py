@@ -32,28 +32,13 @@ class Simulators:
     def __init__(self, ifs: IfsSimSettings, pipedrive: PipedriveSimSettings) -> None:
         self.ifs_app = create_ifs_app(ifs)
         self.pipedrive_app = create_pipedrive_app(pipedrive)
+        self.ifs: IfsSim = self.ifs_app.extensions["ifs_sim"]
+        self.pipedrive: PipedriveSim = self.pipedrive_app.extensions["pipedrive_sim"]
         self.ifs_server = RunningServer(self.ifs_app)
         self.pipedrive_server = RunningServer(self.pipedrive_app)
+        self.ifs_url, self.pipedrive_url = self.ifs_server.url, self.pipedrive_server.url
         # Pipedrive answers with its own api_domain (OAuth tokens, links): the served URL.
-        pipedrive.api_domain = self.pipedrive_server.url
-
-    @property
-    def ifs(self) -> IfsSim:
-        state: IfsSim = self.ifs_app.extensions["ifs_sim"]
-        return state
-
-    @property
-    def pipedrive(self) -> PipedriveSim:
-        state: PipedriveSim = self.pipedrive_app.extensions["pipedrive_sim"]
-        return state
-
-    @property
-    def ifs_url(self) -> str:
-        return self.ifs_server.url
-
-    @property
-    def pipedrive_url(self) -> str:
-        return self.pipedrive_server.url
+        pipedrive.api_domain = self.pipedrive_url
 
     def start(self) -> Simulators:
         self.ifs_server.start()
