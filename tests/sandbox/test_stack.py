@@ -7,6 +7,7 @@ import pytest
 import redis
 import yaml
 
+from sandbox.polling import wait_until
 from sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ def test_workers_start_with_their_pool_and_close_forgets_queue_and_tenant_keys(
     stack.wait_for_pool(worker, 1, timeout=60)
     client = redis.Redis.from_url(redis_url)
     binding = f"_kombu.binding.{stack.queue}"  # written by the worker that consumes the queue
-    assert client.exists(binding)
+    assert wait_until(lambda: client.exists(binding), timeout=30)  # bound after the pool forks
     client.set(f"mlc:lock:{stack.tenant}:order:1", "1")  # as a record lock leaves it
 
     stack.close()
