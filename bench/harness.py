@@ -1,41 +1,30 @@
-"""Benchmark harness: a whole connector stack (temporary database, simulators, workers, CLI).
+"""Benchmark harness: the sandbox stack (`sandbox.stack`) sized and measured for benchmarks.
 
-Postgres database migrated and dropped, Redis with unique queue and key names, both simulators
-over HTTP, a tenants file, vault credentials, Celery worker processes, and the CLI.
+A migrated temporary database, the simulators seeded with N customers and M orders, the
+Pipedrive plan's burst limit on both sides, Celery worker processes, and the figures the
+benchmarks read (request arrival times, writes, process memory).
 """
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from cryptography.fernet import Fernet
-
-from connector.runtime import Runtime
-from connector.settings import Settings
-from simulators.ifs.app import create_app as create_ifs_app
+from sandbox.database import empty_database
+from sandbox.simulators import fast_pipedrive_settings
+from sandbox.stack import Stack, start_stack
 from simulators.ifs.settings import IfsSimSettings
-from simulators.ifs.state import IfsSim
-from simulators.pipedrive.app import create_app as create_pipedrive_app
-from simulators.pipedrive.settings import PipedriveSimSettings
-from simulators.pipedrive.state import PipedriveSim
-from simulators.serving import RunningServer
 
-BIN = Path(sys.executable).parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
@@ -43,31 +32,23 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 HIGH = 1_000_000  # a limit that never binds
 
 
-@contextmanager
-def temporary_database() -> Iterator[str]:
-    """A freshly created and migrated Postgres database, dropped afterwards."""
-    import sqlalchemy as sa
+def benchmark_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line of `python -m <module>`, its docstring as the help text."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """A freshly created and migrated Postgres database, dropped afterwards."""
     from connector.storage.migrate import upgrade
 
-    name = f"mlc_bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with empty_database(POSTGRES_ADMIN_URL, prefix="mlc_bench") as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
-                {"n": name},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
 
 
 class RequestClock:
@@ -108,97 +89,15 @@ def vm_kib(pid: int, field_name: str) -> int:
     raise KeyError(field_name)
 
 
-def child_pids(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(part) for part in text.split()]
-
-
 @dataclass
 class BenchStack:
-    tenant: str
-    env: dict[str, str]
-    runtime: Runtime
-    ifs: IfsSim
-    pipedrive: PipedriveSim
+    """A sandbox stack and the clock at its Pipedrive simulator's WSGI entry."""
+
+    stack: Stack
     pipedrive_clock: RequestClock
-    folder: Path
-    servers: list[RunningServer]
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def queue(self) -> str:
-        return self.env["CONNECTOR_QUEUE"]
-
-    def cli(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "ml-connector"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def start_workers(
-        self, count: int = 2, concurrency: int = 2, queue: str | None = None
-    ) -> list[subprocess.Popen[bytes]]:
-        started = []
-        for _ in range(count):
-            number = len(self.workers)
-            log = open(self.folder / f"worker{number}.log", "wb")  # noqa: SIM115 - owned by the child
-            process = subprocess.Popen(
-                [
-                    str(BIN / "celery"),
-                    "-A",
-                    "workers.app:celery_app",
-                    "worker",
-                    "-Q",
-                    queue or self.queue,
-                    "-c",
-                    str(concurrency),
-                    "-n",
-                    f"bench{number}-{self.tenant}@%h",
-                    "-l",
-                    "WARNING",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            self.workers.append(process)
-            started.append(process)
-        return started
-
-    def wait_for_pool(self, process: subprocess.Popen[bytes], size: int, timeout: float) -> None:
-        """Wait until a prefork worker has forked its pool processes."""
-        deadline = time.monotonic() + timeout
-        while len(child_pids(process.pid)) < size:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("worker did not start:\n" + self.worker_logs())
-            time.sleep(0.1)
-
-    def stop_workers(self) -> None:
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        self.workers.clear()
-
-    def worker_logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.folder.glob("*.log"))
 
     def pipedrive_writes(self) -> int:
-        writes = self.pipedrive.stats()["writes"]
+        writes = self.stack.pipedrive.stats()["writes"]
         return sum(
             count
             for methods in writes.values()
@@ -207,32 +106,7 @@ class BenchStack:
         )
 
     def ifs_requests(self) -> int:
-        return int(sum(self.ifs.stats()["requests"].values()))
-
-    def close(self) -> None:
-        self.stop_workers()
-        self.runtime.close()
-        for server in self.servers:
-            server.stop()
-        self.pipedrive.stop()
-        _forget_redis_keys(self.env["CONNECTOR_REDIS_URL"], self.tenant, self.queue)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def forget_queues(client: Any, *queues: str) -> None:
-    """Delete Celery queues and the binding sets kombu keeps for them."""
-    for queue in queues:
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-
-
-def _forget_redis_keys(redis_url: str, tenant: str, *queues: str) -> None:
-    """Delete this stack's queues and the limiter/lock keys of its tenant (never FLUSHDB)."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    forget_queues(client, *queues)
-    for key in client.scan_iter(match=f"mlc:*{tenant}*", count=1000):
-        client.delete(key)
+        return int(sum(self.stack.ifs.stats()["requests"].values()))
 
 
 @contextmanager
@@ -249,85 +123,36 @@ def bench_stack(
     """One tenant wired to its own simulators; the Pipedrive plan's burst limit is `burst` on
     both sides (tenant config and simulator), so a too-generous limiter would show as 429s."""
     tenant = f"b{uuid.uuid4().hex[:10]}"
-    folder = Path(tempfile.mkdtemp(prefix=f"mlc-bench-{tenant}-"))
-    ifs_app = create_ifs_app(IfsSimSettings(requests_per_minute=HIGH))
-    ifs_state: IfsSim = ifs_app.extensions["ifs_sim"]
-    ifs_state.seed(customers=customers, orders=orders, seed=seed)
     search = search_burst if search_burst is not None else max(10, burst // 2)
-    pd_settings = PipedriveSimSettings(
-        api_token_burst=burst,
-        oauth_burst=burst,
-        search_burst=search,
-        daily_budget=100_000_000,
-        webhook_delay_scale=0.01,
-        webhook_timeout_s=2.0,
-    )
-    pd_app = create_pipedrive_app(pd_settings)
-    pd_state: PipedriveSim = pd_app.extensions["pipedrive_sim"]
-    clock = RequestClock(pd_app.wsgi_app)
-    pd_app.wsgi_app = clock  # type: ignore[method-assign]
-    servers = [RunningServer(ifs_app).start(), RunningServer(pd_app).start()]
-    pd_settings.api_domain = servers[1].url
-    ifs_config: dict[str, Any] = {
-        "base_url": servers[0].url,
-        "namespace": ifs_state.settings.namespace,
-        "client_id": next(iter(ifs_state.settings.clients)),
-        "requests_per_minute": HIGH,
-    }
+    pipedrive = fast_pipedrive_settings()
+    pipedrive.api_token_burst = pipedrive.oauth_burst = burst
+    pipedrive.search_burst = search
+    ifs_config: dict[str, Any] = {"requests_per_minute": HIGH}
     if ifs_page_size is not None:
         ifs_config["page_size"] = ifs_page_size
-    config = {
-        "ifs": ifs_config,
-        "pipedrive": {
-            "api_domain": servers[1].url,
-            "burst_limit": burst,
-            "search_burst_limit": search,
-            "daily_budget": 100_000_000,
-            "integration_user_id": pd_settings.integration_user_id,
-        },
-    }
-    tenants_file = folder / "tenants.yaml"
-    tenants_file.write_text(yaml.safe_dump({"tenants": {tenant: config}}))
-    env = {
-        **os.environ,
-        "CONNECTOR_DATABASE_URL": database_url,
-        "CONNECTOR_REDIS_URL": REDIS_URL,
-        "CONNECTOR_BROKER_URL": REDIS_URL,
-        "CONNECTOR_QUEUE": f"mlc-bench-{tenant}",
-        "CONNECTOR_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-        "CONNECTOR_TENANTS_FILE": str(tenants_file),
-        "CONNECTOR_LOG_LEVEL": "WARNING",
-    }
-    settings = Settings(
-        database_url=database_url,
-        redis_url=REDIS_URL,
-        broker_url=REDIS_URL,
-        queue=env["CONNECTOR_QUEUE"],
-        encryption_keys=env["CONNECTOR_ENCRYPTION_KEYS"],
-        tenants_file=tenants_file,
-    )
-    runtime = Runtime(settings)
-    runtime.vault.set(
-        tenant, "ifs", "client_secret", next(iter(ifs_state.settings.clients.values()))
-    )
-    runtime.vault.set(tenant, "pipedrive", "api_token", pd_settings.api_tokens[0])
-    stack = BenchStack(
-        tenant=tenant,
-        env=env,
-        runtime=runtime,
-        ifs=ifs_state,
-        pipedrive=pd_state,
-        pipedrive_clock=clock,
-        folder=folder,
-        servers=servers,
-    )
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
-def timed(action: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    value = action()
-    return value, time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix=f"mlc-bench-{tenant}-") as folder:
+        stack = start_stack(
+            database_url=database_url,
+            redis_url=REDIS_URL,
+            folder=Path(folder),
+            tenant=tenant,
+            queue=f"mlc-bench-{tenant}",
+            ifs=IfsSimSettings(requests_per_minute=HIGH),
+            pipedrive=pipedrive,
+            tenant_overrides={
+                "ifs": ifs_config,
+                "pipedrive": {
+                    "burst_limit": burst,
+                    "search_burst_limit": search,
+                    "daily_budget": pipedrive.daily_budget,
+                },
+            },
+        )
+        try:
+            stack.ifs.seed(customers=customers, orders=orders, seed=seed)
+            app = stack.simulators.pipedrive_app
+            clock = RequestClock(app.wsgi_app)
+            app.wsgi_app = clock  # type: ignore[method-assign]
+            yield BenchStack(stack, clock)
+        finally:
+            stack.close()

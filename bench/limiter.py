@@ -8,7 +8,6 @@ that never binds (the limiter's own cost) and with one that does (waiting, accur
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import statistics
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bench.harness import REDIS_URL, peak_in_window
+from bench.harness import REDIS_URL, benchmark_parser, peak_in_window
 from connector.ratelimit import Limit, LocalRateLimiter, RateLimiter, RedisRateLimiter, acquire
 
 KEY = "bench:one-key"
@@ -148,11 +147,7 @@ def _cleanup(prefix: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.limiter",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = benchmark_parser("bench.limiter", __doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each unbound run")
     parser.add_argument("--bound-seconds", type=float, default=6.0, help="each bound run")
     parser.add_argument("--workers", type=int, default=4, help="processes / threads in parallel")

@@ -19,14 +19,11 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    BenchStack,
-    bench_stack,
-    child_pids,
-    forget_queues,
-    temporary_database,
-    vm_kib,
-)
+from bench.harness import bench_database, bench_stack, benchmark_parser, vm_kib
+from connector.jobs import PLAN_SYNC
+from sandbox.polling import wait_until
+from sandbox.stack import Stack, forget_queues
+from sandbox.workers import child_pids
 
 PLAN_QUEUE_SUFFIX = "-plan"
 # Filling the id map is set-up, not measured: read IFS in big pages to keep it quick.
@@ -97,7 +94,7 @@ def plan_child(tenant: str, trace: bool) -> None:
     runtime.close()
 
 
-def run_plan_child(stack: BenchStack, trace: bool = False) -> dict[str, Any]:
+def run_plan_child(stack: Stack, trace: bool = False) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.memory", "--plan-child", stack.tenant]
     if trace:
         command.append("--trace")
@@ -111,7 +108,7 @@ def run_plan_child(stack: BenchStack, trace: bool = False) -> dict[str, Any]:
 # -- the plan step inside a real Celery worker ---------------------------------------------
 
 
-def run_worker_plan(stack: BenchStack, expected: int) -> dict[str, Any]:
+def run_worker_plan(stack: Stack, expected: int) -> dict[str, Any]:
     """plan_sync in a worker with one pool process; the record tasks it queues go to the
     stack's queue, which nothing consumes, so the pool process does nothing but the plan."""
     import redis
@@ -131,7 +128,7 @@ def run_worker_plan(stack: BenchStack, expected: int) -> dict[str, Any]:
         sender = Celery(broker=stack.env["CONNECTOR_BROKER_URL"])
         started = time.monotonic()
         sender.send_task(
-            "ml_connector.plan_sync",
+            PLAN_SYNC,
             kwargs={"tenant": stack.tenant, "entity": "order"},
             queue=plan_queue,
         )
@@ -143,10 +140,8 @@ def run_worker_plan(stack: BenchStack, expected: int) -> dict[str, Any]:
             with stack.runtime.database.session() as session:
                 return session.scalars(query).first() is not None
 
-        while not planned() or client.llen(stack.queue) < expected:
-            if time.monotonic() - started > 600:
-                raise RuntimeError("the worker's plan did not finish:\n" + stack.worker_logs())
-            time.sleep(0.2)
+        if not wait_until(lambda: planned() and client.llen(stack.queue) >= expected, 600):
+            raise RuntimeError("the worker's plan did not finish:\n" + stack.worker_logs())
         seconds = time.monotonic() - started
         time.sleep(0.5)
         queued_bytes = client.memory_usage(stack.queue, samples=0) or 0
@@ -169,12 +164,9 @@ def run_worker_plan(stack: BenchStack, expected: int) -> dict[str, Any]:
 # -- an id map in which every order is known and unchanged ---------------------------------
 
 
-def fill_id_map(stack: BenchStack) -> float:
+def fill_id_map(stack: Stack) -> float:
     """Write the id map a completed sync would leave (real payloads and hashes) in bulk."""
-    from sqlalchemy import delete, insert
-
-    from connector.storage.idmap import CUSTOMER, ORDER, IdMap, content_hash
-    from connector.storage.models import IdMapEntry
+    from connector.storage.idmap import CUSTOMER, ORDER, IdMap
     from connector.sync.engine import TenantSync
     from connector.sync.specs import CUSTOMERS, ORDERS
 
@@ -183,42 +175,27 @@ def fill_id_map(stack: BenchStack) -> float:
     layout = sync.layout()
     tenant = stack.tenant
     customers_set, orders_set = CUSTOMERS.ifs_set(sync.tenant), ORDERS.ifs_set(sync.tenant)
-    database = stack.runtime.database
-    with database.session() as session:
-        session.execute(delete(IdMapEntry).where(IdMapEntry.tenant == tenant))
-        session.execute(
-            insert(IdMapEntry),
-            [
-                {
-                    "tenant": tenant,
-                    "entity": CUSTOMER,
-                    "ifs_key": record.key,
-                    "pipedrive_id": number,
-                    "etag": record.etag,
-                }
-                for number, record in enumerate(
-                    sync.ifs.iter_records(customers_set, page_size=BULK), start=1
-                )
-            ],
-        )
-    customers = IdMap(database).summaries(tenant, CUSTOMER)
-    rows = []
+    idmap = IdMap(stack.runtime.database)
+    idmap.load(
+        tenant,
+        (
+            (CUSTOMER, record.key, number, record.etag, None)
+            for number, record in enumerate(
+                sync.ifs.iter_records(customers_set, page_size=BULK), start=1
+            )
+        ),
+    )
+    customers = idmap.summaries(tenant, CUSTOMER)
+    # load() replaces the tenant's whole map: the customers go in again with the orders.
+    rows: list[tuple[str, str, int, str, dict[str, Any] | None]] = [
+        (CUSTOMER, key, int(state.pipedrive_id or 0), state.etag or "", None)
+        for key, state in customers.items()
+    ]
     for number, record in enumerate(sync.ifs.iter_records(orders_set, page_size=BULK), start=1):
         payload = sync._planned_payload(ORDERS, record.data, layout, customers)
         assert payload is not None
-        rows.append(
-            {
-                "tenant": tenant,
-                "entity": ORDER,
-                "ifs_key": record.key,
-                "pipedrive_id": number,
-                "etag": record.etag,
-                "last_payload": payload,
-                "content_hash": content_hash(payload),
-            }
-        )
-    with database.session() as session:
-        session.execute(insert(IdMapEntry), rows)
+        rows.append((ORDER, record.key, number, record.etag, payload))
+    idmap.load(tenant, rows)
     return time.perf_counter() - started
 
 
@@ -233,9 +210,10 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(part) for part in args.orders.split(",")]
     rows: list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
     traced: dict[str, dict[str, Any]] = {}
-    with temporary_database() as database_url:
+    with bench_database() as database_url:
         for orders in sizes:
-            with bench_stack(database_url, customers=args.customers, orders=orders) as stack:
+            with bench_stack(database_url, customers=args.customers, orders=orders) as bench:
+                stack = bench.stack
                 trace = orders == max(sizes) and args.trace
                 first = run_plan_child(stack)
                 if trace:
@@ -304,11 +282,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = benchmark_parser("bench.memory", __doc__)
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument(
         "--orders", default="2000,20000", help="comma-separated order counts M to measure"

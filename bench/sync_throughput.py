@@ -15,13 +15,14 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import BenchStack, bench_stack, peak_in_window, temporary_database
+from bench.harness import BenchStack, bench_database, bench_stack, benchmark_parser, peak_in_window
 
 PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (the limiter counts 2.5 s, see client.py)
 
 
-def _sync(stack: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float, float]:
+def _sync(bench: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float, float]:
     """Run `ml-connector sync --wait --json`; (summary, wall seconds, monotonic start)."""
+    stack = bench.stack
     started = time.monotonic()
     result = stack.cli(
         "sync",
@@ -43,18 +44,19 @@ def run(args: argparse.Namespace) -> int:
     records = args.customers + args.orders
     problems: list[str] = []
     with (
-        temporary_database() as database_url,
+        bench_database() as database_url,
         bench_stack(
             database_url, customers=args.customers, orders=args.orders, burst=args.burst
-        ) as stack,
+        ) as bench,
     ):
+        stack = bench.stack
         for process in stack.start_workers(args.workers, args.concurrency):
             stack.wait_for_pool(process, args.concurrency, timeout=60)
 
-        first, wall, started = _sync(stack, args.timeout)
+        first, wall, started = _sync(bench, args.timeout)
         pd = stack.pipedrive.stats()
-        ifs_requests = stack.ifs_requests()
-        stamps = stack.pipedrive_clock.since(started)
+        ifs_requests = bench.ifs_requests()
+        stamps = bench.pipedrive_clock.since(started)
         peak = peak_in_window(stamps, PIPEDRIVE_WINDOW_S)
         active = (max(stamps) - min(stamps)) if len(stamps) > 1 else 0.0
         if first["created"] != records or first["failed"]:
@@ -71,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.customers} organizations and {args.orders} deals"
             )
 
-        writes_before = stack.pipedrive_writes()
+        writes_before = bench.pipedrive_writes()
         pd_requests_before = pd["requests_total"]
-        second, resync_wall, _ = _sync(stack, args.timeout)
-        resync_writes = stack.pipedrive_writes() - writes_before
+        second, resync_wall, _ = _sync(bench, args.timeout)
+        resync_writes = bench.pipedrive_writes() - writes_before
         resync_pd_requests = stack.pipedrive.stats()["requests_total"] - pd_requests_before
         if resync_writes or second["created"] or second["updated"] or second["failed"]:
             problems.append(f"no-change re-sync wrote {resync_writes} times: {second}")
@@ -136,11 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sync_throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = benchmark_parser("bench.sync_throughput", __doc__)
     parser.add_argument("--customers", type=int, default=500)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument(

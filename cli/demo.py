@@ -3,8 +3,7 @@ webhook receiver, and a story that runs IFS → Pipedrive → IFS with one failu
 
 from __future__ import annotations
 
-import os
-import shutil
+import dataclasses
 import sys
 import time
 import uuid
@@ -12,14 +11,22 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from cryptography.fernet import Fernet
-from sqlalchemy import func, select
+
+from connector.jobs import PLAN_SYNC
+from connector.storage.audit import FAILED, SUCCEEDED
+from connector.storage.idmap import IdMap
+from connector.storage.webhook_events import FINISHED, WebhookEvents, WebhookEventStatus
+
+if TYPE_CHECKING:
+    from simulators.ifs.state import IfsSim
+    from simulators.pipedrive.state import PipedriveSim
 
 DEMO_TENANT = "demo"
 BAD_CURRENCY = "EURO"  # Pipedrive accepts 3-letter codes only: the demo's injected failure
+WAIT_S = 120.0  # how long the demo waits for webhooks or replays to finish
 
 
 @dataclass
@@ -36,36 +43,7 @@ class DemoResult:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "customers": self.customers,
-            "orders": self.orders,
-            "organizations_created": self.organizations_created,
-            "deals_created": self.deals_created,
-            "stage_changes_pushed": self.stage_changes_pushed,
-            "ifs_orders_updated": self.ifs_orders_updated,
-            "failed": self.failed,
-            "replayed": self.replayed,
-            "requests": self.requests,
-            "seconds": round(self.seconds, 2),
-        }
-
-
-def _embedded_environment(folder: Path) -> None:
-    # The demo always runs embedded, whatever the shell exports: its own SQLite file, no
-    # broker, no Redis. Settings are read once per process, so set them before any use.
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    os.environ["CONNECTOR_DATABASE_URL"] = f"sqlite:///{folder / 'connector.db'}"
-    os.environ["CONNECTOR_BROKER_URL"] = "memory://localhost/"
-    os.environ.pop("CONNECTOR_REDIS_URL", None)
-    os.environ.setdefault("CONNECTOR_ENCRYPTION_KEYS", Fernet.generate_key().decode())
-    os.environ["CONNECTOR_TENANTS_FILE"] = str(folder / "tenants.yaml")
-    # The story is told on stdout; worker chatter would drown it (errors still show).
-    os.environ.setdefault("CONNECTOR_LOG_LEVEL", "WARNING")
-    from connector.settings import get_settings
-
-    get_settings.cache_clear()
+        return dataclasses.asdict(self) | {"seconds": round(self.seconds, 2)}
 
 
 class Story:
@@ -81,82 +59,23 @@ class Story:
     @contextmanager
     def running(self) -> Iterator[None]:
         """Start everything the story needs, and stop it all afterwards."""
-        _embedded_environment(self.folder)
-        import yaml
-
-        from connector.runtime import Runtime
-        from connector.settings import get_settings
-        from connector.storage.migrate import upgrade
-        from connector.tenants import parse_tenants
-        from simulators.ifs.app import create_app as create_ifs
+        from sandbox.embedded import embedded_stack
         from simulators.ifs.settings import IfsSimSettings
-        from simulators.pipedrive.app import create_app as create_pipedrive
         from simulators.pipedrive.settings import PipedriveSimSettings
-        from simulators.serving import RunningServer, free_port
-        from webhook_receiver.app import create_app as create_receiver
-        from workers.app import celery_app
-        from workers.embedded import embedded_worker
-        from workers.runtime import set_runtime
 
-        settings = get_settings()
-        celery_app.conf.update(broker_url="memory://localhost/")
-        with ExitStack() as stack:
-            ifs_settings = IfsSimSettings()
-            self.ifs_app = create_ifs(ifs_settings)
-            ifs = stack.enter_context(RunningServer(self.ifs_app))
+        with embedded_stack(
+            self.folder,
+            DEMO_TENANT,
+            ifs=IfsSimSettings(),
             # A Pipedrive plan with room for the demo's pace; webhooks retried quickly.
-            pd_settings = PipedriveSimSettings(api_token_burst=100, webhook_delay_scale=0.02)
-            self.pd_app = create_pipedrive(pd_settings)
-            pipedrive = stack.enter_context(RunningServer(self.pd_app))
-            stack.callback(self.pd_app.extensions["pipedrive_sim"].stop)
-            pd_settings.api_domain = pipedrive.url
-            upgrade(settings.database_url)
-
-            receiver_port = free_port()
-            receiver_url = f"http://127.0.0.1:{receiver_port}"
-            tenant_doc = {
-                "tenants": {
-                    DEMO_TENANT: {
-                        "name": "Demo Boatworks",
-                        "ifs": {
-                            "base_url": ifs.url,
-                            "namespace": ifs_settings.namespace,
-                            "client_id": next(iter(ifs_settings.clients)),
-                        },
-                        "pipedrive": {
-                            "api_domain": pipedrive.url,
-                            "burst_limit": 100,
-                            "integration_user_id": pd_settings.integration_user_id,
-                        },
-                        "webhook": {
-                            "auth": "basic",
-                            "subscription_url": f"{receiver_url}/webhooks/pipedrive/{DEMO_TENANT}",
-                        },
-                    }
-                }
-            }
-            Path(settings.tenants_file).write_text(yaml.safe_dump(tenant_doc, sort_keys=False))
-            tenants = parse_tenants(tenant_doc)
-            self.runtime = Runtime(settings, tenants=tenants)
-            stack.callback(self.runtime.close)
-            stack.enter_context(
-                RunningServer(create_receiver(runtime=self.runtime), port=receiver_port)
-            )
-            set_runtime(self.runtime)
-            self.runtime.vault.set(
-                DEMO_TENANT, "ifs", "client_secret", next(iter(ifs_settings.clients.values()))
-            )
-            self.runtime.vault.set(DEMO_TENANT, "pipedrive", "api_token", pd_settings.api_tokens[0])
-            stack.enter_context(embedded_worker(concurrency=4))
+            pipedrive=PipedriveSimSettings(api_token_burst=100, webhook_delay_scale=0.02),
+            tenant_overrides={"name": "Demo Boatworks", "pipedrive": {"burst_limit": 100}},
+            webhook_auth="basic",
+        ) as stack:
+            self.runtime = stack.runtime
+            self.ifs: IfsSim = stack.ifs
+            self.pipedrive: PipedriveSim = stack.pipedrive
             yield
-
-    @property
-    def ifs(self) -> Any:
-        return self.ifs_app.extensions["ifs_sim"]
-
-    @property
-    def pipedrive(self) -> Any:
-        return self.pd_app.extensions["pipedrive_sim"]
 
     # -- the story ---------------------------------------------------------------------
 
@@ -207,7 +126,7 @@ class Story:
 
         run_id = uuid.uuid4().hex
         celery_app.send_task(
-            "ml_connector.plan_sync",
+            PLAN_SYNC,
             kwargs={"tenant": DEMO_TENANT, "entity": "all", "run_id": run_id},
         )
         return wait_for_run(
@@ -215,19 +134,7 @@ class Story:
         )
 
     def _count_created(self, entity: str) -> int:
-        from connector.storage.models import IdMapEntry
-
-        with self.runtime.database.session() as session:
-            return int(
-                session.scalar(
-                    select(func.count()).where(
-                        IdMapEntry.tenant == DEMO_TENANT,
-                        IdMapEntry.entity == entity,
-                        IdMapEntry.pipedrive_id.is_not(None),
-                    )
-                )
-                or 0
-            )
+        return len(IdMap(self.runtime.database).linked_pipedrive_ids(DEMO_TENANT, entity))
 
     def _before_after(self, moment: str) -> None:
         stats = self.pipedrive.stats()["records"]
@@ -307,44 +214,34 @@ class Story:
         return f"{order['Objstate']}{crm}"
 
     def _events_done(self, expected: int) -> int:
-        from connector.storage.models import WebhookEvent
-
-        with self.runtime.database.session() as session:
-            done = session.scalar(
-                select(func.count()).where(
-                    WebhookEvent.tenant == DEMO_TENANT,
-                    WebhookEvent.status.in_(("applied", "ignored", "failed")),
-                )
-            )
-        return min(int(done or 0), expected)
+        counts = WebhookEvents(self.runtime.database).counts_by_status(DEMO_TENANT)
+        done = sum(counts.get(status, 0) for status in (*FINISHED, WebhookEventStatus.FAILED))
+        return min(done, expected)
 
     def _events_applied(self) -> int:
-        from connector.storage.models import WebhookEvent
-
-        with self.runtime.database.session() as session:
-            return int(
-                session.scalar(
-                    select(func.count()).where(
-                        WebhookEvent.tenant == DEMO_TENANT, WebhookEvent.status == "applied"
-                    )
-                )
-                or 0
-            )
+        counts = WebhookEvents(self.runtime.database).counts_by_status(DEMO_TENANT)
+        return counts.get(WebhookEventStatus.APPLIED, 0)
 
     def _wait(self, progress: Callable[[], int], label: str, total: int) -> None:
-        deadline = time.monotonic() + 120
-        if self.bars:
-            stderr = sys.stderr
-            with click.progressbar(length=total, label=f"   {label}", file=stderr) as bar:
-                while (done := progress()) < total and time.monotonic() < deadline:
+        """Wait until `progress()` reaches `total`, with a progress bar on stderr."""
+        from sandbox.polling import wait_until
+
+        with ExitStack() as cleanup:
+            bar = None
+            if self.bars:
+                bar = cleanup.enter_context(
+                    click.progressbar(length=total, label=f"   {label}", file=sys.stderr)
+                )
+
+            def reached() -> bool:
+                done = progress()
+                if bar is not None:
                     bar.update(done - bar.pos)
-                    time.sleep(0.1)
-                bar.update(progress() - bar.pos)
-        else:
-            while progress() < total and time.monotonic() < deadline:
-                time.sleep(0.1)
-        if progress() < total:
-            raise click.ClickException(f"demo: {label} did not finish within 120 s")
+                return done >= total
+
+            finished = wait_until(reached, timeout=WAIT_S, interval=0.1)
+        if not finished:
+            raise click.ClickException(f"demo: {label} did not finish within {WAIT_S:.0f} s")
 
     def _replay(self) -> None:
         from connector.replay import Replay
@@ -362,15 +259,13 @@ class Story:
 
         def replays_done() -> int:
             rows = log.list(tenant=DEMO_TENANT, limit=50)
-            return sum(
-                1 for r in rows if r.replay_of in queued and r.status in ("succeeded", "failed")
-            )
+            return sum(1 for r in rows if r.replay_of in queued and r.status in (SUCCEEDED, FAILED))
 
         self._wait(replays_done, "replays", len(queued))
         succeeded = [
             r
             for r in log.list(tenant=DEMO_TENANT, limit=50)
-            if r.replay_of in queued and r.status == "succeeded"
+            if r.replay_of in queued and r.status == SUCCEEDED
         ]
         self.result.replayed = len(succeeded)
         for row in succeeded:

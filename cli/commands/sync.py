@@ -46,23 +46,26 @@ def wait_for_run(
     show_progress: bool,
 ) -> RunSummary:
     """Poll the run's audit rows until every queued record has a final outcome."""
-    deadline = time.monotonic() + timeout_s
+    from sandbox.polling import wait_until
 
     def poll(bar: Any) -> RunSummary:
-        while True:
+        latest: list[RunSummary] = []
+
+        def finished() -> bool:
             summary = run_summary(database, run_id)
+            latest[:] = [summary]
             if bar is not None:
                 # The total is known once the plan row is written; tasks may finish before.
                 bar.length = max(summary.queued, summary.done, 1)
                 bar.update(summary.done - bar.pos)
-            if summary.finished(expected_entities):
-                return summary
-            if time.monotonic() > deadline:
-                raise click.ClickException(
-                    f"run {run_id} did not finish within {timeout_s:.0f}s "
-                    f"({summary.done}/{summary.queued} records done); are workers running?"
-                )
-            time.sleep(0.3)
+            return summary.finished(expected_entities)
+
+        if not wait_until(finished, timeout=timeout_s, interval=0.3):
+            raise click.ClickException(
+                f"run {run_id} did not finish within {timeout_s:.0f}s "
+                f"({latest[0].done}/{latest[0].queued} records done); are workers running?"
+            )
+        return latest[0]
 
     if not show_progress:
         return poll(None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
@@ -126,6 +127,29 @@ class IdMap:
                 key=("tenant", "entity", "ifs_key"),
                 update=changes,
             )
+
+    def load(
+        self, tenant: str, entries: Iterable[tuple[str, str, int, str, dict[str, Any] | None]]
+    ) -> int:
+        """Replace the tenant's whole id map with `entries` (entity, IFS key, Pipedrive id,
+        ETag, last payload) in one statement: restoring a map, or preparing a benchmark."""
+        rows = [
+            {
+                "tenant": tenant,
+                "entity": entity,
+                "ifs_key": ifs_key,
+                "pipedrive_id": pipedrive_id,
+                "etag": etag,
+                "last_payload": payload,
+                "content_hash": content_hash(payload) if payload is not None else None,
+            }
+            for entity, ifs_key, pipedrive_id, etag, payload in entries
+        ]
+        with self.database.session() as session:
+            session.execute(delete(IdMapEntry).where(IdMapEntry.tenant == tenant))
+            if rows:
+                session.execute(insert(IdMapEntry), rows)
+        return len(rows)
 
     def relink(self, tenant: str, entity: str, ifs_key: str, pipedrive_id: int | None) -> None:
         """Point the entry at another Pipedrive record (a merge survivor), or at none (the

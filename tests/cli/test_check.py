@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.stack import Stack
+from sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
 

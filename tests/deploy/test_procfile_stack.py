@@ -20,15 +20,12 @@ from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.webhook_events import WebhookEventStatus
+from sandbox.polling import wait_until
+from sandbox.stack import Stack
+from sandbox.workers import BIN
 from simulators.ifs.schema import customer_order
-from tests.fixtures.stack import (
-    BIN,
-    ProcessTree,
-    Stack,
-    free_port,
-    wait_for_http,
-    wait_until,
-)
+from simulators.serving import free_port
+from tests.fixtures.processes import ProcessTree, wait_for_http
 from workers.schedule import tenant_crontab
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,12 @@ from connector.pipedrive.provisioning import FieldKeys
 from connector.storage.audit import AuditLog
 from connector.storage.models import AuditRecord
 from connector.storage.tenant_state import DatabaseTenantState
+from sandbox.polling import wait_until
+from sandbox.stack import Stack
+from sandbox.workers import BIN
 from simulators.ifs.schema import customer_order
-from tests.fixtures.stack import BIN, ProcessTree, Stack, free_port, wait_for_http, wait_until
+from simulators.serving import free_port
+from tests.fixtures.processes import ProcessTree, wait_for_http
 
 pytestmark = pytest.mark.integration
 

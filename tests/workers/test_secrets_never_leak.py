@@ -10,8 +10,8 @@ import requests
 from sqlalchemy import select
 
 from connector.storage.models import AuditRecord
+from sandbox.polling import wait_until
 from simulators.ifs.schema import customer_order
-from tests.fixtures.stack import wait_until
 
 pytestmark = pytest.mark.integration
 

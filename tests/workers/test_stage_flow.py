@@ -19,9 +19,10 @@ from connector.runtime import Runtime
 from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
+from sandbox.polling import wait_until
+from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
 from simulators.serving import RunningServer
-from tests.fixtures.stack import Stack, wait_until
 from webhook_receiver.app import create_app
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from connector import jobs
 from connector.pipedrive.provisioning import FieldKeys
 from connector.storage.idmap import IdMap
 from connector.storage.tenant_state import DatabaseTenantState
+from sandbox.stack import Stack
 from simulators.ifs.schema import customer_info, customer_order
-from tests.fixtures.stack import Stack
 
 pytestmark = pytest.mark.integration
 CUSTOM_KEY = re.compile(r"^[0-9a-f]{40}$")
@@ -192,7 +192,7 @@ def test_bad_records_unknown_tenant_and_revoked_token_fail_with_reasons(stack_fa
         queue=stack.env["CONNECTOR_QUEUE"],
     )
     from connector.storage.audit import AuditLog
-    from tests.fixtures.stack import wait_until
+    from sandbox.polling import wait_until
 
     rows = wait_until(lambda: AuditLog(stack.runtime.database).list(tenant="no-such-tenant"), 60)
     assert rows and rows[0].status == "failed" and "unknown tenant" in (rows[0].error or "")

@@ -90,24 +90,27 @@ def test_two_workers_at_once_create_each_field_once(
         PipedriveClient.for_tenant(tenant, vault=vault, coordination=coordination) for _ in range(2)
     ]
     barrier = threading.Barrier(len(clients))
-    results: list[object] = []
+    # One slot per worker, so what each one saw stays with it whatever order threads run in.
+    layouts: list[tuple[object, object] | None] = [None] * len(clients)
+    errors: list[BaseException] = []
 
-    def run(client: PipedriveClient) -> None:
+    def run(slot: int, client: PipedriveClient) -> None:
         barrier.wait()
         try:
-            results.append(ensure_custom_fields(client, tenant, tenant_state))
-            results.append(ensure_pipeline(client, tenant, tenant_state))
+            fields = ensure_custom_fields(client, tenant, tenant_state)
+            layouts[slot] = (fields, ensure_pipeline(client, tenant, tenant_state))
         except BaseException as error:  # surfaced by the assertion below
-            results.append(error)
+            errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    threads = [threading.Thread(target=run, args=slot_client) for slot_client in enumerate(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
 
-    assert not [r for r in results if isinstance(r, BaseException)]
-    assert results[0] == results[2] and results[1] == results[3]
+    assert not errors
+    # Both workers got the same field keys and the same pipeline.
+    assert layouts[0] is not None and layouts[0] == layouts[1]
     assert field_creations(pipedrive_sim) == len(ORGANIZATION_FIELDS) + len(DEAL_FIELDS)
     assert pipedrive_sim.state.stats()["requests"]["POST /api/v2/pipelines"] == 1
 

@@ -92,3 +92,23 @@ def test_the_last_event_time_only_moves_forward(database, tenant):
 
     entry = idmap.get(tenant, ORDER, "O-1")
     assert entry is not None and _aware(entry.last_event_at) == T2
+
+
+def test_load_replaces_the_whole_map_of_one_tenant_only(database, tenant):
+    idmap = IdMap(database)
+    other = f"{tenant}-other"
+    idmap.save(tenant, "order", "stale", pipedrive_id=1)
+    idmap.save(other, "order", "kept", pipedrive_id=2)
+
+    loaded = idmap.load(
+        tenant,
+        [("customer", "C1", 10, "e1", None), ("order", "O1", 11, "e2", {"title": "x"})],
+    )
+
+    assert loaded == 2
+    assert idmap.get(tenant, "order", "stale") is None
+    order = idmap.get(tenant, "order", "O1")
+    assert order is not None and order.pipedrive_id == 11 and order.content_hash
+    customer = idmap.get(tenant, "customer", "C1")
+    assert customer is not None and customer.content_hash is None
+    assert idmap.get(other, "order", "kept") is not None

@@ -1,0 +1,180 @@
+"""The assembled stack: simulators, a tenants file, stored credentials, a Runtime, workers.
+
+`start_stack` builds it on the real Postgres and Redis with `celery worker` processes (tests,
+benchmarks); `sandbox.embedded.embedded_stack` builds the same on SQLite with an in-process
+worker (the demo). Either way every client talks real HTTP to the simulators.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+
+from connector.runtime import Runtime
+from connector.settings import Settings
+from sandbox.simulators import Simulators
+from sandbox.tenant import merge, store_credentials, tenant_config, write_tenants_file
+from sandbox.workers import BIN, WorkerProcesses
+from simulators.ifs.settings import IfsSimSettings
+from simulators.ifs.state import IfsSim
+from simulators.pipedrive.settings import PipedriveSimSettings
+from simulators.pipedrive.state import PipedriveSim
+
+
+@dataclass
+class Stack:
+    """One tenant wired to its own simulators; `env` is what its processes (CLI, workers) get."""
+
+    tenant: str
+    env: dict[str, str]
+    runtime: Runtime
+    simulators: Simulators
+    tenants_file: Path
+    tenant_config: dict[str, Any]
+    workers: WorkerProcesses
+
+    @property
+    def ifs(self) -> IfsSim:
+        return self.simulators.ifs
+
+    @property
+    def pipedrive(self) -> PipedriveSim:
+        return self.simulators.pipedrive
+
+    @property
+    def ifs_url(self) -> str:
+        return self.simulators.ifs_url
+
+    @property
+    def pipedrive_url(self) -> str:
+        return self.simulators.pipedrive_url
+
+    @property
+    def queue(self) -> str:
+        return self.runtime.settings.queue
+
+    def write_tenants(self, **overrides: Any) -> None:
+        """Rewrite the tenants file with `overrides` merged into this tenant's section."""
+        write_tenants_file(self.tenants_file, self.tenant, merge(self.tenant_config, overrides))
+
+    def cli(
+        self, *args: str, timeout: float = 600, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `ml-connector ARGS` as an operator on this stack would."""
+        return subprocess.run(
+            [str(BIN / "ml-connector"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+
+    def start_workers(
+        self, count: int = 2, concurrency: int = 2, queue: str | None = None
+    ) -> list[subprocess.Popen[bytes]]:
+        return self.workers.start(count, concurrency, queue)
+
+    def wait_for_pool(self, process: subprocess.Popen[bytes], size: int, timeout: float) -> None:
+        self.workers.wait_for_pool(process, size, timeout)
+
+    def stop_workers(self) -> None:
+        self.workers.stop()
+
+    def worker_logs(self, tail: int = 5000) -> str:
+        return self.workers.logs_tail(tail)
+
+    def close(self) -> None:
+        """Stop the workers and simulators; forget this stack's queue and tenant keys."""
+        self.stop_workers()
+        self.runtime.close()
+        self.simulators.stop()
+        if self.runtime.settings.redis_url:
+            forget_redis_keys(self.runtime.settings.redis_url, self.tenant, self.queue)
+
+
+def forget_queues(client: Any, *queues: str) -> None:
+    """Delete Celery queues and the binding sets kombu keeps for them."""
+    for queue in queues:
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+
+def forget_redis_keys(redis_url: str, tenant: str, *queues: str) -> None:
+    """Delete these queues and the limiter/lock keys of `tenant` (never FLUSHDB: Redis is
+    shared with whatever else runs on the machine)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    forget_queues(client, *queues)
+    for key in client.scan_iter(match=f"mlc:*{tenant}*", count=1000):
+        client.delete(key)
+
+
+def assemble(
+    settings: Settings,
+    env: dict[str, str],
+    tenant: str,
+    simulators: Simulators,
+    tenant_overrides: dict[str, Any],
+    logs: Path,
+) -> Stack:
+    """Write the tenant's section, build the Runtime and store the credentials (the database
+    must be migrated)."""
+    config = tenant_config(simulators, tenant_overrides)
+    write_tenants_file(settings.tenants_file, tenant, config)
+    runtime = Runtime(settings)
+    store_credentials(runtime.vault, tenant, simulators)
+    return Stack(
+        tenant=tenant,
+        env=env,
+        runtime=runtime,
+        simulators=simulators,
+        tenants_file=settings.tenants_file,
+        tenant_config=config,
+        workers=WorkerProcesses(env, logs, tenant),
+    )
+
+
+def start_stack(
+    *,
+    database_url: str,
+    redis_url: str,
+    folder: Path,
+    tenant: str,
+    queue: str,
+    ifs: IfsSimSettings,
+    pipedrive: PipedriveSimSettings,
+    tenant_overrides: dict[str, Any],
+) -> Stack:
+    """A stack on a migrated Postgres database and Redis, for `celery worker` processes that
+    consume `queue`; `folder` holds the tenants file and the worker logs. Call `close()`."""
+    tenants_file = folder / "tenants.yaml"
+    env = {
+        **os.environ,
+        "CONNECTOR_DATABASE_URL": database_url,
+        "CONNECTOR_REDIS_URL": redis_url,
+        "CONNECTOR_BROKER_URL": redis_url,
+        "CONNECTOR_QUEUE": queue,
+        "CONNECTOR_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "CONNECTOR_TENANTS_FILE": str(tenants_file),
+        "CONNECTOR_LOG_LEVEL": "WARNING",
+    }
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        broker_url=redis_url,
+        queue=queue,
+        encryption_keys=env["CONNECTOR_ENCRYPTION_KEYS"],
+        tenants_file=tenants_file,
+    )
+    simulators = Simulators(ifs, pipedrive).start()
+    try:
+        return assemble(settings, env, tenant, simulators, tenant_overrides, folder)
+    except BaseException:
+        simulators.stop()
+        raise

@@ -1,0 +1,74 @@
+"""Real `celery worker` processes on the sandbox's queue: the one worker command line."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from sandbox.polling import wait_until
+
+BIN = Path(sys.executable).parent
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of `pid` (a prefork worker's pool processes)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(part) for part in text.split()]
+
+
+class WorkerProcesses:
+    """Celery workers started with `env`, each logging to a file in `logs`."""
+
+    def __init__(self, env: dict[str, str], logs: Path, name: str) -> None:
+        self.env, self.logs, self.name = env, logs, name
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, count: int, concurrency: int, queue: str | None = None
+    ) -> list[subprocess.Popen[bytes]]:
+        started = []
+        for _ in range(count):
+            number = len(self.processes)
+            log = open(self.logs / f"worker{number}.log", "wb")  # noqa: SIM115 - owned by the child
+            argv = [
+                *(str(BIN / "celery"), "-A", "workers.app:celery_app", "worker"),
+                *("-Q", queue or self.env["CONNECTOR_QUEUE"], "-c", str(concurrency)),
+                *("-n", f"w{number}-{self.name}@%h", "-l", "WARNING"),
+                # Each worker works alone: no cluster chatter to wait for at start or stop.
+                *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+            ]
+            process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.processes.append(process)
+            started.append(process)
+        return started
+
+    def wait_for_pool(self, process: subprocess.Popen[bytes], size: int, timeout: float) -> None:
+        """Wait until a prefork worker has forked its `size` pool processes."""
+        ready = wait_until(
+            lambda: process.poll() is not None or len(child_pids(process.pid)) >= size,
+            timeout=timeout,
+            interval=0.1,
+        )
+        if not ready or process.poll() is not None:
+            raise RuntimeError("worker did not start:\n" + self.logs_tail())
+
+    def stop(self) -> None:
+        """SIGTERM (Celery's warm shutdown: running tasks finish), then kill what hangs."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    def logs_tail(self, tail: int = 5000) -> str:
+        return "\n".join(p.read_text(errors="replace")[-tail:] for p in self.logs.glob("*.log"))
