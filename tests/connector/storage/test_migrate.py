@@ -143,3 +143,37 @@ def test_replicas_upgrading_at_once_on_postgres_take_turns(postgres_url):
         assert [replica.returncode for replica in replicas] == [0, 0, 0], outputs
         assert sum("upgraded: empty -> " in output for output in outputs) == 1, outputs
         assert _schema_differences(url) == []
+
+
+def test_0002_keeps_existing_audit_rows_and_records_who_replayed(empty_url):
+    from connector.storage.audit import FAILED, Attempt, AuditLog
+
+    command.upgrade(alembic_config(empty_url), "0001")
+    engine = sa.create_engine(empty_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO audit_log (tenant, direction, entity, record_key, operation, status,"
+                " attempt, replay_task, replay_args, started_at) VALUES ('acme', 'ifs_to_pipedrive',"
+                " 'order', 'C1', 'create', 'failed', 1, 'x', '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+    assert upgrade(empty_url) == head_revision() == "0002"
+    assert _schema_differences(empty_url) == []
+    database = Database(empty_url)
+    try:
+        log = AuditLog(database)
+        (old,) = log.latest_failed("acme")
+        assert old.record_key == "C1" and old.replayed_by is None
+        assert log.mark_replayed(old.id, "alice") is True
+        replayed = log.get(old.id)
+        assert replayed is not None and replayed.replayed_by == "alice"
+        assert replayed.replayed_at is not None
+        new_id = log.write(Attempt("acme", "ifs_to_pipedrive", "order", "C2", status=FAILED))
+        assert log.get(new_id).replayed_by is None  # type: ignore[union-attr]
+    finally:
+        database.dispose()
+    command.downgrade(alembic_config(empty_url), "0001")
+    columns = {c["name"] for c in sa.inspect(sa.create_engine(empty_url)).get_columns("audit_log")}
+    assert "replayed_by" not in columns
