@@ -148,7 +148,7 @@ def test_replicas_upgrading_at_once_on_postgres_take_turns(postgres_url):
 def test_0002_keeps_existing_audit_rows_and_records_who_replayed(empty_url):
     from connector.storage.audit import FAILED, Attempt, AuditLog
 
-    command.upgrade(alembic_config(empty_url), "0001")
+    assert upgrade(empty_url, "0001") == "0001"
     engine = sa.create_engine(empty_url)
     with engine.begin() as connection:
         connection.execute(
