@@ -220,3 +220,20 @@ def run_progress(database: Database, run_id: str) -> RunProgress | None:
         retrying=int(by_status.get(RETRYING, 0)),
         failed=int(by_status.get(FAILED, 0)) + plans_failed,
     )
+
+
+def last_successful_plans(database: Database, tenant: str) -> dict[str, datetime]:
+    """Per entity, when the tenant's newest plan that succeeded finished (read IFS and queued
+    every change): the last successful sync of that entity."""
+    with database.session() as session:
+        rows = session.execute(
+            select(AuditRecord.entity, func.max(AuditRecord.finished_at))
+            .where(
+                AuditRecord.operation == "plan",
+                AuditRecord.record_key == "*",
+                AuditRecord.tenant == tenant,
+                AuditRecord.status == SUCCEEDED,
+            )
+            .group_by(AuditRecord.entity)
+        ).all()
+    return {str(entity): finished for entity, finished in rows if finished is not None}

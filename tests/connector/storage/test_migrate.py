@@ -153,9 +153,10 @@ def test_0002_keeps_existing_audit_rows_and_records_who_replayed(empty_url):
     with engine.begin() as connection:
         connection.execute(
             sa.text(
-                "INSERT INTO audit_log (tenant, direction, entity, record_key, operation, status,"
-                " attempt, replay_task, replay_args, started_at) VALUES ('acme', 'ifs_to_pipedrive',"
-                " 'order', 'C1', 'create', 'failed', 1, 'x', '{}', CURRENT_TIMESTAMP)"
+                "INSERT INTO audit_log (tenant, direction, entity, record_key, operation,"
+                " status, attempt, replay_task, replay_args, started_at) VALUES ('acme',"
+                " 'ifs_to_pipedrive', 'order', 'C1', 'create', 'failed', 1, 'x', '{}',"
+                " CURRENT_TIMESTAMP)"
             )
         )
     engine.dispose()
