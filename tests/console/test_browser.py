@@ -98,8 +98,10 @@ def test_operator_signs_in_sees_the_failure_replays_it_after_the_fix_and_sees_su
         "rows => rows.map(r => r.dataset.status)"
     )
     assert statuses[-2:] == ["replayed", "succeeded"], statuses
-    assert page.locator("#pipedrive-link").get_attribute("href", timeout=5000).endswith(
-        "/deal/" + page.inner_text("#pipedrive-link")
+    assert (
+        page.locator("#pipedrive-link")
+        .get_attribute("href", timeout=5000)
+        .endswith("/deal/" + page.inner_text("#pipedrive-link"))
     )
     page.screenshot(path=str(SCREENSHOTS / "record.png"), full_page=True)
 
