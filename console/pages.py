@@ -102,7 +102,7 @@ class RunRow:
         return (utcnow() if self.progress.running or finished is None else finished) - started
 
 
-def run_rows(runtime: Runtime, tenant: str | None, limit: int = 20) -> list[RunRow]:
+def run_rows(runtime: Runtime, tenant: str | None, limit: int = 10) -> list[RunRow]:
     found = (
         run_progress(runtime.database, run_id)
         for run_id in recent_runs(runtime.database, tenant, limit)

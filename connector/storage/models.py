@@ -87,7 +87,7 @@ class AuditRecord(Base):
         Index("ix_audit_record", "tenant", "entity", "record_key"),
         # run_summary and latest_run read a run's rows by correlation id; the console's Runs page
         # and Failures page must not scan the whole log for that.
-        Index("ix_audit_correlation", "correlation_id"),
+        Index("ix_audit_correlation", "correlation_id", "entity", "record_key", "id"),
         Index("ix_audit_status", "status", "id"),
         Index("ix_audit_operation", "operation", "id"),  # plan rows: the newest runs
     )

@@ -23,7 +23,12 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_log") as batch:
         batch.add_column(sa.Column("replayed_by", sa.String(length=128), nullable=True))
         batch.add_column(sa.Column("replayed_at", sa.DateTime(timezone=True), nullable=True))
-    op.create_index("ix_audit_correlation", "audit_log", ["correlation_id"], unique=False)
+    op.create_index(
+        "ix_audit_correlation",
+        "audit_log",
+        ["correlation_id", "entity", "record_key", "id"],
+        unique=False,
+    )
     op.create_index("ix_audit_status", "audit_log", ["status", "id"], unique=False)
     op.create_index("ix_audit_operation", "audit_log", ["operation", "id"], unique=False)
     op.create_index(
