@@ -22,7 +22,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy connector workers webhook_receiver simulators cli sandbox
+	$(BIN)/mypy connector workers webhook_receiver simulators cli sandbox console
 
 test: lint
 	$(BIN)/pytest

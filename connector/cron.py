@@ -1,8 +1,9 @@
-"""Validation of five-field cron strings used for per-tenant sync schedules."""
+"""Five-field cron strings of the per-tenant sync schedules: validation and the next run."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 # (name, low, high, symbolic names)
 _FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
@@ -87,3 +88,25 @@ def parse_cron(expression: str) -> tuple[str, str, str, str, str]:
         normalized = sorted({0 if day == _SUNDAY_ALIAS else day for day in weekdays})
         weekday = ",".join(str(day) for day in normalized)
     return fields[0], fields[1], fields[2], fields[3], weekday
+
+
+def next_run(expression: str, after: datetime) -> datetime:
+    """The first minute after `after` (in UTC, as beat runs: workers/app.py) that the schedule
+    fires. As Celery's crontab (not classic cron): day of month AND day of week must match."""
+    fields = parse_cron(expression)
+    minutes, hours, days, months, weekdays = (
+        _expand(text, name, low, high, names)
+        for text, (name, low, high, names) in zip(fields, _FIELDS, strict=True)
+    )
+    weekdays = {0 if day == _SUNDAY_ALIAS else day for day in weekdays}
+    moment = after.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    # parse_cron refused schedules that never fire, so a match comes within about eight years.
+    for _ in range(366 * 8):
+        cron_weekday = (moment.weekday() + 1) % 7  # cron counts from Sunday = 0
+        if moment.month in months and moment.day in days and cron_weekday in weekdays:
+            for hour in sorted(h for h in hours if h >= moment.hour):
+                start = moment.minute if hour == moment.hour else 0
+                for minute in sorted(m for m in minutes if m >= start):
+                    return moment.replace(hour=hour, minute=minute)
+        moment = (moment + timedelta(days=1)).replace(hour=0, minute=0)
+    raise CronError(f"{expression!r} does not fire within eight years")

@@ -55,6 +55,25 @@ class Settings(BaseSettings):
         ),
     )
 
+    console_users: str = Field(
+        default="",
+        description=(
+            "Operator console users, comma-separated `name:<werkzeug password hash>` "
+            "(make one with `ml-connector console hash-password`)."
+        ),
+    )
+    console_trusted_header: str | None = Field(
+        default=None,
+        description=(
+            "Header naming the signed-in user, set by an authenticating proxy in front of the "
+            "console (e.g. X-Forwarded-User); unset = not trusted."
+        ),
+    )
+    console_secret_key: str | None = Field(
+        default=None,
+        description="Signs the console session cookies; unset = derived from the encryption keys.",
+    )
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url or "memory://localhost/"

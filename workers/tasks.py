@@ -173,16 +173,26 @@ def ensure_webhook(self: ConnectorTask, tenant: str) -> dict[str, Any]:
     return _jsonable(asdict(ensure(get_runtime(), tenant)))
 
 
+# Who a replay sent as a task (from Flower's API or a script) is recorded as, unless it says.
+TASK_REQUESTER = "task"
+
+
 @celery_app.task(name=jobs.REPLAY, bind=True, base=ConnectorTask)
-def replay(self: ConnectorTask, audit_id: int) -> bool:
+def replay(self: ConnectorTask, audit_id: int, requested_by: str = TASK_REQUESTER) -> bool:
     """Re-run the record behind one failed audit row (idempotent)."""
-    return _replay().one(audit_id)
+    return _replay().one(audit_id, requested_by)
 
 
 @celery_app.task(name=jobs.REPLAY_FAILED, bind=True, base=ConnectorTask)
-def replay_failed(self: ConnectorTask, tenant: str | None = None, since: str | None = None) -> int:
+def replay_failed(
+    self: ConnectorTask,
+    tenant: str | None = None,
+    since: str | None = None,
+    requested_by: str = TASK_REQUESTER,
+) -> int:
     """Re-run every record whose newest attempt failed (optionally one tenant, since a time)."""
-    return _replay().failed(tenant, datetime.fromisoformat(since) if since else None)
+    moment = datetime.fromisoformat(since) if since else None
+    return _replay().failed(tenant, moment, requested_by)
 
 
 def _replay() -> Replay:

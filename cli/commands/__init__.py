@@ -6,6 +6,7 @@ import click
 
 from cli.commands.audit import audit, replay
 from cli.commands.check import check
+from cli.commands.console import console
 from cli.commands.credentials import credentials
 from cli.commands.db import db
 from cli.commands.demo import demo
@@ -30,5 +31,6 @@ ALL: list[click.Command] = [
     keys,
     db,
     webhooks,
+    console,
     simulate,
 ]

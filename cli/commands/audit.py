@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -157,7 +158,8 @@ def replay(
                     )
                 rows.append(row)
     with workers_for_cli(obj) as embedded:
-        queued = [row.id for row in rows if replays.requeue(row)]
+        requester = f"cli:{getpass.getuser()}"
+        queued = [row.id for row in rows if replays.requeue(row, requester)]
         click.echo(f"queued {len(queued)} replay(s): {', '.join(map(str, queued)) or 'none'}")
         if queued and (wait or embedded):
             _wait_for_replays(obj, queued)

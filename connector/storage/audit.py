@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord, utcnow
@@ -104,15 +105,24 @@ class AuditLog:
     ) -> list[AuditRecord]:
         """Failed rows that are still the newest attempt for their record (not fixed since),
         oldest first; plan rows (key "*") and rows without a replay task are left out."""
-        newest = (
-            select(func.max(AuditRecord.id))
-            .group_by(AuditRecord.tenant, AuditRecord.entity, AuditRecord.record_key)
-            .where(AuditRecord.record_key != "*")
+        # NOT EXISTS a newer row of the same record: the failed rows come from ix_audit_status
+        # and each check from ix_audit_record, so the cost follows the failures, not the log.
+        newer = aliased(AuditRecord)
+        fixed_since = (
+            select(newer.id)
+            .where(
+                newer.tenant == AuditRecord.tenant,
+                newer.entity == AuditRecord.entity,
+                newer.record_key == AuditRecord.record_key,
+                newer.id > AuditRecord.id,
+            )
+            .exists()
         )
         query = select(AuditRecord).where(
             AuditRecord.status == FAILED,
             AuditRecord.replay_task.is_not(None),
-            AuditRecord.id.in_(newest),
+            AuditRecord.record_key != "*",
+            ~fixed_since,
         )
         if tenant:
             query = query.where(AuditRecord.tenant == tenant)
@@ -120,6 +130,35 @@ class AuditLog:
             query = query.where(AuditRecord.started_at >= since)
         with self.database.session() as session:
             return list(session.scalars(query.order_by(AuditRecord.id)))
+
+    def story(self, tenant: str, entity: str, record_keys: Sequence[str]) -> list[AuditRecord]:
+        """Every attempt on one record (under any of its keys, e.g. the order number and the
+        `deal:<id>` of a stage push that failed before it knew the order), oldest first."""
+        with self.database.session() as session:
+            return list(
+                session.scalars(
+                    select(AuditRecord)
+                    .where(
+                        AuditRecord.tenant == tenant,
+                        AuditRecord.entity == entity,
+                        AuditRecord.record_key.in_(list(record_keys)),
+                    )
+                    .order_by(AuditRecord.id)
+                )
+            )
+
+    def replays_of(self, audit_ids: Sequence[int]) -> list[AuditRecord]:
+        """The attempts that replayed the given rows, oldest first."""
+        if not audit_ids:
+            return []
+        with self.database.session() as session:
+            return list(
+                session.scalars(
+                    select(AuditRecord)
+                    .where(AuditRecord.replay_of.in_(list(audit_ids)))
+                    .order_by(AuditRecord.id)
+                )
+            )
 
     def list(
         self,
@@ -150,11 +189,14 @@ class AuditLog:
             row.status = FAILED
             return True
 
-    def mark_replayed(self, audit_id: int) -> bool:
-        """Flag a failed row as replayed; False if it was not (or no longer) failed."""
+    def mark_replayed(self, audit_id: int, requested_by: str | None = None) -> bool:
+        """Flag a failed row as replayed, with who asked for it and when; False if it was not
+        (or no longer) failed."""
         with self.database.session() as session:
             row = session.get(AuditRecord, audit_id, with_for_update=True)
             if row is None or row.status != FAILED:
                 return False
             row.status = REPLAYED
+            row.replayed_by = requested_by[:128] if requested_by else None
+            row.replayed_at = utcnow()
             return True

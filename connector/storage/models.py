@@ -88,6 +88,11 @@ class AuditRecord(Base):
     __table_args__ = (
         Index("ix_audit_tenant_status", "tenant", "status", "started_at"),
         Index("ix_audit_record", "tenant", "entity", "record_key"),
+        # run_summary and latest_run read a run's rows by correlation id; the console's Runs page
+        # and Failures page must not scan the whole log for that.
+        Index("ix_audit_correlation", "correlation_id", "entity", "record_key", "id"),
+        Index("ix_audit_status", "status", "id"),
+        Index("ix_audit_operation", "operation", "id"),  # plan rows: the newest runs
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -109,13 +114,22 @@ class AuditRecord(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Who queued the replay of this (failed) row and when: an operator's name from the console,
+    # `cli:<user>` from the command line; set with the status change to replayed.
+    replayed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    replayed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class WebhookEvent(Base):
     """A received, authenticated Pipedrive webhook event; the unique key drops duplicates."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (UniqueConstraint("tenant", "event_id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant", "event_id"),
+        # The console's webhook page and a record's story read a tenant's newest events.
+        Index("ix_webhook_events_tenant_received", "tenant", "received_at"),
+        Index("ix_webhook_events_entity", "tenant", "entity", "entity_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant: Mapped[str] = mapped_column(String(63))

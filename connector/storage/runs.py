@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from connector.storage.audit import FAILED, FINAL_STATUSES, SUCCEEDED
+from connector.storage.audit import FAILED, FINAL_STATUSES, RETRYING, SKIPPED, SUCCEEDED
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord
 
@@ -135,3 +135,105 @@ def latest_run(
             )
         ).one()
     return run_id, started, finished
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Where one run stands, counted in the database: records planned and their newest state."""
+
+    run_id: str
+    tenant: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    entities_planned: int
+    planned: int  # records the plans queued
+    done: int  # records whose newest attempt succeeded or was skipped
+    retrying: int
+    failed: int  # records (and plans) whose newest attempt failed
+
+    @property
+    def running(self) -> bool:
+        return self.done + self.failed < self.planned
+
+
+def recent_runs(database: Database, tenant: str | None = None, limit: int = 20) -> list[str]:
+    """Correlation ids of the newest runs (by their plan rows), newest first."""
+    query = (
+        select(AuditRecord.correlation_id, func.max(AuditRecord.id).label("newest"))
+        .where(
+            AuditRecord.operation == "plan",
+            AuditRecord.record_key == "*",
+            AuditRecord.correlation_id.is_not(None),
+        )
+        .group_by(AuditRecord.correlation_id)
+        .order_by(func.max(AuditRecord.id).desc())
+        .limit(limit)
+    )
+    if tenant:
+        query = query.where(AuditRecord.tenant == tenant)
+    with database.session() as session:
+        return [str(run_id) for run_id, _ in session.execute(query)]
+
+
+def run_progress(database: Database, run_id: str) -> RunProgress | None:
+    """Counts of one run by the newest attempt of each record, aggregated in SQL (a run's
+    rows come from ix_audit_correlation); None for an unknown run."""
+    in_run = AuditRecord.correlation_id == run_id
+    with database.session() as session:
+        plans = list(
+            session.scalars(
+                select(AuditRecord).where(
+                    in_run, AuditRecord.record_key == "*", AuditRecord.operation == "plan"
+                )
+            )
+        )
+        if not plans:
+            return None
+        started, finished = session.execute(
+            select(func.min(AuditRecord.started_at), func.max(AuditRecord.finished_at)).where(
+                in_run
+            )
+        ).one()
+        newest = (
+            select(func.max(AuditRecord.id))
+            .where(in_run, AuditRecord.record_key != "*")
+            .group_by(AuditRecord.entity, AuditRecord.record_key)
+        )
+        by_status = dict(
+            session.execute(
+                select(AuditRecord.status, func.count())
+                .where(AuditRecord.id.in_(newest))
+                .group_by(AuditRecord.status)
+            ).all()
+        )
+    final_plans = [plan for plan in plans if plan.status in FINAL_STATUSES]
+    planned = sum(int((plan.response_summary or {}).get("queued", 0)) for plan in final_plans)
+    plans_failed = sum(plan.status == FAILED for plan in final_plans)
+    return RunProgress(
+        run_id=run_id,
+        tenant=plans[0].tenant,
+        started_at=started,
+        finished_at=finished,
+        entities_planned=len(final_plans),
+        planned=planned,
+        done=int(by_status.get(SUCCEEDED, 0)) + int(by_status.get(SKIPPED, 0)),
+        retrying=int(by_status.get(RETRYING, 0)),
+        failed=int(by_status.get(FAILED, 0)) + plans_failed,
+    )
+
+
+def last_successful_plans(database: Database, tenant: str) -> dict[str, datetime]:
+    """Per entity, when the tenant's newest plan that succeeded finished (read IFS and queued
+    every change): the last successful sync of that entity."""
+    with database.session() as session:
+        rows = session.execute(
+            select(AuditRecord.entity, func.max(AuditRecord.finished_at))
+            .where(
+                AuditRecord.operation == "plan",
+                AuditRecord.record_key == "*",
+                AuditRecord.tenant == tenant,
+                AuditRecord.status == SUCCEEDED,
+            )
+            .group_by(AuditRecord.entity)
+        ).all()
+    return {str(entity): finished for entity, finished in rows if finished is not None}

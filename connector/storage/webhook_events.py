@@ -204,3 +204,30 @@ class WebhookEvents:
                 )
             ).one()
         return DeliveredEvents(int(count or 0), last)
+
+    def recent(self, tenant: str | None = None, limit: int = 100) -> list[WebhookEvent]:
+        """The newest events (of one tenant, or of all), newest first."""
+        query = select(WebhookEvent)
+        if tenant:
+            query = query.where(WebhookEvent.tenant == tenant).order_by(
+                WebhookEvent.received_at.desc()
+            )
+        else:
+            query = query.order_by(WebhookEvent.id.desc())
+        with self.database.session() as session:
+            return list(session.scalars(query.limit(limit)))
+
+    def of_record(self, tenant: str, entity: str, entity_id: int) -> list[WebhookEvent]:
+        """Every event about one Pipedrive record (e.g. "deal", 42), oldest first."""
+        with self.database.session() as session:
+            return list(
+                session.scalars(
+                    select(WebhookEvent)
+                    .where(
+                        WebhookEvent.tenant == tenant,
+                        WebhookEvent.entity == entity,
+                        WebhookEvent.entity_id == entity_id,
+                    )
+                    .order_by(WebhookEvent.id)
+                )
+            )

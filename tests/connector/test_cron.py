@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime
 
-from connector.cron import CronError, parse_cron
+import pytest
+from celery.schedules import crontab
+
+from connector.cron import CronError, next_run, parse_cron
 
 
 @pytest.mark.parametrize(
@@ -97,3 +100,19 @@ def test_every_accepted_schedule_is_one_celery_beat_accepts(expression):
         minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday
     )
     assert schedule.remaining_estimate(datetime.now(UTC)).total_seconds() >= 0
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["*/15 * * * *", "0 3 * * *", "0 0 1 * 1", "30 2 29 2 *", "0 9 * * 0", "5,35 6-18/2 * * 1-5"],
+)
+@pytest.mark.parametrize(
+    "after",
+    [datetime(2026, 3, 5, 10, 7, 30, tzinfo=UTC), datetime(2027, 12, 31, 23, 59, tzinfo=UTC)],
+)
+def test_next_run_is_when_celery_beat_fires_next(expression, after):
+    minute, hour, day, month, weekday = parse_cron(expression)
+    # Celery's own answer, with its clock stopped at `after` and its last run then.
+    schedule = crontab(minute, hour, weekday, day, month, nowfun=lambda: after)
+    celery_next = after + schedule.remaining_estimate(after)
+    assert next_run(expression, after) == celery_next

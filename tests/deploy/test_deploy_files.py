@@ -33,10 +33,12 @@ IMAGE_ENTRYPOINT = "ml-connector-entrypoint"
 
 CELERY_APP = "workers.app:celery_app"
 WSGI_APP = "webhook_receiver.wsgi:app"
+CONSOLE_WSGI_APP = "console.wsgi:app"
 QUEUE = "ml-connector"
 RECEIVER_PORT = 8000
 FLOWER_PORT = 5555
-APP_IMAGE_SERVICES = ("migrate", "receiver", "worker", "beat", "flower")
+CONSOLE_PORT = 8090
+APP_IMAGE_SERVICES = ("migrate", "receiver", "worker", "beat", "flower", "console")
 
 
 # --- reading the files ------------------------------------------------------------------
@@ -293,18 +295,80 @@ def test_workers_consume_the_queue_the_app_sends_to() -> None:
     assert QUEUE in _app_queues()
 
 
+def _is_console(invocation: Invocation) -> bool:
+    return "console" in invocation.where
+
+
 @pytest.mark.parametrize("invocation", _programs("gunicorn"), ids=_ids(_programs("gunicorn")))
-def test_gunicorn_serves_the_wsgi_app_on_the_receiver_port(invocation: Invocation) -> None:
+def test_gunicorn_serves_the_wsgi_app_on_its_port(invocation: Invocation) -> None:
     from gunicorn.config import Config
 
     parsed = Config().parser().parse_args(invocation.argv[1:])
+    bind = parsed.bind[0]
+    if _is_console(invocation):
+        assert parsed.args == [CONSOLE_WSGI_APP], str(invocation)
+        if invocation.where.startswith("Procfile"):
+            # Inside the machine only, never on every interface.
+            assert bind == f"127.0.0.1:${{MLC_CONSOLE_PORT:-{CONSOLE_PORT}}}", str(invocation)
+        else:
+            assert bind == f"0.0.0.0:{CONSOLE_PORT}", str(invocation)
+        return
     assert parsed.args == [WSGI_APP], str(invocation)
     assert callable(_resolve(WSGI_APP))
-    bind = parsed.bind[0]
     if invocation.where.startswith("Procfile"):
         assert bind.endswith(":${PORT:-8000}"), "honcho assigns the receiver's port"
     else:
         assert bind == f"0.0.0.0:{RECEIVER_PORT}", str(invocation)
+
+
+def test_every_gunicorn_app_is_served_in_compose_k8s_and_the_procfile() -> None:
+    served = {
+        (invocation.where.split(" ")[0], _is_console(invocation))
+        for invocation in _programs("gunicorn")
+    }
+    for where in ("compose", "console.yaml", "receiver.yaml", "Procfile"):
+        assert any(w == where for w, _ in served), where
+    assert {console for _, console in served} == {True, False}
+    assert [i.where for i in _programs("gunicorn") if _is_console(i)] == [
+        "compose console",
+        "console.yaml Deployment ml-connector-console console",
+        "Procfile console",
+    ]
+
+
+def test_console_wsgi_app_resolves_to_the_factory(monkeypatch, tmp_path: Path) -> None:
+    from werkzeug.security import generate_password_hash
+
+    from connector.settings import get_settings
+
+    monkeypatch.setenv("CONNECTOR_CONSOLE_USERS", f"ops:{generate_password_hash('x')}")
+    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
+    get_settings.cache_clear()
+    try:
+        import console.wsgi
+
+        importlib.reload(console.wsgi)
+        app = console.wsgi.app
+        for path in ("/healthz", "/tenants", "/runs", "/failures", "/webhooks", "/replays"):
+            app.url_map.bind("localhost").match(path, method="GET")
+        app.url_map.bind("localhost").match("/replay", method="POST")
+    finally:
+        get_settings.cache_clear()
+
+
+def test_flower_never_starts_without_basic_auth() -> None:
+    flowers = [i for i in _programs("celery") if "flower" in i.argv]
+    assert {i.where.split(" ")[0] for i in flowers} == {"compose", "flower.yaml"}
+    for flower in flowers:
+        value = _option_value(flower.argv, "--basic-auth") or ""
+        assert "FLOWER_BASIC_AUTH" in value, f"{flower}: no --basic-auth from FLOWER_BASIC_AUTH"
+    secret = _k8s_one("Secret", "ml-connector-secrets")
+    assert "FLOWER_BASIC_AUTH" in secret["stringData"]
+    readme = (REPO_ROOT / "README.md").read_text()
+    shown = [line for line in readme.splitlines() if "flower" in line and "celery" in line]
+    assert shown, "the README's Flower command"
+    for line in shown:
+        assert "--basic-auth" in line, line
 
 
 def _cli_leaf(argv: list[str]) -> tuple[click.Command, list[str]]:
@@ -340,7 +404,8 @@ def test_health_check_calls_the_receiver_health_endpoint() -> None:
     assert checks, "the receiver's compose healthcheck"
     for check in checks:
         code = check.argv[check.argv.index("-c") + 1]
-        assert f"http://127.0.0.1:{RECEIVER_PORT}/healthz" in code, str(check)
+        port = CONSOLE_PORT if _is_console(check) else RECEIVER_PORT
+        assert f"http://127.0.0.1:{port}/healthz" in code, str(check)
 
 
 # --- the receiver's routes --------------------------------------------------------------
@@ -457,9 +522,11 @@ def test_ports_agree_between_commands_containers_and_services() -> None:
         if "flower" in flower.argv:
             assert _option_value(flower.argv, "--port") == str(FLOWER_PORT), str(flower)
 
+    assert f"127.0.0.1:{CONSOLE_PORT}:{CONSOLE_PORT}" in services["console"]["ports"]
     for deployment, port in (
         ("ml-connector-receiver", RECEIVER_PORT),
         ("ml-connector-flower", FLOWER_PORT),
+        ("ml-connector-console", CONSOLE_PORT),
     ):
         spec = _k8s_one("Deployment", deployment)["spec"]["template"]["spec"]
         ports = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
@@ -488,7 +555,7 @@ def test_compose_runs_migrations_once_before_the_app() -> None:
     services = _compose()["services"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
-    for name in ("receiver", "worker", "beat", "flower"):
+    for name in ("receiver", "worker", "beat", "flower", "console"):
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully", name
 
@@ -538,12 +605,15 @@ def test_k8s_has_every_part() -> None:
         ("Deployment", "ml-connector-beat"),
         ("Deployment", "ml-connector-flower"),
         ("Service", "ml-connector-flower"),
+        ("Deployment", "ml-connector-console"),
+        ("Service", "ml-connector-console"),
         ("Job", "ml-connector-migrate"),
         ("Secret", "ml-connector-secrets"),
         ("ConfigMap", "ml-connector-env"),
         ("ConfigMap", "ml-connector-tenants"),
     }
     assert expected <= kinds, sorted(expected - kinds)
+    assert not [name for kind, name in kinds if kind == "Ingress"], "no Ingress by default"
 
 
 def test_k8s_beat_is_a_singleton() -> None:
@@ -636,7 +706,8 @@ def test_kustomize_renders_the_manifests() -> None:
     )
     assert rendered.returncode == 0, rendered.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
-    assert kinds.count("Deployment") == 4
+    assert kinds.count("Deployment") == 5
+    assert "Ingress" not in kinds
 
 
 # --- Dockerfile -------------------------------------------------------------------------
@@ -684,9 +755,9 @@ def test_dockerfile_copies_every_package_setuptools_installs() -> None:
 # --- Procfile and entry point -----------------------------------------------------------
 
 
-def test_procfile_runs_receiver_two_named_workers_and_beat() -> None:
+def test_procfile_runs_receiver_two_named_workers_beat_and_the_console() -> None:
     processes = _procfile()
-    assert set(processes) == {"receiver", "worker1", "worker2", "beat"}
+    assert set(processes) == {"receiver", "worker1", "worker2", "beat", "console"}
     names = []
     for name in ("worker1", "worker2"):
         argv, env = _program(shlex.split(processes[name]))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from sqlalchemy import select
+from werkzeug.security import generate_password_hash
 
 from connector.pipedrive.provisioning import FieldKeys, PipelineIds
 from connector.storage.idmap import IdMap
@@ -43,13 +44,17 @@ PASSED_SETTINGS = (
     "CONNECTOR_ENCRYPTION_KEYS",
     "CONNECTOR_TENANTS_FILE",
     "CONNECTOR_LOG_LEVEL",
+    "CONNECTOR_CONSOLE_USERS",
     "MLC_VAR_DIR",
+    "MLC_CONSOLE_PORT",
 )
 
 
-def _honcho(stack: Stack, port: int, folder: Path) -> ProcessTree:
+def _honcho(stack: Stack, port: int, folder: Path, console_port: int) -> ProcessTree:
     env = {
         **stack.env,
+        "CONNECTOR_CONSOLE_USERS": f"ops:{generate_password_hash('procfile')}",
+        "MLC_CONSOLE_PORT": str(console_port),
         "PATH": f"{BIN}{os.pathsep}{stack.env.get('PATH', '')}",
         "MLC_VAR_DIR": str(folder / "var"),
         "CONNECTOR_LOG_LEVEL": "INFO",
@@ -134,9 +139,13 @@ def test_procfile_serves_sync_webhook_and_stage_push_then_stops_cleanly(
     stack.write_tenants(webhook={"subscription_url": hook_url}, schedule=schedule)
     schedule_file = tmp_path / "var" / "celerybeat-schedule"
 
-    with _honcho(stack, port, tmp_path) as honcho:
+    console_port = free_port()
+    with _honcho(stack, port, tmp_path, console_port) as honcho:
         base = f"http://127.0.0.1:{port}"
         assert wait_for_http(f"{base}/readyz", timeout=40), honcho.log()
+        console = f"http://127.0.0.1:{console_port}"
+        assert wait_for_http(f"{console}/healthz", timeout=40), honcho.log()
+        assert wait_for_http(f"{console}/tenants", timeout=5, status=401), honcho.log()
         assert wait_until(lambda: _workers_answer(stack.env["CONNECTOR_BROKER_URL"]), 40), (
             honcho.log()
         )
@@ -189,7 +198,7 @@ def test_procfile_serves_sync_webhook_and_stage_push_then_stops_cleanly(
 
         # (c) SIGINT to honcho stops every process of the tree, without a SIGKILL
         tree = honcho.leftovers()
-        assert len(tree) >= 1 + 4, f"honcho and its four processes: {tree}"
+        assert len(tree) >= 1 + 5, f"honcho and its five processes: {tree}"
         status = honcho.stop(timeout=30)
         output = honcho.log(tail=20000)
         assert status is not None, "honcho did not exit within 30 s\n" + output

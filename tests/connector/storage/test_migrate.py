@@ -171,3 +171,38 @@ def test_0002_lifecycle_adds_tombstones_to_existing_id_map_rows_and_downgrades_c
             assert connection.execute(sa.text("SELECT count(*) FROM id_map")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_0003_keeps_existing_audit_rows_and_records_who_replayed(empty_url):
+    from connector.storage.audit import FAILED, Attempt, AuditLog
+
+    assert upgrade(empty_url, "0002") == "0002"
+    engine = sa.create_engine(empty_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO audit_log (tenant, direction, entity, record_key, operation,"
+                " status, attempt, replay_task, replay_args, started_at) VALUES ('acme',"
+                " 'ifs_to_pipedrive', 'order', 'C1', 'create', 'failed', 1, 'x', '{}',"
+                " CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+    assert upgrade(empty_url, "0003") == "0003"
+    assert _schema_differences(empty_url) == []
+    database = Database(empty_url)
+    try:
+        log = AuditLog(database)
+        (old,) = log.latest_failed("acme")
+        assert old.record_key == "C1" and old.replayed_by is None
+        assert log.mark_replayed(old.id, "alice") is True
+        replayed = log.get(old.id)
+        assert replayed is not None and replayed.replayed_by == "alice"
+        assert replayed.replayed_at is not None
+        new_id = log.write(Attempt("acme", "ifs_to_pipedrive", "order", "C2", status=FAILED))
+        assert log.get(new_id).replayed_by is None  # type: ignore[union-attr]
+    finally:
+        database.dispose()
+    command.downgrade(alembic_config(empty_url), "0002")
+    columns = {c["name"] for c in sa.inspect(sa.create_engine(empty_url)).get_columns("audit_log")}
+    assert "replayed_by" not in columns

@@ -1,0 +1,215 @@
+"""What each console page shows, read through connector.storage and connector.diagnostics only."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from connector.cron import CronError, next_run
+from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
+from connector.diagnostics.status import webhook_status
+from connector.diagnostics.urls import public_url
+from connector.runtime import Runtime
+from connector.storage.audit import AuditLog
+from connector.storage.idmap import CUSTOMER, ORDER, IdMap
+from connector.storage.models import AuditRecord, WebhookEvent, utcnow
+from connector.storage.runs import RunProgress, last_successful_plans, recent_runs, run_progress
+from connector.storage.webhook_events import WebhookEvents
+from connector.tenants import TenantConfig, TenantsReading, read_tenants
+
+ENTITIES = (CUSTOMER, ORDER)
+# A sync counts as overdue when the run the schedule planned after the last success has not
+# succeeded this long after its slot (a plan of a large tenant takes a while).
+OVERDUE_GRACE = timedelta(minutes=10)
+PIPEDRIVE_PATHS = {CUSTOMER: "organization", ORDER: "deal"}  # Pipedrive's web UI paths
+
+
+def tenants_reading(runtime: Runtime) -> TenantsReading:
+    """The tenants file read leniently: one broken tenant never hides the others."""
+    return read_tenants(runtime.settings.tenants_file)
+
+
+@dataclass
+class EntitySync:
+    entity: str
+    last_success: datetime | None
+    next_run: datetime | None
+    overdue: bool
+
+
+@dataclass
+class TenantRow:
+    tenant: str
+    schedule: str
+    syncs: list[EntitySync]
+    failed_waiting: int
+    webhook: dict[str, Any]
+    headroom: dict[str, dict[str, Any]]
+
+    @property
+    def overdue(self) -> bool:
+        return any(sync.overdue for sync in self.syncs)
+
+
+def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
+    now = utcnow()
+    audit = AuditLog(runtime.database)
+    rows = []
+    for tenant_id, tenant in sorted(reading.tenants.items()):
+        successes = last_successful_plans(runtime.database, tenant_id)
+        syncs = [_entity_sync(tenant, entity, successes.get(entity), now) for entity in ENTITIES]
+        rows.append(
+            TenantRow(
+                tenant=tenant_id,
+                schedule=tenant.schedule,
+                syncs=syncs,
+                failed_waiting=len(audit.latest_failed(tenant_id)),
+                webhook=webhook_status(runtime, tenant_id),
+                headroom={
+                    IFS: headroom(runtime.coordination, tenant, IFS),
+                    PIPEDRIVE: headroom(runtime.coordination, tenant, PIPEDRIVE),
+                },
+            )
+        )
+    return rows
+
+
+def _entity_sync(
+    tenant: TenantConfig, entity: str, last_success: datetime | None, now: datetime
+) -> EntitySync:
+    upcoming: datetime | None
+    due: datetime | None
+    try:
+        upcoming = next_run(tenant.schedule, now)
+        due = next_run(tenant.schedule, last_success) if last_success is not None else None
+    except CronError:  # the tenants file validated it; an unreadable one shows as unknown
+        upcoming = due = None
+    overdue = due is not None and due + OVERDUE_GRACE < now
+    return EntitySync(entity, last_success, upcoming, overdue)
+
+
+@dataclass
+class RunRow:
+    progress: RunProgress
+
+    @property
+    def duration(self) -> timedelta | None:
+        started, finished = self.progress.started_at, self.progress.finished_at
+        if started is None:
+            return None
+        return (utcnow() if self.progress.running or finished is None else finished) - started
+
+
+def run_rows(runtime: Runtime, tenant: str | None, limit: int = 10) -> list[RunRow]:
+    found = (
+        run_progress(runtime.database, run_id)
+        for run_id in recent_runs(runtime.database, tenant, limit)
+    )
+    return [RunRow(progress) for progress in found if progress is not None]
+
+
+def group_id(tenant: str, error: str | None) -> str:
+    """A short stable name of a failure group (tenant and error text), fit for a URL."""
+    return hashlib.sha256(f"{tenant}\0{error or ''}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class FailureGroup:
+    tenant: str
+    error: str
+    rows: list[AuditRecord] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return group_id(self.tenant, self.error)
+
+    @property
+    def attempts(self) -> int:
+        return sum(row.attempt for row in self.rows)
+
+    @property
+    def first(self) -> datetime:
+        return min(row.started_at for row in self.rows)
+
+    @property
+    def last(self) -> datetime:
+        return max(row.started_at for row in self.rows)
+
+
+def failure_groups(runtime: Runtime, tenant: str | None) -> list[FailureGroup]:
+    """Records whose newest attempt failed, grouped by tenant and the same error text;
+    the largest group first."""
+    groups: dict[tuple[str, str], FailureGroup] = {}
+    for row in AuditLog(runtime.database).latest_failed(tenant):
+        error = row.error or "(no error text)"
+        groups.setdefault((row.tenant, error), FailureGroup(row.tenant, error)).rows.append(row)
+    return sorted(groups.values(), key=lambda group: (-len(group.rows), group.tenant))
+
+
+def rows_of_group(runtime: Runtime, tenant: str, group: str) -> list[AuditRecord]:
+    return [
+        row
+        for row in AuditLog(runtime.database).latest_failed(tenant)
+        if group_id(row.tenant, row.error or "(no error text)") == group
+    ]
+
+
+@dataclass
+class RecordStory:
+    tenant: str
+    entity: str
+    key: str
+    pipedrive_id: int | None
+    pipedrive_url: str | None
+    attempts: list[AuditRecord]
+    events: list[WebhookEvent]
+
+
+def record_story(runtime: Runtime, tenant: TenantConfig, entity: str, key: str) -> RecordStory:
+    """One record across both directions: sync attempts, stage pushes, webhook events."""
+    link = IdMap(runtime.database).get(tenant.id, entity, key)
+    pipedrive_id = link.pipedrive_id if link is not None else None
+    keys = [key]
+    events: list[WebhookEvent] = []
+    url = None
+    if pipedrive_id is not None:
+        if entity == ORDER:
+            # A stage push that failed before it found the order is keyed by its deal.
+            keys.append(f"deal:{pipedrive_id}")
+        events = WebhookEvents(runtime.database).of_record(
+            tenant.id, "deal" if entity == ORDER else "organization", pipedrive_id
+        )
+        base = public_url(str(tenant.pipedrive.api_domain)).rstrip("/")
+        url = f"{base}/{PIPEDRIVE_PATHS[entity]}/{pipedrive_id}"
+    attempts = AuditLog(runtime.database).story(tenant.id, entity, keys)
+    return RecordStory(tenant.id, entity, key, pipedrive_id, url, attempts, events)
+
+
+@dataclass
+class ReplayOutcome:
+    original: AuditRecord
+    replays: list[AuditRecord]
+
+    @property
+    def state(self) -> str:
+        if not self.replays:
+            return "queued"
+        return self.replays[-1].status
+
+
+def replay_outcomes(runtime: Runtime, audit_ids: list[int]) -> list[ReplayOutcome]:
+    audit = AuditLog(runtime.database)
+    replays = audit.replays_of(audit_ids)
+    outcomes = []
+    for audit_id in audit_ids:
+        original = audit.get(audit_id)
+        if original is not None:
+            mine = [row for row in replays if row.replay_of == audit_id]
+            outcomes.append(ReplayOutcome(original, mine))
+    return outcomes
+
+
+def recent_events(runtime: Runtime, tenant: str | None, limit: int = 100) -> list[WebhookEvent]:
+    return WebhookEvents(runtime.database).recent(tenant, limit)
