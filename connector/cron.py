@@ -1,8 +1,9 @@
-"""Validation of five-field cron strings used for per-tenant sync schedules."""
+"""Five-field cron strings of per-tenant sync schedules: validation, and when they run next."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 # (name, low, high, symbolic names)
 _FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
@@ -87,3 +88,35 @@ def parse_cron(expression: str) -> tuple[str, str, str, str, str]:
         normalized = sorted({0 if day == _SUNDAY_ALIAS else day for day in weekdays})
         weekday = ",".join(str(day) for day in normalized)
     return fields[0], fields[1], fields[2], fields[3], weekday
+
+
+def _fields(expression: str) -> list[set[int]]:
+    fields = parse_cron(expression)
+    return [
+        _expand(text, name, low, high, names)
+        for text, (name, low, high, names) in zip(fields, _FIELDS, strict=True)
+    ]
+
+
+def next_run(expression: str, after: datetime) -> datetime:
+    """The first minute strictly after `after` (UTC) at which beat runs `expression`.
+
+    Celery's crontab needs the day of the month AND the day of the week to match (cron
+    takes either when both are restricted); this follows Celery, since beat runs the syncs.
+    """
+    minutes, hours, days, months, weekdays = _fields(expression)
+    weekdays = {0 if day == _SUNDAY_ALIAS else day for day in weekdays}
+    moment = after.astimezone(UTC) if after.tzinfo else after.replace(tzinfo=UTC)
+    start = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    # Eight years cover every date a valid expression names (29 February included).
+    for offset in range(366 * 8):
+        day = start.date() + timedelta(days=offset)
+        # isoweekday: Monday 1 … Sunday 7; cron: Sunday 0 … Saturday 6.
+        if day.month not in months or day.day not in days or day.isoweekday() % 7 not in weekdays:
+            continue
+        for hour in sorted(hours):
+            for minute in sorted(minutes):
+                candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+                if candidate >= start:
+                    return candidate
+    raise CronError(f"{expression!r} never runs")

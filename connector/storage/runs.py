@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from connector.storage.audit import FAILED, FINAL_STATUSES, SUCCEEDED
+from connector.storage.audit import FAILED, FINAL_STATUSES, SKIPPED, SUCCEEDED
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord
 
@@ -135,3 +135,30 @@ def latest_run(
             )
         ).one()
     return run_id, started, finished
+
+
+def last_completed_plans(
+    database: Database, tenant: str | None = None
+) -> dict[tuple[str, str], datetime]:
+    """(tenant, entity) → when its newest plan that read IFS to the end finished.
+
+    That is the connector's "last successful sync" of the entity: the plan saw every change
+    and queued its work (records that then fail are counted as failures waiting, apart).
+    """
+    query = (
+        select(AuditRecord.tenant, AuditRecord.entity, func.max(AuditRecord.finished_at))
+        .where(
+            AuditRecord.record_key == "*",
+            AuditRecord.operation == "plan",
+            AuditRecord.status.in_((SUCCEEDED, SKIPPED)),
+        )
+        .group_by(AuditRecord.tenant, AuditRecord.entity)
+    )
+    if tenant is not None:
+        query = query.where(AuditRecord.tenant == tenant)
+    with database.session() as session:
+        return {
+            (row_tenant, entity): finished
+            for row_tenant, entity, finished in session.execute(query)
+            if finished is not None
+        }
