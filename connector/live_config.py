@@ -139,9 +139,10 @@ class LiveConfig:
             self._digest = reading.digest
         if credentials is not None and credentials_changed:
             previous = self._credentials or {}
+            # Only tenants of this file matter; the database may hold others' secrets.
             changed |= {
                 tenant_id
-                for tenant_id in set(credentials) | set(previous)
+                for tenant_id in self._serving
                 if credentials.get(tenant_id) != previous.get(tenant_id)
             }
             self._credentials = credentials

@@ -97,7 +97,9 @@ class LiveScheduler(PersistentScheduler):
         longest = kwargs.get("max_interval") or app.conf.beat_max_loop_interval
         if live is not None:
             # Beat sleeps until the next due entry: wake often enough to notice a change.
-            kwargs["max_interval"] = min(longest or CELERY_MAX_INTERVAL_S, live.interval_s)
+            # (At least a second: Celery takes 0 for "its default".)
+            wake = min(longest or CELERY_MAX_INTERVAL_S, live.interval_s)
+            kwargs["max_interval"] = max(wake, 1.0)
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
