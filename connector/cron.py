@@ -1,4 +1,4 @@
-"""Five-field cron strings of the per-tenant sync schedules: validation and the next run."""
+"""Five-field cron strings of per-tenant sync schedules: validation, and when they run next."""
 
 from __future__ import annotations
 
@@ -90,23 +90,33 @@ def parse_cron(expression: str) -> tuple[str, str, str, str, str]:
     return fields[0], fields[1], fields[2], fields[3], weekday
 
 
-def next_run(expression: str, after: datetime) -> datetime:
-    """The first minute after `after` (in UTC, as beat runs: workers/app.py) that the schedule
-    fires. As Celery's crontab (not classic cron): day of month AND day of week must match."""
+def _fields(expression: str) -> list[set[int]]:
     fields = parse_cron(expression)
-    minutes, hours, days, months, weekdays = (
+    return [
         _expand(text, name, low, high, names)
         for text, (name, low, high, names) in zip(fields, _FIELDS, strict=True)
-    )
+    ]
+
+
+def next_run(expression: str, after: datetime) -> datetime:
+    """The first minute strictly after `after` (UTC) at which beat runs `expression`.
+
+    Celery's crontab needs the day of the month AND the day of the week to match (cron
+    takes either when both are restricted); this follows Celery, since beat runs the syncs.
+    """
+    minutes, hours, days, months, weekdays = _fields(expression)
     weekdays = {0 if day == _SUNDAY_ALIAS else day for day in weekdays}
-    moment = after.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    # parse_cron refused schedules that never fire, so a match comes within about eight years.
-    for _ in range(366 * 8):
-        cron_weekday = (moment.weekday() + 1) % 7  # cron counts from Sunday = 0
-        if moment.month in months and moment.day in days and cron_weekday in weekdays:
-            for hour in sorted(h for h in hours if h >= moment.hour):
-                start = moment.minute if hour == moment.hour else 0
-                for minute in sorted(m for m in minutes if m >= start):
-                    return moment.replace(hour=hour, minute=minute)
-        moment = (moment + timedelta(days=1)).replace(hour=0, minute=0)
-    raise CronError(f"{expression!r} does not fire within eight years")
+    moment = after.astimezone(UTC) if after.tzinfo else after.replace(tzinfo=UTC)
+    start = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    # Eight years cover every date a valid expression names (29 February included).
+    for offset in range(366 * 8):
+        day = start.date() + timedelta(days=offset)
+        # isoweekday: Monday 1 … Sunday 7; cron: Sunday 0 … Saturday 6.
+        if day.month not in months or day.day not in days or day.isoweekday() % 7 not in weekdays:
+            continue
+        for hour in sorted(hours):
+            for minute in sorted(minutes):
+                candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+                if candidate >= start:
+                    return candidate
+    raise CronError(f"{expression!r} never runs")

@@ -91,6 +91,23 @@ QUEUE_DEPTH = Gauge(
     # Whichever process measured last is right; summing the processes would not be.
     multiprocess_mode="mostrecent",
 )
+CONFIG_RELOAD_ERRORS = Counter(
+    "mlc_config_reload_errors_total",
+    "Configuration checks that found the tenants file invalid, by tenant ('' = the file).",
+    ["tenant"],
+)
+LAST_SUCCESSFUL_SYNC = Gauge(
+    "mlc_last_successful_sync_timestamp_seconds",
+    "Unix time the newest completed plan of a tenant's entity finished, as last measured.",
+    ["tenant", "entity"],
+    multiprocess_mode="mostrecent",
+)
+FAILED_WAITING = Gauge(
+    "mlc_failed_records_waiting",
+    "Records whose newest attempt failed and that wait for a replay, as last measured.",
+    ["tenant"],
+    multiprocess_mode="mostrecent",
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -137,6 +154,21 @@ def observe_stage_push(tenant: str, outcome: str, seconds: float) -> None:
 def set_queue_depth(queue: str, depth: int) -> None:
     """Record the messages waiting in `queue` (connector.diagnostics.queues measures them)."""
     QUEUE_DEPTH.labels(queue=queue).set(depth)
+
+
+def count_config_reload_error(tenant: str | None) -> None:
+    """Count one check that found `tenant`'s section (None: the file as a whole) invalid."""
+    CONFIG_RELOAD_ERRORS.labels(tenant=tenant or "").inc()
+
+
+def set_last_successful_sync(tenant: str, entity: str, unix_s: float) -> None:
+    """Record when the newest completed plan of `tenant`'s `entity` finished."""
+    LAST_SUCCESSFUL_SYNC.labels(tenant=tenant, entity=entity).set(unix_s)
+
+
+def set_failed_waiting(tenant: str, count: int) -> None:
+    """Record how many of `tenant`'s records wait for a replay."""
+    FAILED_WAITING.labels(tenant=tenant).set(count)
 
 
 def _exposition_registry() -> CollectorRegistry:

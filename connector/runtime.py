@@ -3,12 +3,15 @@
 Workers, the webhook receiver and the CLI each build one Runtime per process and ask it
 for what they need; nothing else reads environment variables or constructs clients. The
 Runtime also owns the process's caches (tenants, per-tenant syncs) and their one
-invalidation point, `invalidate`.
+invalidation point, `invalidate`. A long-running role calls `go_live` once: from then on
+its tenants come from a LiveConfig (connector.live_config) that follows the tenants file and
+the vault, leniently, and `refresh_if_stale` before each piece of work picks changes up.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +23,7 @@ from connector.tenants import TenantConfig, get_tenant, load_tenants
 if TYPE_CHECKING:
     from connector.coordination import Coordination
     from connector.ifs.client import IfsClient
+    from connector.live_config import LiveConfig
     from connector.pipedrive.client import PipedriveClient
     from connector.storage.vault import Vault
     from connector.sync.engine import TenantSync
@@ -40,9 +44,47 @@ class Runtime:
         self._tenants = tenants
         self._syncs: dict[str, TenantSync] = {}
         self._lock = threading.Lock()
+        self.live: LiveConfig | None = None
+
+    def go_live(self, *, interval_s: float | None = None) -> LiveConfig | None:
+        """Follow the tenants file and the vault from now on (workers, beat, receiver).
+
+        Tenants given to the constructor have no file to follow: None then.
+        """
+        if self._given_tenants is not None and self.live is None:
+            return None
+        if self.live is None:
+            from connector.live_config import DEFAULT_INTERVAL_S, LiveConfig
+
+            self.live = LiveConfig(
+                self,
+                self._tenants_path,
+                interval_s=DEFAULT_INTERVAL_S if interval_s is None else interval_s,
+            )
+        return self.live
+
+    def refresh_if_stale(self, max_age_s: float | None = None) -> bool:
+        """Pick up configuration changes if the last check is old enough; True when one was
+        applied. Does nothing in a runtime that is not live (the CLI's)."""
+        return self.live.refresh_if_stale(max_age_s) if self.live is not None else False
+
+    def serve_tenants(
+        self, tenants: dict[str, TenantConfig], changed: Collection[str] | None
+    ) -> None:
+        """Serve `tenants` from now on and drop the cached syncs of `changed` (None: all)."""
+        with self._lock:
+            self._given_tenants = dict(tenants)
+            self._tenants = self._given_tenants
+            if changed is None:
+                self._syncs.clear()
+            else:
+                for tenant_id in changed:
+                    self._syncs.pop(tenant_id, None)
 
     @property
     def tenants(self) -> dict[str, TenantConfig]:
+        if self._tenants is None and self.live is not None:
+            self.live.refresh_if_stale()  # the first check: lenient, and outside the lock
         with self._lock:
             if self._tenants is None:
                 self._tenants = load_tenants(self._tenants_path)

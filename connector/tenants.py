@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
@@ -278,11 +279,34 @@ class TenantConfig(_Strict):
         return names
 
 
+def _keys_at(location: tuple[Any, ...]) -> list[str]:
+    """The keys the tenant model accepts where `location` (minus its last part) points."""
+    model: Any = TenantConfig
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue  # an item of a list (stage_map): same model as the list's items
+        annotation = model.model_fields[part].annotation
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not Ellipsis]
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(name for name in model.model_fields if name != "id")
+
+
 def _describe(error: dict[str, Any]) -> str:
     location = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
+        try:
+            known = _keys_at(tuple(error["loc"]))
+        except (KeyError, TypeError):  # a location the walk does not know: no list then
+            known = []
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         message = "unknown key"
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        if known:
+            message += f"; expected one of: {', '.join(known)}"
     elif error["type"] == "missing":
         message = "required key is missing"
     return f"key {location!r}: {message.removeprefix('Value error, ')}"

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector.cron import CronError, next_run
+from connector.diagnostics.freshness import last_successful_syncs, overdue_by
 from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
 from connector.diagnostics.status import webhook_status
 from connector.diagnostics.urls import public_url
@@ -15,14 +16,11 @@ from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.models import AuditRecord, WebhookEvent, utcnow
-from connector.storage.runs import RunProgress, last_successful_plans, recent_runs, run_progress
+from connector.storage.runs import RunProgress, recent_runs, run_progress
 from connector.storage.webhook_events import WebhookEvents
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
 
 ENTITIES = (CUSTOMER, ORDER)
-# A sync counts as overdue when the run the schedule planned after the last success has not
-# succeeded this long after its slot (a plan of a large tenant takes a while).
-OVERDUE_GRACE = timedelta(minutes=10)
 PIPEDRIVE_PATHS = {CUSTOMER: "organization", ORDER: "deal"}  # Pipedrive's web UI paths
 
 
@@ -58,7 +56,7 @@ def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
     audit = AuditLog(runtime.database)
     rows = []
     for tenant_id, tenant in sorted(reading.tenants.items()):
-        successes = last_successful_plans(runtime.database, tenant_id)
+        successes = last_successful_syncs(runtime, tenant_id)
         syncs = [_entity_sync(tenant, entity, successes.get(entity), now) for entity in ENTITIES]
         rows.append(
             TenantRow(
@@ -80,13 +78,11 @@ def _entity_sync(
     tenant: TenantConfig, entity: str, last_success: datetime | None, now: datetime
 ) -> EntitySync:
     upcoming: datetime | None
-    due: datetime | None
     try:
         upcoming = next_run(tenant.schedule, now)
-        due = next_run(tenant.schedule, last_success) if last_success is not None else None
     except CronError:  # the tenants file validated it; an unreadable one shows as unknown
-        upcoming = due = None
-    overdue = due is not None and due + OVERDUE_GRACE < now
+        upcoming = None
+    overdue = last_success is not None and overdue_by(tenant, last_success, now) is not None
     return EntitySync(entity, last_success, upcoming, overdue)
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from connector import metrics
+from connector.diagnostics.freshness import measure_sync_metrics
 from connector.diagnostics.queues import queue_status
 from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.jobs import PUSH_STAGE, Enqueue
@@ -36,6 +37,7 @@ CheckBroker = Callable[[], None]  # returns when the broker answers, raises when
 EXTENSION = "ml_connector_receiver"
 UNAUTHORIZED_BODY = {"error": "unauthorized"}  # one body for every 401: no hint what failed
 READ_CHUNK = 64 * 1024
+UNKNOWN_TENANT_RECHECK_S = 1.0
 
 
 def celery_enqueue(job: str, kwargs: dict[str, Any]) -> None:
@@ -82,7 +84,10 @@ def create_app(
     """Build the receiver; the defaults read CONNECTOR_* settings and send through Celery."""
     # An explicit root path: editable installs give the package no file location.
     app = Flask(__name__, root_path=str(Path(__file__).parent))
-    runtime = runtime if runtime is not None else Runtime(get_settings())
+    if runtime is None:
+        # The receiver's own runtime follows the tenants file and the vault (no restart).
+        runtime = Runtime(get_settings())
+        runtime.go_live()
     app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
     if config:
         app.config.update(config)
@@ -93,7 +98,16 @@ def create_app(
     )
     app.register_blueprint(webhooks)
     app.register_blueprint(health)
+    app.before_request(_follow_configuration)
     return app
+
+
+def _follow_configuration() -> None:
+    """Pick up a changed tenants file or credential before the request (cheap: a check at
+    most every few seconds); a change may raise the process-wide body limit."""
+    runtime = _context().runtime
+    if runtime.refresh_if_stale():
+        current_app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
 
 
 def _largest_body_limit(runtime: Runtime) -> int:
@@ -129,7 +143,7 @@ def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
     label = tenant_id
     try:
         try:
-            tenant = context.runtime.tenant(tenant_id)
+            tenant = _tenant(context.runtime, tenant_id)
         except ConfigError:
             label = "unknown"  # attacker-chosen names must not become metric labels
             raise Rejection(401, "unknown_tenant", UNAUTHORIZED_BODY) from None
@@ -146,6 +160,17 @@ def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
         _count(label, "rejected", rejection.reason)
         return jsonify(rejection.body), rejection.status
     return _accept(context, tenant, payload, event)
+
+
+def _tenant(runtime: Runtime, tenant_id: str) -> TenantConfig:
+    """The tenant; one this process does not know yet makes it look at the tenants file at
+    once (at most once a second, so unknown names cannot make it read the file per request)."""
+    try:
+        return runtime.tenant(tenant_id)
+    except ConfigError:
+        if not runtime.refresh_if_stale(max_age_s=UNKNOWN_TENANT_RECHECK_S):
+            raise
+    return runtime.tenant(tenant_id)
 
 
 def _authenticated_body(runtime: Runtime, tenant: TenantConfig) -> bytes:
@@ -169,7 +194,12 @@ def _authenticated_body(runtime: Runtime, tenant: TenantConfig) -> bytes:
     except MissingCredentialError as error:
         log.error("tenant %s: webhook credential missing: %s", tenant.id, error.name)
         raise Rejection(401, "bad_auth", UNAUTHORIZED_BODY) from None
-    except (VaultError, SQLAlchemyError) as error:
+    except VaultError as error:
+        # The vault's messages name the row and the setting, never key material: e.g. keys
+        # rotated by `keys rotate` that this process's CONNECTOR_ENCRYPTION_KEYS lacks.
+        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, error)
+        raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
+    except SQLAlchemyError as error:
         log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, type(error).__name__)
         raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
     return body
@@ -293,13 +323,22 @@ def readyz() -> tuple[Response, int]:
         log.warning("readiness: broker unavailable: %s", type(error).__name__)
         checks["broker"] = "unavailable"
     ready = all(value == "ok" for value in checks.values())
-    return jsonify({"status": "ready" if ready else "not ready", **checks}), 200 if ready else 503
+    detail: dict[str, Any] = {"status": "ready" if ready else "not ready", **checks}
+    # A broken tenants file does not make the receiver unready: it still serves every valid
+    # tenant (and the last good configuration of a broken one); unready would stop them all.
+    live = context.runtime.live
+    if live is not None:
+        detail["tenants_file"] = "invalid" if live.problems else "ok"
+        if live.problems:
+            detail["tenants_file_problems"] = live.messages()
+    return jsonify(detail), 200 if ready else 503
 
 
 @health.get("/metrics")
 def metrics_endpoint() -> Response:
     """Prometheus exposition of this process (all processes in multi-process mode)."""
     _measure_queue_depth()
+    _measure_sync_freshness()
     body, content_type = metrics.render_latest()
     return Response(body, status=200, headers={"Content-Type": content_type})
 
@@ -314,6 +353,15 @@ def _measure_queue_depth() -> None:
         return
     if measured.error:
         log.warning("queue depth not measured: %s", measured.error)
+
+
+def _measure_sync_freshness() -> None:
+    """Refresh the last-successful-sync and failed-waiting gauges from the database."""
+    runtime = _context().runtime
+    try:
+        measure_sync_metrics(runtime, list(runtime.tenants))
+    except Exception as error:  # a database outage must not break the scrape
+        log.warning("sync freshness not measured: %s", type(error).__name__)
 
 
 @webhooks.app_errorhandler(RequestEntityTooLarge)

@@ -9,7 +9,6 @@ from celery import Celery, signals
 
 from connector.errors import ConfigError
 from connector.settings import Settings, get_settings
-from workers.schedule import build_beat_schedule
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        # Beat's schedule comes from the tenants file and follows its changes while it runs.
+        beat_scheduler="workers.schedule:LiveScheduler",
     )
     return app
 
@@ -49,19 +50,6 @@ celery_app = create_celery_app()
 def enqueue(job: str, kwargs: dict[str, Any]) -> None:
     """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app."""
     celery_app.send_task(job, kwargs=kwargs)
-
-
-@celery_app.on_after_configure.connect
-def _install_beat_schedule(sender: Celery, **_: Any) -> None:
-    # Beat reads its schedule from the tenants file; a worker without one still runs tasks.
-    try:
-        from connector.tenants import load_tenants
-
-        tenants = load_tenants(get_settings().tenants_file)
-    except ConfigError as error:
-        log.warning("no beat schedule: %s", error)
-        return
-    sender.conf.beat_schedule = build_beat_schedule(tenants.values())
 
 
 @signals.setup_logging.connect

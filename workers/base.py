@@ -3,6 +3,8 @@
 A task body only calls the library; the library raises and never counts. Around it
 (pypi/warehouse's WarehouseTask and sentry's task base are the models):
 
+- every run first picks up configuration changes (a cheap check every few seconds,
+  connector.live_config), so a changed tenants file or credential needs no restart;
 - every run is inside a log context naming its task, tenant, record and run;
 - a transient error (`connector.errors.is_transient`) is retried with the one retry policy
   (full-jitter exponential, `connector.http.RetryPolicy`), never sooner than the error's
@@ -49,6 +51,7 @@ class ConnectorTask(Task):
         return (self.request.retries or 0) + 1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        get_runtime().refresh_if_stale()
         with log_context(
             task=self.name,
             tenant=kwargs.get("tenant"),

@@ -1,5 +1,8 @@
 """The worker process's one connector Runtime, built on first use (or shared by the embedded
-setup, whose worker threads use the runtime of the command that started them)."""
+setup, whose worker threads use the runtime of the command that started them).
+
+The runtime a worker builds itself is live (Runtime.go_live): it follows the tenants file
+and the vault, and every task checks for changes first (workers/base.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ def get_runtime() -> Runtime:
     with _lock:
         if _runtime is None:
             _runtime = Runtime(get_settings())
+            _runtime.go_live()
         return _runtime
 
 

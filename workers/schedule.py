@@ -1,15 +1,31 @@
-"""The beat schedule, derived from the tenants file: sync, reconciliation, webhook check."""
+"""The beat schedule, derived from the tenants file: sync, reconciliation, webhook check.
+
+Celery beat reads `beat_schedule` once, at start. `LiveScheduler` (the app's
+`beat_scheduler`) instead follows the tenants file through the process's live runtime
+(connector.live_config): it ticks at least every few seconds, and when the configuration
+changed it merges the new entries in, so an added tenant gets its schedule, a removed one
+loses it, and a changed cron takes effect, all without restarting beat. Each tenant's cron
+is checked with Celery's own crontab when it is loaded; a tenant whose cron Celery refuses
+is left out and reported, never the schedule of the others.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
+from celery.beat import PersistentScheduler
 from celery.schedules import crontab
 
-from connector import jobs
+from connector import jobs, metrics
 from connector.cron import parse_cron
 from connector.tenants import TenantConfig
+
+log = logging.getLogger(__name__)
+
+CELERY_MAX_INTERVAL_S = 300.0  # celery.beat's own default loop interval
 
 
 def tenant_crontab(cron: str) -> crontab:
@@ -23,10 +39,32 @@ def tenant_crontab(cron: str) -> crontab:
     )
 
 
-def build_beat_schedule(tenants: Iterable[TenantConfig]) -> dict[str, dict[str, Any]]:
+def _checked_crontab(cron: str) -> crontab:
+    every = tenant_crontab(cron)
+    # Celery computes the next run only when it is asked: ask now, at load, so that a
+    # schedule Celery cannot run is refused here rather than failing silently in beat.
+    every.remaining_estimate(datetime.now(UTC))
+    return every
+
+
+def build_beat_schedule(
+    tenants: Iterable[TenantConfig], problems: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The entries of every tenant whose schedule Celery accepts; the others' reasons go
+    into `problems` (tenant id → message)."""
     schedule: dict[str, dict[str, Any]] = {}
     for tenant in tenants:
-        every = tenant_crontab(tenant.schedule)
+        try:
+            every = _checked_crontab(tenant.schedule)
+        except Exception as error:  # whatever Celery raises, it is this tenant's alone
+            message = (
+                f"tenant {tenant.id!r}: key 'schedule': Celery refuses {tenant.schedule!r}: {error}"
+            )
+            if problems is not None:
+                problems[tenant.id] = message
+            log.error("beat: %s; its syncs are not scheduled", message)
+            metrics.count_config_reload_error(tenant.id)
+            continue
         schedule[f"{tenant.id}:sync"] = {
             "task": jobs.PLAN_SYNC,
             "schedule": every,
@@ -43,3 +81,48 @@ def build_beat_schedule(tenants: Iterable[TenantConfig]) -> dict[str, dict[str, 
             "kwargs": {"tenant": tenant.id},
         }
     return schedule
+
+
+class LiveScheduler(PersistentScheduler):
+    """Celery's persistent scheduler, with entries rebuilt whenever the tenants file changes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from workers.runtime import get_runtime
+
+        self._runtime = get_runtime()
+        live = self._runtime.live
+        self._generation = -1
+        self.problems: dict[str, str] = {}
+        app = args[0] if args else kwargs["app"]
+        longest = kwargs.get("max_interval") or app.conf.beat_max_loop_interval
+        if live is not None:
+            # Beat sleeps until the next due entry: wake often enough to notice a change.
+            # (At least a second: Celery takes 0 for "its default".)
+            wake = min(longest or CELERY_MAX_INTERVAL_S, live.interval_s)
+            kwargs["max_interval"] = max(wake, 1.0)
+        super().__init__(*args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        self.app.conf.beat_schedule = self._current_entries()
+        super().setup_schedule()
+
+    def _current_entries(self) -> dict[str, dict[str, Any]]:
+        live = self._runtime.live
+        self._runtime.refresh_if_stale()
+        self._generation = live.generation if live is not None else 0
+        self.problems = {}
+        return build_beat_schedule(self._runtime.tenants.values(), self.problems)
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        live = self._runtime.live
+        if live is not None:
+            self._runtime.refresh_if_stale()
+            if live.generation != self._generation:
+                entries = self._current_entries()
+                # Celery's stubs type the argument as entries; it takes beat_schedule dicts.
+                self.merge_inplace(entries)  # type: ignore[arg-type]
+                self.install_default_entries(self.schedule)
+                self.sync()
+                log.info("beat: schedule rebuilt: %s", ", ".join(sorted(entries)) or "empty")
+        delay: float = super().tick(*args, **kwargs)
+        return delay

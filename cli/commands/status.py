@@ -11,6 +11,7 @@ from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
 from connector.diagnostics.queues import QueueStatus, queue_status
 from connector.diagnostics.status import TenantStatus, tenant_status
+from connector.tenants import read_tenants
 
 _INDENT = "  "
 
@@ -91,28 +92,61 @@ def _print_queue(queue: QueueStatus) -> None:
 )
 @pass_context
 def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) -> None:
-    """Show each tenant's last sync, failed records waiting, webhook, rate-limit headroom,
-    and the depth of the workers' queue.
+    """Show each tenant's last sync, overdue syncs, failed records waiting, webhook,
+    rate-limit headroom, problems of the tenants file, and the depth of the workers' queue.
 
     Reads the database and our limiter only (with --remote, also Pipedrive's webhook list).
     Problems are listed with the command that fixes them; the exit status is 1 only when
     the status cannot be read at all (unknown tenant, database not migrated).
     """
     with reported_errors():
-        tenant_ids = [obj.runtime.tenant(tenant_id).id] if tenant_id else list(obj.runtime.tenants)
+        # Leniently, as the running processes read it: a broken tenant is reported, and
+        # every other tenant's status is shown all the same.
+        reading = read_tenants(obj.tenants_path)
+        obj.runtime.serve_tenants(reading.tenants, None)
+        broken = {each: found for each, found in reading.problems.items() if each is not None}
+        if tenant_id and tenant_id in broken:
+            tenant_ids = []
+        else:
+            tenant_ids = [obj.runtime.tenant(tenant_id).id] if tenant_id else list(reading.tenants)
     migrated_database(obj)
     with reported_errors():
         statuses = [tenant_status(obj.runtime, each, remote=remote) for each in tenant_ids]
+    statuses += [
+        _broken_tenant(each, found) for each, found in broken.items() if tenant_id in (None, each)
+    ]
+    file_problems = [_config_problem(found) for found in reading.problems.get(None, [])]
     queue = queue_status(obj.settings.effective_broker_url, [obj.settings.queue])
     if as_json:
         document = {
             "tenants": [each.as_dict() for each in statuses],
+            "tenants_file_problems": file_problems,
             "queue": queue.as_dict(),
         }
         click.echo(json.dumps(document, default=str))
         return
+    for problem in file_problems:
+        click.echo(f"! {problem}")
     if not statuses:
         click.echo(f"no tenants defined in {obj.tenants_path}")
     for each in statuses:
-        _print_tenant(each)
+        if each.config_problems_only:
+            click.echo(f"tenant {each.tenant}")
+            for problem in each.problems:
+                click.echo(f"{_INDENT}! {problem}")
+        else:
+            _print_tenant(each)
     _print_queue(queue)
+
+
+def _config_problem(message: str) -> str:
+    return (
+        f"tenants file: {message} (running workers, beat and receiver keep this tenant's last "
+        "good configuration, if they had one, until the file is fixed)"
+    )
+
+
+def _broken_tenant(tenant_id: str, found: list[str]) -> TenantStatus:
+    status = TenantStatus(tenant_id, config_problems_only=True)
+    status.problems = [_config_problem(message) for message in found]
+    return status

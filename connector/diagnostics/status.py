@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from connector.diagnostics.freshness import last_successful_syncs, overdue_by
 from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
 from connector.errors import ConnectorError
 from connector.storage.audit import AuditLog
@@ -30,10 +31,14 @@ class TenantStatus:
     failed_waiting: int = 0
     failed_keys: list[str] = field(default_factory=list)
     watermarks: list[dict[str, Any]] = field(default_factory=list)
+    last_success: dict[str, str | None] = field(default_factory=dict)
+    overdue: list[dict[str, str]] = field(default_factory=list)
     webhook: dict[str, Any] = field(default_factory=dict)
     missing_credentials: list[dict[str, str]] = field(default_factory=list)
     headroom: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # A tenant whose section of the tenants file does not validate: only its problems.
+    config_problems_only: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,11 +119,28 @@ def missing_credentials(runtime: Runtime, tenant: TenantConfig) -> list[dict[str
     return missing
 
 
-def tenant_status(runtime: Runtime, tenant_id: str, *, remote: bool = False) -> TenantStatus:
+def _overdue(status: TenantStatus, runtime: Runtime, tenant: TenantConfig, now: datetime) -> None:
+    for entity, moment in sorted(last_successful_syncs(runtime, tenant.id).items()):
+        status.last_success[entity] = _iso(moment)
+        due = overdue_by(tenant, moment, now)
+        if due is not None:
+            status.overdue.append({"entity": entity, "due": due.isoformat()})
+            status.problems.append(
+                f"overdue: {entity} last synced successfully at {moment.isoformat()}; the "
+                f"schedule {tenant.schedule!r} wanted a sync by {due.isoformat()}: see "
+                f"`ml-connector audit list --tenant {tenant.id}` and whether beat and the "
+                "workers run"
+            )
+
+
+def tenant_status(
+    runtime: Runtime, tenant_id: str, *, remote: bool = False, now: datetime | None = None
+) -> TenantStatus:
     """Everything `ml-connector status` shows for one tenant; the database must be migrated."""
     tenant = runtime.tenant(tenant_id)
     status = TenantStatus(tenant_id)
     status.last_run = last_run(runtime, tenant_id)
+    _overdue(status, runtime, tenant, now or datetime.now(UTC))
     failed = AuditLog(runtime.database).latest_failed(tenant_id)
     status.failed_waiting = len(failed)
     status.failed_keys = [f"{row.entity} {row.record_key}" for row in failed[:10]]

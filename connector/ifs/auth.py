@@ -124,12 +124,15 @@ def shared_token_provider(
     token_url: str, client_id: str, client_secret: str, *, scope: str = "openid microprofile-jwt"
 ) -> IfsTokenProvider:
     """The process-wide provider for these credentials, so every client of a tenant shares
-    one cached token (a changed secret gets a new provider)."""
+    one cached token. A changed secret gets a new provider, and the providers of the old
+    secret for the same client are forgotten: no token fetched with it is sent again."""
     fingerprint = hashlib.sha256(client_secret.encode("utf-8")).hexdigest()
     key = (token_url, client_id, scope, fingerprint)
     with _shared_lock:
         provider = _shared.get(key)
         if provider is None:
+            for stale in [k for k in _shared if k[:3] == key[:3]]:
+                del _shared[stale]
             provider = IfsTokenProvider(token_url, client_id, client_secret, scope=scope)
             _shared[key] = provider
         return provider

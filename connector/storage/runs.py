@@ -222,18 +222,28 @@ def run_progress(database: Database, run_id: str) -> RunProgress | None:
     )
 
 
-def last_successful_plans(database: Database, tenant: str) -> dict[str, datetime]:
-    """Per entity, when the tenant's newest plan that succeeded finished (read IFS and queued
-    every change): the last successful sync of that entity."""
+def last_completed_plans(
+    database: Database, tenant: str | None = None
+) -> dict[tuple[str, str], datetime]:
+    """(tenant, entity) → when its newest plan that read IFS to the end finished.
+
+    That is the connector's "last successful sync" of the entity: the plan saw every change
+    and queued its work (records that then fail are counted as failures waiting, apart).
+    """
+    query = (
+        select(AuditRecord.tenant, AuditRecord.entity, func.max(AuditRecord.finished_at))
+        .where(
+            AuditRecord.record_key == "*",
+            AuditRecord.operation == "plan",
+            AuditRecord.status.in_((SUCCEEDED, SKIPPED)),
+        )
+        .group_by(AuditRecord.tenant, AuditRecord.entity)
+    )
+    if tenant is not None:
+        query = query.where(AuditRecord.tenant == tenant)
     with database.session() as session:
-        rows = session.execute(
-            select(AuditRecord.entity, func.max(AuditRecord.finished_at))
-            .where(
-                AuditRecord.operation == "plan",
-                AuditRecord.record_key == "*",
-                AuditRecord.tenant == tenant,
-                AuditRecord.status == SUCCEEDED,
-            )
-            .group_by(AuditRecord.entity)
-        ).all()
-    return {str(entity): finished for entity, finished in rows if finished is not None}
+        return {
+            (row_tenant, entity): finished
+            for row_tenant, entity, finished in session.execute(query)
+            if finished is not None
+        }

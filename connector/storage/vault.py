@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from connector.errors import MissingCredentialError, VaultError
 from connector.logs import register_secret
@@ -78,6 +78,24 @@ def parse_keys(keys: Sequence[str]) -> MultiFernet:
                 "`ml-connector keys generate`)"
             ) from None
     return MultiFernet(fernets)
+
+
+def credential_versions(database: Database) -> dict[str, str]:
+    """A version stamp per tenant that changes whenever one of its secrets is set or deleted.
+
+    One grouped query over the credentials table, cheap enough for every process to run every
+    few seconds: the count catches a delete, the newest `updated_at` catches a set (a rotation
+    keeps `updated_at`, as it changes no secret). Derived from the rows themselves, so every
+    writer (CLI, OAuth refresh, tests) bumps it without having to remember to.
+    """
+    query = select(Credential.tenant, func.count(), func.max(Credential.updated_at)).group_by(
+        Credential.tenant
+    )
+    with database.session() as session:
+        return {
+            tenant: f"{count}:{newest.isoformat() if newest else ''}"
+            for tenant, count, newest in session.execute(query)
+        }
 
 
 def check_system(system: str) -> None:

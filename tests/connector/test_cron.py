@@ -116,3 +116,40 @@ def test_next_run_is_when_celery_beat_fires_next(expression, after):
     schedule = crontab(minute, hour, weekday, day, month, nowfun=lambda: after)
     celery_next = after + schedule.remaining_estimate(after)
     assert next_run(expression, after) == celery_next
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "expected"),
+    [
+        ("* * * * *", "2026-03-02T10:07:30", "2026-03-02T10:08:00"),
+        ("*/15 * * * *", "2026-03-02T10:15:00", "2026-03-02T10:30:00"),
+        ("0 3 * * 7", "2026-03-02T10:07:00", "2026-03-08T03:00:00"),  # Sunday as 7
+        ("0 9 * * 1-5", "2026-03-06T09:00:00", "2026-03-09T09:00:00"),  # Friday → Monday
+        ("0 0 29 2 *", "2026-03-01T00:00:00", "2028-02-29T00:00:00"),
+    ],
+)
+def test_next_run_is_the_first_scheduled_minute_after(
+    expression: str, after: str, expected: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from connector.cron import next_run
+
+    moment = datetime.fromisoformat(after).replace(tzinfo=UTC)
+    assert next_run(expression, moment) == datetime.fromisoformat(expected).replace(tzinfo=UTC)
+
+
+def test_next_run_agrees_with_celery_crontab() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from connector.cron import next_run
+    from workers.schedule import tenant_crontab
+
+    start = datetime(2026, 3, 2, 10, 7, 30, tzinfo=UTC)
+    for expression in ("*/7 * * * *", "0 6-18/2 * * mon-fri", "5,35 0 1 jan,jul *", "0 0 * * 7"):
+        ours = next_run(expression, start)
+        # Celery: time left until the next run, for a last run at `start`, asked at `start`.
+        every = tenant_crontab(expression)
+        every.nowfun = lambda: start
+        celery = start + every.remaining_estimate(start)
+        assert abs(ours - celery) < timedelta(minutes=1), (expression, ours, celery)

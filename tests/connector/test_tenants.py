@@ -196,7 +196,9 @@ def test_a_typo_in_one_tenant_keeps_the_other_tenants_and_names_the_broken_one(t
     assert list(reading.tenants) == ["acme"]
     assert not reading.ok
     assert list(reading.problems) == ["globex"]
-    assert "tenant 'globex': key 'schedul': unknown key" in reading.messages()
+    (message,) = reading.messages()
+    assert message.startswith("tenant 'globex': key 'schedul': unknown key")
+    assert "did you mean 'schedule'?" in message and "expected one of:" in message
     with pytest.raises(ConfigError, match="schedul"):
         load_tenants(path)
 

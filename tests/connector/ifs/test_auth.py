@@ -103,3 +103,11 @@ def test_shared_providers_are_per_credentials(ifs_sim):
     assert shared_token_provider(ifs_sim.token_url, "ml-connector", "s1") is one
     assert shared_token_provider(ifs_sim.token_url, "ml-connector", "s2") is not one
     assert "s1" not in repr(one)
+
+
+def test_a_changed_secret_forgets_the_provider_of_the_old_one(ifs_sim):
+    old = shared_token_provider(ifs_sim.token_url, "rotating-client", "old-secret")
+    new = shared_token_provider(ifs_sim.token_url, "rotating-client", "new-secret")
+    assert new is not old
+    # The old secret's provider (and its cached token) is gone, not kept beside the new one.
+    assert shared_token_provider(ifs_sim.token_url, "rotating-client", "old-secret") is not old

@@ -1,0 +1,165 @@
+"""A running deployment (honcho: receiver under gunicorn, two workers, beat) follows changes to
+the tenants file and the vault without a restart."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from sqlalchemy import func, select
+
+from connector.storage.audit import FAILED, SKIPPED, SUCCEEDED
+from connector.storage.models import AuditRecord
+from tests.connector.webhooks.support import encode, v2_deal_event
+from tests.deploy.test_procfile_stack import _honcho, _workers_answer
+from tests.fixtures.stack import Stack, free_port, wait_for_http, wait_until
+
+pytestmark = pytest.mark.integration
+
+EVERY_MINUTE = "* * * * *"
+# Beat runs a `* * * * *` entry at the next minute; each process checks every 5 s.
+SCHEDULED_WITHIN_S = 100
+
+
+def _plans(stack: Stack, tenant: str, statuses: tuple[str, ...], after_id: int = 0) -> list[int]:
+    with stack.runtime.database.session() as session:
+        return list(
+            session.scalars(
+                select(AuditRecord.id).where(
+                    AuditRecord.tenant == tenant,
+                    AuditRecord.record_key == "*",
+                    AuditRecord.operation == "plan",
+                    AuditRecord.status.in_(statuses),
+                    AuditRecord.id > after_id,
+                )
+            )
+        )
+
+
+def _failed(stack: Stack, tenant: str, after_id: int) -> list[str]:
+    """Errors of the tenant's failed rows (plans or records) written after `after_id`."""
+    with stack.runtime.database.session() as session:
+        return [
+            str(error)
+            for error in session.scalars(
+                select(AuditRecord.error).where(
+                    AuditRecord.tenant == tenant,
+                    AuditRecord.status == FAILED,
+                    AuditRecord.id > after_id,
+                )
+            )
+        ]
+
+
+def _newest_id(stack: Stack) -> int:
+    with stack.runtime.database.session() as session:
+        return int(session.scalar(select(func.max(AuditRecord.id))) or 0)
+
+
+def _write(stack: Stack, tenants: dict[str, dict[str, Any]]) -> None:
+    stack.tenants_file.write_text(yaml.safe_dump({"tenants": tenants}))
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_tenants_and_credentials_change_under_a_running_deployment(
+    stack_factory, tmp_path: Path
+) -> None:
+    stack = stack_factory()
+    other = stack_factory()  # only its simulators and tenant section are used
+    a, b = stack.tenant, other.tenant
+    stack.ifs.seed(customers=2, orders=2, seed=3)
+    other.ifs.seed(customers=2, orders=2, seed=4)
+    a_body = {**stack.tenant_config, "schedule": EVERY_MINUTE}
+    b_body = {**other.tenant_config, "schedule": EVERY_MINUTE}
+    _write(stack, {a: a_body})
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    with _honcho(stack, port, tmp_path) as honcho:
+        assert wait_for_http(f"{base}/readyz", timeout=40), honcho.log()
+        assert wait_until(lambda: _workers_answer(stack.env["CONNECTOR_BROKER_URL"]), 40), (
+            honcho.log()
+        )
+        processes = sorted(honcho.leftovers())
+        hook_b = f"{base}/webhooks/pipedrive/{b}"
+        event = encode(v2_deal_event(7, entity="organization"))
+        auth_b = _basic("hook-b", "pw-b")
+        assert requests.post(hook_b, data=event, headers={"Authorization": auth_b}).status_code == (
+            401
+        )
+
+        # (1) a second tenant added to the file (and its secrets to the vault) is served
+        vault = stack.runtime.vault  # the deployment's keys: other's stack has its own
+        vault.set(b, "ifs", "client_secret", next(iter(other.ifs.settings.clients.values())))
+        vault.set(b, "pipedrive", "api_token", other.pipedrive.settings.api_tokens[0])
+        vault.set(b, "webhook", "basic_user", "hook-b")
+        vault.set(b, "webhook", "basic_password", "pw-b")
+        _write(stack, {a: a_body, b: b_body})
+
+        def accepted() -> bool:
+            answer = requests.post(
+                hook_b,
+                data=encode(v2_deal_event(8, entity="organization")),
+                headers={"Authorization": auth_b},
+                timeout=5,
+            )
+            return answer.status_code == 200
+
+        assert wait_until(accepted, timeout=30, interval=1.0), honcho.log()
+        assert wait_until(lambda: _plans(stack, b, (SUCCEEDED, SKIPPED)), SCHEDULED_WITHIN_S), (
+            honcho.log()
+        )
+        assert wait_until(lambda: len(other.pipedrive.all_records("organization")) == 2, 30)
+
+        # (2) a typo in B's section: status and /readyz name B, the key and what was expected;
+        # A keeps syncing on its schedule
+        _write(stack, {a: a_body, b: {**b_body, "schedul": EVERY_MINUTE}})
+
+        def readiness() -> dict[str, Any]:
+            answer: dict[str, Any] = requests.get(f"{base}/readyz", timeout=5).json()
+            return answer
+
+        assert wait_until(lambda: readiness().get("tenants_file") == "invalid", 30), readiness()
+        ready = readiness()
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+        (problem, _note) = ready["tenants_file_problems"]
+        assert f"tenant '{b}': key 'schedul': unknown key (did you mean 'schedule'?)" in problem
+        shown = stack.cli("status")
+        assert shown.returncode == 0, shown.stderr
+        assert f"! tenants file: tenant '{b}': key 'schedul': unknown key" in shown.stdout
+        assert "expected one of:" in shown.stdout and f"tenant {a}" in shown.stdout
+        since = _newest_id(stack)
+        assert wait_until(lambda: _plans(stack, a, (SUCCEEDED, SKIPPED), since), 90), honcho.log()
+
+        # (3) a wrong Pipedrive token fails A's sync; fixing it with `credentials set` while
+        # the workers run makes the replay succeed
+        _write(stack, {a: a_body, b: b_body})
+        wrong = stack.cli("credentials", "set", a, "pipedrive", "api_token", input="wrong-token")
+        assert wrong.returncode == 0, wrong.stderr
+        since = _newest_id(stack)
+        customer = stack.ifs.keys(stack.ifs.customer_type)[0]
+        stack.ifs.edit_customer(customer, Name="Renamed Ltd")
+        assert wait_until(lambda: _failed(stack, a, since), 90), honcho.log()
+        good = stack.pipedrive.settings.api_tokens[0]
+        fixed = stack.cli("credentials", "set", a, "pipedrive", "api_token", input=good)
+        assert fixed.returncode == 0, fixed.stderr
+        replayed = stack.cli("replay", "--failed", "--tenant", a)
+        assert replayed.returncode == 0, replayed.stderr + replayed.stdout
+
+        def renamed() -> bool:
+            names = [org["name"] for org in stack.pipedrive.all_records("organization")]
+            return "Renamed Ltd" in names
+
+        assert wait_until(renamed, 90), honcho.log()
+
+        assert readiness().get("tenants_file") == "ok"
+        assert sorted(honcho.leftovers()) == processes, "no process was restarted"
+        json.dumps(ready)  # the detail is plain JSON
