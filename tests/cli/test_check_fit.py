@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from connector.tenants import DEFAULT_STAGE_MAP
-from tests.fixtures.stack import Stack
+from sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from werkzeug.security import generate_password_hash
 
-from tests.fixtures.stack import BIN, ProcessTree, Stack, free_port, wait_for_http
+from sandbox.stack import Stack
+from sandbox.workers import BIN
+from simulators.serving import free_port
+from tests.fixtures.processes import ProcessTree, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's chromium in a container: no sandbox (no user namespaces), nothing that phones home.

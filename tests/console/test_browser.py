@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from connector.storage.audit import AuditLog
+from sandbox.polling import wait_until
 from simulators.ifs.schema import customer_order
 from tests.console.conftest import OPERATOR, SCREENSHOTS
-from tests.fixtures.stack import wait_until
 
 pytestmark = pytest.mark.integration
 

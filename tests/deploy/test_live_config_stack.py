@@ -15,9 +15,12 @@ from sqlalchemy import func, select
 
 from connector.storage.audit import FAILED, SKIPPED, SUCCEEDED
 from connector.storage.models import AuditRecord
+from sandbox.polling import wait_until
+from sandbox.stack import Stack
+from simulators.serving import free_port
 from tests.connector.webhooks.support import encode, v2_deal_event
 from tests.deploy.test_procfile_stack import _honcho, _workers_answer
-from tests.fixtures.stack import Stack, free_port, wait_for_http, wait_until
+from tests.fixtures.processes import wait_for_http
 
 pytestmark = pytest.mark.integration
 

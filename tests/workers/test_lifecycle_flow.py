@@ -19,9 +19,10 @@ from connector.storage.audit import FAILED, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.webhook_events import WebhookEvents
+from sandbox.polling import wait_until
+from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
 from simulators.serving import RunningServer
-from tests.fixtures.stack import Stack, wait_until
 from webhook_receiver.app import create_app
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from connector.storage.models import AuditRecord
 from connector.sync import ENTITIES, JOB_FOR_ENTITY
 from connector.sync.engine import Outcome, TenantSync
 from connector.sync.mapping import map_customer
+from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
-from tests.fixtures.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from connector.storage.models import AuditRecord
 from connector.sync import ENTITIES
 from connector.sync.engine import Outcome, TenantSync
 from connector.sync.specs import ORDERS
+from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
-from tests.fixtures.stack import Stack
 
 pytestmark = pytest.mark.integration
 
