@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,39 +36,78 @@ def workers_for_cli(obj: CliContext) -> Iterator[bool]:
         yield True
 
 
+PROGRESS_EVERY_S = 5.0  # a progress line this often when stderr is not a terminal
+
+
+def progress_line(summary: RunSummary) -> str:
+    """The run's state in one line: done, retrying with the newest remote error, failed."""
+    line = f"{summary.done}/{summary.queued} done, {summary.failed} failed"
+    if summary.retrying:
+        line += f", {summary.retrying} retrying: {_short(summary.last_retry_error)}"
+    return line
+
+
+def _short(error: str | None, width: int = 160) -> str:
+    text = (error or "").splitlines()[0] if error else "(no error recorded)"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def wait_for_run(
     database: Database,
     run_id: str,
     expected_entities: int,
     *,
     timeout_s: float,
-    show_progress: bool,
+    interactive: bool | None = None,
+    every_s: float = PROGRESS_EVERY_S,
 ) -> RunSummary:
-    """Poll the run's audit rows until every queued record has a final outcome."""
+    """Poll the run's audit rows until every queued record has a final outcome, showing
+    progress on stderr: a bar on a terminal, else a line every `every_s` seconds."""
     deadline = time.monotonic() + timeout_s
+    stderr = click.get_text_stream("stderr")
+    interactive = stderr.isatty() if interactive is None else interactive
+    next_line = time.monotonic() + every_s
 
     def poll(bar: Any) -> RunSummary:
+        nonlocal next_line
         while True:
             summary = run_summary(database, run_id)
             if bar is not None:
                 # The total is known once the plan row is written; tasks may finish before.
                 bar.length = max(summary.queued, summary.done, 1)
+                bar.label = (
+                    f"syncing ({summary.retrying} retrying: {_short(summary.last_retry_error, 60)})"
+                    if summary.retrying
+                    else "syncing"
+                )
                 bar.update(summary.done - bar.pos)
+            elif time.monotonic() >= next_line:
+                click.echo(f"sync {run_id}: {progress_line(summary)}", err=True)
+                next_line = time.monotonic() + every_s
             if summary.finished(expected_entities):
                 return summary
             if time.monotonic() > deadline:
-                raise click.ClickException(
-                    f"run {run_id} did not finish within {timeout_s:.0f}s "
-                    f"({summary.done}/{summary.queued} records done); are workers running?"
-                )
+                raise click.ClickException(_timeout_message(run_id, timeout_s, summary))
             time.sleep(0.3)
 
-    if not show_progress:
+    if not interactive:
         return poll(None)
-    stderr = sys.stderr
     with click.progressbar(length=1, label="syncing", show_pos=True, file=stderr) as bar:
         summary = poll(bar)
     return summary
+
+
+def _timeout_message(run_id: str, timeout_s: float, summary: RunSummary) -> str:
+    head = f"run {run_id} did not finish within {timeout_s:.0f}s ({progress_line(summary)})"
+    if summary.retrying:
+        # The workers are there and working; a remote (or the limiter) keeps refusing.
+        return (
+            f"{head}; the workers keep retrying, the run goes on: follow it with "
+            "`ml-connector audit list --status retrying`"
+        )
+    if summary.done or summary.planned_entities:
+        return f"{head}; the workers are slow or busy: the run goes on in the background"
+    return f"{head}; no worker has started it: are workers running on the queue?"
 
 
 def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
@@ -83,6 +121,8 @@ def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
     )
     requests = ", ".join(f"{k} {v}" for k, v in sorted(summary.requests.items())) or "none"
     click.echo(f"requests: {requests}")
+    for error in summary.plan_errors:
+        click.echo(f"plan failed: {error}")
     for failure in summary.failures[:20]:
         click.echo(f"  failed {failure['entity']} {failure['key']}: {failure['error']}")
     if summary.failed:
@@ -156,7 +196,12 @@ def _dry_run(
 @click.option(
     "--dry-run", is_flag=True, help="Print what would be created or updated; write nothing."
 )
-@click.option("--wait", is_flag=True, help="Wait with a progress bar and print a summary.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait, showing progress on stderr (done, retrying with the last error, failed), "
+    "and print a summary.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option(
     "--timeout",
@@ -212,7 +257,6 @@ def sync(
             run_id,
             len(entities),
             timeout_s=timeout_s,
-            show_progress=not as_json,
         )
     _print_summary(summary, as_json, time.monotonic() - started)
     if summary.failed:

@@ -73,6 +73,7 @@ class RunSummary:
             "retrying": self.retrying,
             "requests": dict(self.requests),
             "failures": self.failures,
+            "plan_errors": self.plan_errors,
         }
 
 
