@@ -6,8 +6,9 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from kombu.exceptions import OperationalError
 
-from connector.errors import ConfigError
+from connector.errors import BrokerUnavailableError, ConfigError
 from connector.settings import Settings, get_settings
 from workers.schedule import build_beat_schedule
 
@@ -47,8 +48,24 @@ celery_app = create_celery_app()
 
 
 def enqueue(job: str, kwargs: dict[str, Any]) -> None:
-    """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app."""
-    celery_app.send_task(job, kwargs=kwargs)
+    """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app.
+
+    Raises BrokerUnavailableError, naming the setting, when the broker cannot be reached.
+    """
+    try:
+        celery_app.send_task(job, kwargs=kwargs)
+    except OperationalError as error:
+        raise BrokerUnavailableError(
+            f"cannot queue {job}: the broker {_safe_broker_url()} (CONNECTOR_BROKER_URL, "
+            f"else CONNECTOR_REDIS_URL) does not answer: {error}"
+        ) from error
+
+
+def _safe_broker_url() -> str:
+    # Celery masks the password the same way in its own banner.
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(str(celery_app.conf.broker_url)))
 
 
 @celery_app.on_after_configure.connect

@@ -239,7 +239,7 @@ def sync(
 
     run_id = uuid.uuid4().hex
     started = time.monotonic()
-    with workers_for_cli(obj) as embedded:
+    with workers_for_cli(obj) as embedded, reported_errors():
         enqueue(
             jobs.PLAN_SYNC,
             {
