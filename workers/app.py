@@ -92,12 +92,21 @@ def _logging(**_: Any) -> None:
 
 @signals.worker_init.connect
 def _worker_start(**_: Any) -> None:
-    # Every task needs the schema: refuse to start on an un-migrated database, saying why,
-    # rather than failing each task with an SQL error.
+    # A worker beside other processes needs a shared broker and database (not the embedded
+    # defaults), and every task needs the schema: refuse to start, saying why, rather than
+    # consume a private queue or fail each task with an SQL error.
     from connector.storage.database import Database
     from connector.storage.migrate import require_migrated
+    from workers.embedded import embedded_running
 
-    database = Database(get_settings().database_url)
+    settings = get_settings()
+    try:
+        if not embedded_running():
+            settings.require_shared_setup("worker")
+        database = Database(settings.database_url)
+    except ConfigError as error:
+        log.critical("%s", error)
+        raise SystemExit(1) from error
     try:
         require_migrated(database)
     except ConfigError as error:
@@ -112,6 +121,17 @@ def _worker_start(**_: Any) -> None:
     port = get_settings().worker_metrics_port
     if port is not None:
         metrics.start_worker_metrics_server(port)
+
+
+@signals.beat_init.connect
+def _beat_start(**_: Any) -> None:
+    # Beat sends to workers elsewhere: a memory:// queue or a private SQLite file would
+    # schedule work that no worker ever sees.
+    try:
+        get_settings().require_shared_setup("beat")
+    except ConfigError as error:
+        log.critical("%s", error)
+        raise SystemExit(1) from error
 
 
 @signals.worker_process_init.connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -58,13 +59,15 @@ def wait_for_run(
     expected_entities: int,
     *,
     timeout_s: float,
+    show_progress: bool = True,
     interactive: bool | None = None,
     every_s: float = PROGRESS_EVERY_S,
 ) -> RunSummary:
     """Poll the run's audit rows until every queued record has a final outcome, showing
-    progress on stderr: a bar on a terminal, else a line every `every_s` seconds."""
+    progress on stderr (unless not `show_progress`): a bar on a terminal, else a line every
+    `every_s` seconds."""
     deadline = time.monotonic() + timeout_s
-    stderr = click.get_text_stream("stderr")
+    stderr = sys.stderr
     interactive = stderr.isatty() if interactive is None else interactive
     next_line = time.monotonic() + every_s
 
@@ -81,7 +84,7 @@ def wait_for_run(
                     else "syncing"
                 )
                 bar.update(summary.done - bar.pos)
-            elif time.monotonic() >= next_line:
+            elif show_progress and time.monotonic() >= next_line:
                 click.echo(f"sync {run_id}: {progress_line(summary)}", err=True)
                 next_line = time.monotonic() + every_s
             if summary.finished(expected_entities):
@@ -90,7 +93,7 @@ def wait_for_run(
                 raise click.ClickException(_timeout_message(run_id, timeout_s, summary))
             time.sleep(0.3)
 
-    if not interactive:
+    if not (show_progress and interactive):
         return poll(None)
     with click.progressbar(length=1, label="syncing", show_pos=True, file=stderr) as bar:
         summary = poll(bar)
