@@ -14,6 +14,10 @@ from workers.schedule import build_beat_schedule
 
 log = logging.getLogger(__name__)
 
+# Redis redelivers a message not acknowledged within this time, also one that a worker holds
+# for a countdown: task countdowns stay well below it (workers/base.py).
+VISIBILITY_TIMEOUT_S = 3600
+
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
@@ -36,7 +40,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,

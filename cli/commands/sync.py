@@ -122,6 +122,11 @@ def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
         f"created {summary.created}, updated {summary.updated}, unchanged {summary.unchanged}, "
         f"failed {summary.failed} (read {summary.read}, queued {summary.queued}) in {seconds:.1f}s"
     )
+    if summary.deferred:
+        click.echo(
+            f"deferred {summary.deferred}: a rate budget asks for a longer wait than a queued "
+            "task may sleep; the next scheduled plan syncs them"
+        )
     requests = ", ".join(f"{k} {v}" for k, v in sorted(summary.requests.items())) or "none"
     click.echo(f"requests: {requests}")
     for error in summary.plan_errors:
