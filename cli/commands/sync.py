@@ -153,7 +153,7 @@ def _dry_run(
         for entity in entities:
             plan = sync.plan(entity, full=full)
             counts["unchanged"] += plan.unchanged
-            for item in plan.items:
+            for item in _checking(plan.items, entity):
                 try:
                     result = sync.sync_record(
                         entity,
@@ -193,6 +193,23 @@ def _dry_run(
         f"dry run: {counts['create']} to create, {counts['update']} to update, "
         f"{counts['unchanged']} unchanged, {counts['failed']} failing; nothing was written"
     )
+
+
+def _checking(items: list[Any], entity: str) -> Iterator[Any]:
+    """The dry run's work items, with progress on stderr: a bar on a terminal, else a line
+    at the start and every PROGRESS_EVERY_S seconds."""
+    label = f"dry run: {entity}"
+    if sys.stderr.isatty():
+        with click.progressbar(items, label=label, show_pos=True, file=sys.stderr) as bar:
+            yield from bar
+        return
+    click.echo(f"{label}: 0/{len(items)} checked", err=True)
+    next_line = time.monotonic() + PROGRESS_EVERY_S
+    for done, item in enumerate(items, 1):
+        yield item
+        if time.monotonic() >= next_line or done == len(items):
+            click.echo(f"{label}: {done}/{len(items)} checked", err=True)
+            next_line = time.monotonic() + PROGRESS_EVERY_S
 
 
 @click.command()
