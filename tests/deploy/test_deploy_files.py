@@ -294,12 +294,23 @@ def test_workers_consume_the_queue_the_app_sends_to() -> None:
 
 
 @pytest.mark.parametrize("invocation", _programs("gunicorn"), ids=_ids(_programs("gunicorn")))
-def test_gunicorn_serves_the_wsgi_app_on_the_receiver_port(invocation: Invocation) -> None:
+def test_gunicorn_serves_the_wsgi_app_on_the_receiver_port(
+    invocation: Invocation, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from gunicorn.config import Config
+
+    from connector.settings import get_settings
 
     parsed = Config().parser().parse_args(invocation.argv[1:])
     assert parsed.args == [WSGI_APP], str(invocation)
-    assert callable(_resolve(WSGI_APP))
+    # The receiver refuses the embedded defaults at import: give it a deployment's settings.
+    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
+    monkeypatch.setenv("CONNECTOR_BROKER_URL", "redis://127.0.0.1:6379/0")
+    get_settings.cache_clear()
+    try:
+        assert callable(_resolve(WSGI_APP))
+    finally:
+        get_settings.cache_clear()
     bind = parsed.bind[0]
     if invocation.where.startswith("Procfile"):
         assert bind.endswith(":${PORT:-8000}"), "honcho assigns the receiver's port"
