@@ -11,6 +11,10 @@ class ConfigError(ConnectorError):
     """Bad process settings or tenants file; the message names what and where."""
 
 
+class BrokerUnavailableError(ConnectorError):
+    """The task broker (CONNECTOR_BROKER_URL) cannot be reached, so nothing can be queued."""
+
+
 class UnknownTenantError(ConfigError):
     """A tenant id that the tenants file does not define."""
 

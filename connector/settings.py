@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connector.errors import ConfigError
+
 DEFAULT_VAR_DIR = Path("var")
 
 
@@ -77,6 +79,32 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url or "memory://localhost/"
+
+    def shared_setup_problems(self) -> list[str]:
+        """Why these settings cannot serve a role that runs beside other processes (a gunicorn
+        receiver, celery workers, beat): each names the setting to set. The embedded defaults
+        are private to one process (memory:// broker) or one working directory (SQLite)."""
+        problems = []
+        if self.effective_broker_url.startswith("memory://"):
+            problems.append(
+                "no broker: CONNECTOR_BROKER_URL (or CONNECTOR_REDIS_URL) is unset, and an "
+                "in-process memory:// queue reaches no other process; set "
+                "CONNECTOR_BROKER_URL=redis://host:6379/0"
+            )
+        if "database_url" not in self.model_fields_set:
+            problems.append(
+                "no database: CONNECTOR_DATABASE_URL is unset, and the default SQLite file "
+                f"{DEFAULT_VAR_DIR / 'connector.db'} is private to this working directory; set "
+                "CONNECTOR_DATABASE_URL=postgresql+psycopg2://user:password@host/name (an "
+                "explicit sqlite:/// URL is accepted for a single host)"
+            )
+        return problems
+
+    def require_shared_setup(self, role: str) -> None:
+        """Raise ConfigError, naming the settings, unless `role` can run beside others."""
+        problems = self.shared_setup_problems()
+        if problems:
+            raise ConfigError(f"{role} not started: " + "; ".join(problems))
 
     @property
     def key_list(self) -> list[str]:

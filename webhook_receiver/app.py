@@ -84,6 +84,9 @@ def create_app(
     """Build the receiver; the defaults read CONNECTOR_* settings and send through Celery."""
     # An explicit root path: editable installs give the package no file location.
     app = Flask(__name__, root_path=str(Path(__file__).parent))
+    # Built from the environment, this is a deployed receiver: /readyz then also checks that
+    # the settings can serve several processes (no memory:// broker, no implicit SQLite).
+    app.config["CHECK_SHARED_SETUP"] = runtime is None
     if runtime is None:
         # The receiver's own runtime follows the tenants file and the vault (no restart).
         runtime = Runtime(get_settings())
@@ -307,6 +310,9 @@ def readyz() -> tuple[Response, int]:
     """Readiness: the database answers and is migrated, and the broker answers a connection."""
     context = _context()
     checks: dict[str, str] = {}
+    if current_app.config.get("CHECK_SHARED_SETUP"):
+        problems = context.runtime.settings.shared_setup_problems()
+        checks["settings"] = "; ".join(problems) if problems else "ok"
     try:
         require_migrated(context.runtime.database)
         checks["database"] = "ok"

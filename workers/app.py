@@ -6,11 +6,16 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from kombu.exceptions import OperationalError
 
-from connector.errors import ConfigError
+from connector.errors import BrokerUnavailableError, ConfigError
 from connector.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# Redis redelivers a message not acknowledged within this time, also one that a worker holds
+# for a countdown: task countdowns stay well below it (workers/base.py).
+VISIBILITY_TIMEOUT_S = 3600
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -34,7 +39,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -48,8 +53,24 @@ celery_app = create_celery_app()
 
 
 def enqueue(job: str, kwargs: dict[str, Any]) -> None:
-    """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app."""
-    celery_app.send_task(job, kwargs=kwargs)
+    """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app.
+
+    Raises BrokerUnavailableError, naming the setting, when the broker cannot be reached.
+    """
+    try:
+        celery_app.send_task(job, kwargs=kwargs)
+    except OperationalError as error:
+        raise BrokerUnavailableError(
+            f"cannot queue {job}: the broker {_safe_broker_url()} (CONNECTOR_BROKER_URL, "
+            f"else CONNECTOR_REDIS_URL) does not answer: {error}"
+        ) from error
+
+
+def _safe_broker_url() -> str:
+    # Celery masks the password the same way in its own banner.
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(str(celery_app.conf.broker_url)))
 
 
 @signals.setup_logging.connect
@@ -63,12 +84,21 @@ def _logging(**_: Any) -> None:
 
 @signals.worker_init.connect
 def _worker_start(**_: Any) -> None:
-    # Every task needs the schema: refuse to start on an un-migrated database, saying why,
-    # rather than failing each task with an SQL error.
+    # A worker beside other processes needs a shared broker and database (not the embedded
+    # defaults), and every task needs the schema: refuse to start, saying why, rather than
+    # consume a private queue or fail each task with an SQL error.
     from connector.storage.database import Database
     from connector.storage.migrate import require_migrated
+    from workers.embedded import embedded_running
 
-    database = Database(get_settings().database_url)
+    settings = get_settings()
+    try:
+        if not embedded_running():
+            settings.require_shared_setup("worker")
+        database = Database(settings.database_url)
+    except ConfigError as error:
+        log.critical("%s", error)
+        raise SystemExit(1) from error
     try:
         require_migrated(database)
     except ConfigError as error:
@@ -83,6 +113,17 @@ def _worker_start(**_: Any) -> None:
     port = get_settings().worker_metrics_port
     if port is not None:
         metrics.start_worker_metrics_server(port)
+
+
+@signals.beat_init.connect
+def _beat_start(**_: Any) -> None:
+    # Beat sends to workers elsewhere: a memory:// queue or a private SQLite file would
+    # schedule work that no worker ever sees.
+    try:
+        get_settings().require_shared_setup("beat")
+    except ConfigError as error:
+        log.critical("%s", error)
+        raise SystemExit(1) from error
 
 
 @signals.worker_process_init.connect

@@ -11,6 +11,10 @@ A task body only calls the library; the library raises and never counts. Around 
   `retry_after_s` (the remote's Retry-After, the limiter's wait), at most MAX_RETRIES times;
   once none is left, the "retrying" audit row the attempt left (`audit_id`) is marked
   failed and the task ends "failed", for `replay` to run again;
+- no countdown exceeds MAX_COUNTDOWN_S, half the broker's visibility timeout (a longer one
+  would be redelivered while it sleeps); a wait longer than that (a daily budget spent) is
+  not slept in a message: the row is marked deferred, saying why, and the next scheduled
+  plan queues the record again;
 - each run that ends is observed once, with its outcome; a run that retries has none yet.
 
 Jobs are sent with keyword arguments (connector.jobs), which is what these read.
@@ -30,11 +34,13 @@ from connector.errors import is_transient, retry_after_s
 from connector.http import RetryPolicy
 from connector.logs import log_context
 from connector.storage.audit import FAILED, AuditLog
+from workers.app import VISIBILITY_TIMEOUT_S
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 10
+MAX_COUNTDOWN_S = VISIBILITY_TIMEOUT_S / 2
 # Task-level waits are longer than HTTP-level ones: these follow a failure that the HTTP
 # policy already retried, or a limiter that said how long to wait.
 TASK_RETRY_POLICY = RetryPolicy(max_tries=MAX_RETRIES + 1, base_s=2.0, cap_s=60.0)
@@ -86,10 +92,20 @@ class ConnectorTask(Task):
         retry (a plan retries only what it has still to plan).
         """
         retries = self.request.retries or 0
-        if retries < self.max_retries:
-            countdown = TASK_RETRY_POLICY.delay_s(retries, retry_after_s(error))
-            raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
         row_id = audit_id if audit_id is not None else getattr(error, "audit_id", None)
+        wait = retry_after_s(error)
+        if wait is not None and wait > MAX_COUNTDOWN_S:
+            reason = (
+                f"deferred: the wait of {wait:.0f}s is longer than a queued task may sleep "
+                f"({MAX_COUNTDOWN_S:.0f}s); the next scheduled plan syncs the record again"
+            )
+            log.warning("%s: %s: %s", self.name, reason, error)
+            if row_id is not None:
+                AuditLog(get_runtime().database).mark_deferred(row_id, reason)
+            return
+        if retries < self.max_retries:
+            countdown = min(TASK_RETRY_POLICY.delay_s(retries, wait), MAX_COUNTDOWN_S)
+            raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
         log.warning("%s: no retry left after %d: %s", self.name, retries, error)
         if row_id is not None:
             AuditLog(get_runtime().database).mark_failed(row_id)

@@ -13,9 +13,15 @@ from celery.contrib.testing.worker import start_worker
 
 from workers.app import celery_app
 
+_running = False  # an embedded worker runs in this process (its worker_init skips checks)
+
 
 def is_embedded() -> bool:
     return str(celery_app.conf.broker_url).startswith("memory://")
+
+
+def embedded_running() -> bool:
+    return _running
 
 
 @contextmanager
@@ -26,6 +32,8 @@ def embedded_worker(concurrency: int = 4) -> Iterator[None]:
         **celery_app.conf.broker_transport_options,
         "polling_interval": 0.01,
     }
+    global _running
+    _running = True
     with start_worker(
         celery_app,
         pool="threads",
@@ -35,4 +43,7 @@ def embedded_worker(concurrency: int = 4) -> Iterator[None]:
         loglevel="WARNING",
         shutdown_timeout=30.0,
     ):
-        yield
+        try:
+            yield
+        finally:
+            _running = False

@@ -42,18 +42,22 @@ def plan_sync(
     An entity whose plan fails for good is reported, and the ones after it are planned.
     """
     entities = list(ENTITIES if entity == "all" else entity.split(","))
+    run_id = run_id or uuid.uuid4().hex  # one run, both entities (status shows it whole)
     try:
         sync = _tenant_sync(tenant)
     except ConnectorError as error:
-        _unknown_tenant_row(tenant, "plan", "*", error)
+        # A failed plan row per entity of the run (unknown tenant, missing credential), so
+        # `sync --wait` sees the plan's error at once and `replay` can plan again.
+        log = AuditLog(get_runtime().database)
+        for name in entities:
+            log.write(_plan_failure(self, tenant, name, full, run_id, error))
         return {"error": str(error)}
-    run_id = run_id or uuid.uuid4().hex  # one run, both entities (status shows it whole)
     summary: dict[str, Any] = {}
     for position, name in enumerate(entities):
         try:
             summary[name] = _plan(sync, Plan(tenant, name, run_id), full)
         except ConnectorError as error:
-            audit_id = sync.audit.write(_plan_failure(self, sync, name, full, run_id, error))
+            audit_id = sync.audit.write(_plan_failure(self, tenant, name, full, run_id, error))
             if is_transient(error):
                 remaining = ",".join(entities[position:])
                 self.retry_transient(
@@ -88,14 +92,14 @@ def _plan(sync: TenantSync, plan: Plan, full: bool) -> dict[str, int]:
 
 def _plan_failure(
     task: ConnectorTask,
-    sync: TenantSync,
+    tenant: str,
     entity: str,
     full: bool,
     run_id: str,
     error: ConnectorError,
 ) -> Attempt:
     return Attempt(
-        tenant=sync.tenant.id,
+        tenant=tenant,
         direction=IFS_TO_PIPEDRIVE,
         entity=entity,
         record_key="*",
@@ -105,7 +109,7 @@ def _plan_failure(
         correlation_id=run_id,
         attempt=task.attempt,
         replay_task=jobs.PLAN_SYNC,
-        replay_args={"tenant": sync.tenant.id, "entity": entity, "full": full},
+        replay_args={"tenant": tenant, "entity": entity, "full": full},
     )
 
 

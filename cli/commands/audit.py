@@ -11,7 +11,9 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.storage.audit import FAILED, FINAL_STATUSES, STATUSES, AuditLog
+from connector.replay import Requeued
+from connector.storage.audit import FAILED, FINAL_STATUSES, SKIPPED, STATUSES, AuditLog
+from connector.storage.database import Database
 from connector.storage.models import AuditRecord
 
 
@@ -25,10 +27,12 @@ def _row(row: AuditRecord) -> dict[str, Any]:
         "operation": row.operation,
         "status": row.status,
         "attempt": row.attempt,
+        "occurrences": row.occurrences,
         "error": row.error,
         "correlation_id": row.correlation_id,
         "replay_of": row.replay_of,
         "started_at": row.started_at.isoformat() if row.started_at else None,
+        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
         "duration_ms": row.duration_ms,
     }
 
@@ -49,9 +53,13 @@ def parse_since(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@click.group(short_help="List and show audit rows (one per attempt).")
+@click.group(short_help="List and show audit rows (one per attempt, repeats folded).")
 def audit() -> None:
-    """Read the audit trail: one row per attempt to move a record, in either direction."""
+    """Read the audit trail: one row per attempt to move a record, in either direction.
+
+    Identical failures of one record share a row (OCCURRENCES, first and last time); a
+    failed row fixed by a later success of its record is "superseded".
+    """
 
 
 @audit.command("list")
@@ -91,6 +99,8 @@ def audit_list(
     )
     for row in rows:
         error = (row.error or "").splitlines()[0][:70] if row.error else ""
+        if (row.occurrences or 1) > 1:  # identical failures folded into this row
+            error = f"[{row.occurrences}x since {row.started_at:%Y-%m-%d %H:%M}] {error}"
         click.echo(
             f"{row.id:>7}  {row.tenant:<12} {row.entity:<9} {row.record_key:<16} "
             f"{row.operation:<10} {row.status:<10} {error}"
@@ -111,7 +121,6 @@ def audit_show(obj: CliContext, audit_id: int) -> None:
         "response_summary": row.response_summary,
         "replay_task": row.replay_task,
         "replay_args": row.replay_args,
-        "finished_at": row.finished_at.isoformat() if row.finished_at else None,
     }
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -124,6 +133,14 @@ def audit_show(obj: CliContext, audit_id: int) -> None:
 @click.option("--tenant", "tenant_id", default=None, help="With --failed: only this tenant.")
 @click.option("--since", default=None, help="With --failed: ISO time or span (30m, 6h, 2d).")
 @click.option("--wait", is_flag=True, help="Run the replays and wait for their outcome.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds --wait waits for the outcomes.",
+)
 @pass_context
 def replay(
     obj: CliContext,
@@ -132,8 +149,14 @@ def replay(
     tenant_id: str | None,
     since: str | None,
     wait: bool,
+    timeout_s: float,
 ) -> None:
-    """Re-queue failed records: by audit row ID, or all with --failed. Replay is idempotent."""
+    """Re-queue failed records: by audit row ID, or all with --failed. Replay is idempotent.
+
+    A plan row (key "*") is replayed as a new plan of its entity. With --wait, each outcome
+    is printed with its reason, and the exit status is 2 when any replay failed or had no
+    outcome in time.
+    """
     if bool(audit_ids) == all_failed:
         raise click.UsageError("give audit row IDs or --failed (not both)")
     database = migrated_database(obj)
@@ -157,31 +180,77 @@ def replay(
                         f"audit row {audit_id} is {row.status}, not failed: nothing to replay"
                     )
                 rows.append(row)
-    with workers_for_cli(obj) as embedded:
+    with workers_for_cli(obj) as embedded, reported_errors():
         requester = f"cli:{getpass.getuser()}"
-        queued = [row.id for row in rows if replays.requeue(row, requester)]
-        click.echo(f"queued {len(queued)} replay(s): {', '.join(map(str, queued)) or 'none'}")
-        if queued and (wait or embedded):
-            _wait_for_replays(obj, queued)
+        tickets = [replays.queue(row, requester) for row in rows]
+        queued = [ticket for ticket in tickets if ticket.queued]
+        click.echo(
+            f"queued {len(queued)} replay(s): "
+            f"{', '.join(str(ticket.audit_id) for ticket in queued) or 'none'}"
+        )
+        for ticket in tickets:
+            if not ticket.queued:
+                click.echo(f"  {ticket.audit_id}: not queued: {ticket.reason}")
+        if queued and (wait or embedded) and not _wait_for_replays(obj, queued, timeout_s):
+            raise SystemExit(2)
 
 
-def _wait_for_replays(obj: CliContext, audit_ids: list[int], timeout_s: float = 600.0) -> None:
+def _wait_for_replays(obj: CliContext, tickets: list[Requeued], timeout_s: float) -> bool:
+    """Wait for each replay's outcome and print it with its reason; True if none failed or
+    was still running at the end."""
     import time
 
-    from sqlalchemy import select
+    from connector.storage.runs import run_summary
 
     deadline = time.monotonic() + timeout_s
     database = obj.runtime.database
-    outcome: dict[int, str] = {}
-    while time.monotonic() < deadline and len(outcome) < len(audit_ids):
-        with database.session() as session:
-            rows = session.scalars(
-                select(AuditRecord).where(
-                    AuditRecord.replay_of.in_(audit_ids),
-                    AuditRecord.status.in_(FINAL_STATUSES),
+    records = [ticket.audit_id for ticket in tickets if ticket.run_id is None]
+    plans = {ticket.audit_id: ticket for ticket in tickets if ticket.run_id is not None}
+    outcome: dict[int, tuple[str, str | None]] = {}
+    while True:
+        outcome = _record_outcomes(database, records)
+        for audit_id, ticket in plans.items():
+            summary = run_summary(database, str(ticket.run_id))
+            if summary.finished(ticket.entities):
+                failed = summary.plan_errors or (
+                    [f"{summary.failed} record(s) failed"] if summary.failed else []
                 )
-            )
-            outcome = {row.replay_of: row.status for row in rows if row.replay_of is not None}
+                outcome[audit_id] = (
+                    (FAILED, "; ".join(failed))
+                    if failed
+                    else (
+                        "succeeded",
+                        f"re-planned as run {ticket.run_id}: queued {summary.queued}, "
+                        f"created {summary.created}, updated {summary.updated}",
+                    )
+                )
+        if len(outcome) == len(tickets) or time.monotonic() > deadline:
+            break
         time.sleep(0.3)
-    for audit_id in audit_ids:
-        click.echo(f"  {audit_id}: {outcome.get(audit_id, 'still running')}")
+    good = True
+    for ticket in tickets:
+        status, detail = outcome.get(ticket.audit_id, ("still running", None))
+        if status not in ("succeeded", SKIPPED):
+            good = False
+        if status == "still running":
+            detail = f"no outcome within {timeout_s:.0f}s; see `ml-connector audit list`"
+        click.echo(f"  {ticket.audit_id}: {status}" + (f" ({detail})" if detail else ""))
+    return good
+
+
+def _record_outcomes(database: Database, audit_ids: list[int]) -> dict[int, tuple[str, str | None]]:
+    """The newest final outcome (status, error or skip reason) of each replayed row's job."""
+    from sqlalchemy import select
+
+    if not audit_ids:
+        return {}
+    with database.session() as session:
+        rows = session.scalars(
+            select(AuditRecord)
+            .where(
+                AuditRecord.replay_of.in_(audit_ids),
+                AuditRecord.status.in_(FINAL_STATUSES),
+            )
+            .order_by(AuditRecord.id)
+        )
+        return {row.replay_of: (row.status, row.error) for row in rows if row.replay_of is not None}

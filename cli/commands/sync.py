@@ -37,42 +37,84 @@ def workers_for_cli(obj: CliContext) -> Iterator[bool]:
         yield True
 
 
+PROGRESS_EVERY_S = 5.0  # a progress line this often when stderr is not a terminal
+
+
+def progress_line(summary: RunSummary) -> str:
+    """The run's state in one line: done, retrying with the newest remote error, failed."""
+    line = f"{summary.done}/{summary.queued} done, {summary.failed} failed"
+    if summary.retrying:
+        line += f", {summary.retrying} retrying: {_short(summary.last_retry_error)}"
+    return line
+
+
+def _short(error: str | None, width: int = 160) -> str:
+    text = (error or "").splitlines()[0] if error else "(no error recorded)"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def wait_for_run(
     database: Database,
     run_id: str,
     expected_entities: int,
     *,
     timeout_s: float,
-    show_progress: bool,
+    show_progress: bool = True,
+    interactive: bool | None = None,
+    every_s: float = PROGRESS_EVERY_S,
 ) -> RunSummary:
-    """Poll the run's audit rows until every queued record has a final outcome."""
+    """Poll the run's audit rows until every queued record has a final outcome, showing
+    progress on stderr (unless not `show_progress`): a bar on a terminal, else a line every
+    `every_s` seconds."""
     from sandbox.polling import wait_until
+
+    stderr = sys.stderr
+    interactive = stderr.isatty() if interactive is None else interactive
+    next_line = time.monotonic() + every_s
 
     def poll(bar: Any) -> RunSummary:
         latest: list[RunSummary] = []
 
         def finished() -> bool:
+            nonlocal next_line
             summary = run_summary(database, run_id)
             latest[:] = [summary]
             if bar is not None:
                 # The total is known once the plan row is written; tasks may finish before.
                 bar.length = max(summary.queued, summary.done, 1)
+                bar.label = (
+                    f"syncing ({summary.retrying} retrying: {_short(summary.last_retry_error, 60)})"
+                    if summary.retrying
+                    else "syncing"
+                )
                 bar.update(summary.done - bar.pos)
+            elif show_progress and time.monotonic() >= next_line:
+                click.echo(f"sync {run_id}: {progress_line(summary)}", err=True)
+                next_line = time.monotonic() + every_s
             return summary.finished(expected_entities)
 
         if not wait_until(finished, timeout=timeout_s, interval=0.3):
-            raise click.ClickException(
-                f"run {run_id} did not finish within {timeout_s:.0f}s "
-                f"({latest[0].done}/{latest[0].queued} records done); are workers running?"
-            )
+            raise click.ClickException(_timeout_message(run_id, timeout_s, latest[0]))
         return latest[0]
 
-    if not show_progress:
+    if not (show_progress and interactive):
         return poll(None)
-    stderr = sys.stderr
     with click.progressbar(length=1, label="syncing", show_pos=True, file=stderr) as bar:
         summary = poll(bar)
     return summary
+
+
+def _timeout_message(run_id: str, timeout_s: float, summary: RunSummary) -> str:
+    head = f"run {run_id} did not finish within {timeout_s:.0f}s ({progress_line(summary)})"
+    if summary.retrying:
+        # The workers are there and working; a remote (or the limiter) keeps refusing.
+        return (
+            f"{head}; the workers keep retrying, the run goes on: follow it with "
+            "`ml-connector audit list --status retrying`"
+        )
+    if summary.done or summary.planned_entities:
+        return f"{head}; the workers are slow or busy: the run goes on in the background"
+    return f"{head}; no worker has started it: are workers running on the queue?"
 
 
 def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
@@ -84,8 +126,15 @@ def _print_summary(summary: RunSummary, as_json: bool, seconds: float) -> None:
         f"created {summary.created}, updated {summary.updated}, unchanged {summary.unchanged}, "
         f"failed {summary.failed} (read {summary.read}, queued {summary.queued}) in {seconds:.1f}s"
     )
+    if summary.deferred:
+        click.echo(
+            f"deferred {summary.deferred}: a rate budget asks for a longer wait than a queued "
+            "task may sleep; the next scheduled plan syncs them"
+        )
     requests = ", ".join(f"{k} {v}" for k, v in sorted(summary.requests.items())) or "none"
     click.echo(f"requests: {requests}")
+    for error in summary.plan_errors:
+        click.echo(f"plan failed: {error}")
     for failure in summary.failures[:20]:
         click.echo(f"  failed {failure['entity']} {failure['key']}: {failure['error']}")
     if summary.failed:
@@ -108,7 +157,7 @@ def _dry_run(
         for entity in entities:
             plan = sync.plan(entity, full=full)
             counts["unchanged"] += plan.unchanged
-            for item in plan.items:
+            for item in _checking(plan.items, entity):
                 try:
                     result = sync.sync_record(
                         entity,
@@ -150,6 +199,23 @@ def _dry_run(
     )
 
 
+def _checking(items: list[Any], entity: str) -> Iterator[Any]:
+    """The dry run's work items, with progress on stderr: a bar on a terminal, else a line
+    at the start and every PROGRESS_EVERY_S seconds."""
+    label = f"dry run: {entity}"
+    if sys.stderr.isatty():
+        with click.progressbar(items, label=label, show_pos=True, file=sys.stderr) as bar:
+            yield from bar
+        return
+    click.echo(f"{label}: 0/{len(items)} checked", err=True)
+    next_line = time.monotonic() + PROGRESS_EVERY_S
+    for done, item in enumerate(items, 1):
+        yield item
+        if time.monotonic() >= next_line or done == len(items):
+            click.echo(f"{label}: {done}/{len(items)} checked", err=True)
+            next_line = time.monotonic() + PROGRESS_EVERY_S
+
+
 @click.command()
 @click.argument("tenant_id", metavar="TENANT")
 @click.option(
@@ -165,7 +231,12 @@ def _dry_run(
     help="With --full: lift the tombstones of records deleted in Pipedrive (policy respect) "
     "so this run creates them again.",
 )
-@click.option("--wait", is_flag=True, help="Wait with a progress bar and print a summary.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait, showing progress on stderr (done, retrying with the last error, failed), "
+    "and print a summary.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option(
     "--timeout",
@@ -215,7 +286,7 @@ def sync(
 
     run_id = uuid.uuid4().hex
     started = time.monotonic()
-    with workers_for_cli(obj) as embedded:
+    with workers_for_cli(obj) as embedded, reported_errors():
         enqueue(
             jobs.PLAN_SYNC,
             {
@@ -233,7 +304,6 @@ def sync(
             run_id,
             len(entities),
             timeout_s=timeout_s,
-            show_progress=not as_json,
         )
     _print_summary(summary, as_json, time.monotonic() - started)
     if summary.failed:

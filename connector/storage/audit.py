@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import aliased
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, aliased
 
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord, utcnow
@@ -24,8 +24,13 @@ FAILED = "failed"
 RETRYING = "retrying"  # a transient failure; the job retries (or marks it failed at the end)
 SKIPPED = "skipped"
 REPLAYED = "replayed"  # a failed row whose replay has been queued
-STATUSES = (SUCCEEDED, FAILED, SKIPPED, RETRYING, REPLAYED)
-FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED)  # the attempt will not run again by itself
+SUPERSEDED = "superseded"  # failed (or retrying), then a later attempt of the record succeeded
+DEFERRED = "deferred"  # the wait was too long to hold a message; the next scheduled plan retries
+STATUSES = (SUCCEEDED, FAILED, SKIPPED, RETRYING, REPLAYED, SUPERSEDED, DEFERRED)
+# The attempt will not run again by itself.
+FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED, SUPERSEDED, DEFERRED)
+# Statuses a later success of the same record turns into SUPERSEDED.
+_FIXED_BY_SUCCESS = (FAILED, RETRYING)
 
 
 @dataclass
@@ -71,7 +76,19 @@ class AuditLog:
             self.write(attempt, duration_ms=int((time.perf_counter() - started) * 1000))
 
     def write(self, attempt: Attempt, *, duration_ms: int | None = None) -> int:
+        """Write the attempt's row and return its id.
+
+        A failure identical to the record's newest row (same operation and error, that row
+        still failed or retrying) is folded into that row: its `occurrences` grows and its
+        finished_at moves on, so a record failing on every schedule keeps one row. A success
+        marks the record's earlier failed and retrying rows superseded.
+        """
         with self.database.session() as session:
+            if attempt.status in _FIXED_BY_SUCCESS and attempt.replay_of is None:
+                folded = self._fold(session, attempt, duration_ms)
+                if folded is not None:
+                    attempt.audit_id = folded
+                    return folded
             row = AuditRecord(
                 tenant=attempt.tenant,
                 direction=attempt.direction,
@@ -93,8 +110,47 @@ class AuditLog:
             )
             session.add(row)
             session.flush()
+            if _fixes_record(attempt):
+                session.execute(
+                    update(AuditRecord)
+                    .where(
+                        *_same_record(attempt),
+                        AuditRecord.id < row.id,
+                        AuditRecord.status.in_(_FIXED_BY_SUCCESS),
+                    )
+                    .values(status=SUPERSEDED)
+                )
             attempt.audit_id = row.id
             return row.id
+
+    @staticmethod
+    def _fold(session: Session, attempt: Attempt, duration_ms: int | None) -> int | None:
+        newest = session.scalar(
+            select(AuditRecord)
+            .where(*_same_record(attempt))
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        if (
+            newest is None
+            or newest.status not in _FIXED_BY_SUCCESS
+            or newest.operation != attempt.operation
+            or newest.error != attempt.error
+        ):
+            return None
+        newest.status = attempt.status
+        newest.attempt = attempt.attempt
+        newest.occurrences = (newest.occurrences or 1) + 1
+        newest.finished_at = utcnow()
+        newest.duration_ms = duration_ms
+        newest.response_summary = attempt.response_summary
+        newest.request_summary = attempt.request_summary or newest.request_summary
+        # The row now stands for the newest run's attempt, which reads its outcome from it.
+        newest.correlation_id = attempt.correlation_id or newest.correlation_id
+        newest.replay_task = attempt.replay_task or newest.replay_task
+        newest.replay_args = attempt.replay_args or newest.replay_args
+        return newest.id
 
     def get(self, audit_id: int) -> AuditRecord | None:
         with self.database.session() as session:
@@ -189,6 +245,16 @@ class AuditLog:
             row.status = FAILED
             return True
 
+    def mark_deferred(self, audit_id: int, reason: str) -> bool:
+        """Turn a retrying row into a deferred one: its wait is longer than a queued message
+        may sleep, so the next scheduled plan picks the record up again; `reason` says so."""
+        with self.database.session() as session:
+            row = session.get(AuditRecord, audit_id, with_for_update=True)
+            if row is None or row.status != RETRYING:
+                return False
+            row.status, row.error = DEFERRED, f"{reason} (was: {row.error})"
+            return True
+
     def mark_replayed(self, audit_id: int, requested_by: str | None = None) -> bool:
         """Flag a failed row as replayed, with who asked for it and when; False if it was not
         (or no longer) failed."""
@@ -200,3 +266,20 @@ class AuditLog:
             row.replayed_by = requested_by[:128] if requested_by else None
             row.replayed_at = utcnow()
             return True
+
+
+def _same_record(attempt: Attempt) -> tuple[Any, ...]:
+    return (
+        AuditRecord.tenant == attempt.tenant,
+        AuditRecord.entity == attempt.entity,
+        AuditRecord.record_key == attempt.record_key,
+        AuditRecord.direction == attempt.direction,
+    )
+
+
+def _fixes_record(attempt: Attempt) -> bool:
+    """A success of the record; an IFS → Pipedrive skip means "already in step" too (a skipped
+    stage push, an echo for instance, says nothing about an earlier failed push)."""
+    return attempt.status == SUCCEEDED or (
+        attempt.status == SKIPPED and attempt.direction == IFS_TO_PIPEDRIVE
+    )

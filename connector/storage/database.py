@@ -7,25 +7,67 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+
+from connector.errors import ConfigError
+
+SETTING = "CONNECTOR_DATABASE_URL"
+# Drivers of the Postgres dialect and the module each needs, for the message when it is absent.
+_DRIVER_MODULES = {"psycopg": "psycopg (v3)", "psycopg2": "psycopg2", "asyncpg": "asyncpg"}
+
+
+def database_url(url: str) -> URL:
+    """The SQLAlchemy URL of a CONNECTOR_DATABASE_URL value; ConfigError says what is wrong.
+
+    `postgres://` (the scheme Heroku, Render, Fly and many PaaS hand out) is taken as
+    `postgresql+psycopg2://`: its meaning is not in doubt, and psycopg2 is the driver this
+    package installs, so refusing it would only make operators rewrite a URL by hand.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"{SETTING} is not a database URL (expected e.g. "
+            "postgresql+psycopg2://user:password@host:5432/name or sqlite:///var/connector.db)"
+        ) from None
+    if parsed.drivername in ("postgres", "postgres+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed
 
 
 class Database:
     """One engine and session factory per process and URL."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30}
-            )
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        parsed = database_url(url)
+        self.url = parsed.render_as_string(hide_password=False)
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                if parsed.database and parsed.database != ":memory:":
+                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self.engine: Engine = create_engine(
+                    parsed, connect_args={"check_same_thread": False, "timeout": 30}
+                )
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(
+                    parsed, pool_pre_ping=True, pool_size=5, max_overflow=10
+                )
+        except ArgumentError as error:  # NoSuchModuleError: no such dialect or driver
+            raise ConfigError(
+                f"{SETTING} {parsed.render_as_string(hide_password=True)}: SQLAlchemy has no "
+                f"database driver {parsed.drivername!r} (use postgresql+psycopg2:// or sqlite:///)"
+            ) from error
+        except ImportError as error:
+            driver = parsed.get_driver_name()
+            module = _DRIVER_MODULES.get(driver, error.name or driver)
+            raise ConfigError(
+                f"{SETTING} {parsed.render_as_string(hide_password=True)} needs the {module} "
+                f"module, which is not installed (No module named {error.name!r}); use "
+                "postgresql+psycopg2:// (installed with ml-connector) or install that driver"
+            ) from error
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -101,8 +101,11 @@ class AuditRecord(Base):
     entity: Mapped[str] = mapped_column(String(32))
     record_key: Mapped[str] = mapped_column(String(128))
     operation: Mapped[str] = mapped_column(String(32))  # create | update | unchanged | push …
-    status: Mapped[str] = mapped_column(String(16))  # succeeded | failed | skipped | replayed
+    status: Mapped[str] = mapped_column(String(16))  # connector.storage.audit.STATUSES
     attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # Identical failures of one record folded into this row (first: started_at, last:
+    # finished_at), instead of a new row per scheduled run.
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     response_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -9,7 +9,16 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from connector.storage.audit import FAILED, FINAL_STATUSES, RETRYING, SKIPPED, SUCCEEDED
+from connector.storage.audit import (
+    DEFERRED,
+    FAILED,
+    FINAL_STATUSES,
+    REPLAYED,
+    RETRYING,
+    SKIPPED,
+    SUCCEEDED,
+    SUPERSEDED,
+)
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord
 
@@ -28,12 +37,24 @@ class RunSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     unchanged_by_task: int = 0  # queued, but the task found nothing to write
     plans_failed: int = 0  # entities whose plan failed (counted in `failed` too)
+    # Failed in this run, then replayed or fixed by a later attempt outside the run.
+    fixed_since: int = 0
+    deferred: int = 0  # waits too long for a queued message: the next scheduled plan retries
+    retrying: int = 0  # records (and plans) whose newest attempt failed transiently
+    last_retry_error: str | None = None  # the newest of those errors ("ifs HTTP 503: …")
+    plan_errors: list[str] = field(default_factory=list)  # "customer: <error>" per failed plan
 
     @property
     def done(self) -> int:
         """Queued records whose newest attempt is final."""
         return (
-            self.created + self.updated + self.unchanged_by_task + self.failed - self.plans_failed
+            self.created
+            + self.updated
+            + self.unchanged_by_task
+            + self.failed
+            - self.plans_failed
+            + self.fixed_since
+            + self.deferred
         )
 
     def finished(self, expected_entities: int) -> bool:
@@ -48,8 +69,12 @@ class RunSummary:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "failed": self.failed,
+            "fixed_since": self.fixed_since,
+            "deferred": self.deferred,
+            "retrying": self.retrying,
             "requests": dict(self.requests),
             "failures": self.failures,
+            "plan_errors": self.plan_errors,
         }
 
 
@@ -72,16 +97,20 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
         requests = (row.response_summary or {}).get("requests") or {}
         summary.requests.update({k: int(v) for k, v in requests.items()})
         if row.record_key == "*" and row.operation == "plan":
-            if row.status not in FINAL_STATUSES:
-                continue  # a plan that will be retried
+            if row.status == RETRYING:
+                summary.retrying += 1
+                summary.last_retry_error = row.error
+            if row.status not in FINAL_STATUSES or row.status == SUPERSEDED:
+                continue  # a plan that will be retried, or was retried with success
             summary.planned_entities += 1
             plan = row.response_summary or {}
             summary.read += int(plan.get("read", 0))
             summary.queued += int(plan.get("queued", 0))
             summary.unchanged += int(plan.get("unchanged", 0))
-            if row.status == FAILED:
+            if row.status in (FAILED, DEFERRED):
                 summary.failed += 1
                 summary.plans_failed += 1
+                summary.plan_errors.append(f"{row.entity}: {row.error}")
                 summary.failures.append(
                     {"audit_id": row.id, "entity": row.entity, "key": "*", "error": row.error}
                 )
@@ -93,10 +122,21 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
             and wrote.get((row.entity, row.record_key)) != "create"
         ):
             wrote[(row.entity, row.record_key)] = row.operation
-    for (entity, key), row in newest.items():
-        if row.status not in FINAL_STATUSES or entity not in planned:
+    for (entity, key), row in sorted(newest.items(), key=lambda item: item[1].id):
+        if entity not in planned:
             continue
-        if row.status == FAILED:
+        if row.status == RETRYING:
+            summary.retrying += 1
+            summary.last_retry_error = row.error
+            continue
+        if row.status in (REPLAYED, SUPERSEDED):
+            # Final for this run (it failed here); the replay or later attempt is not its own.
+            summary.fixed_since += 1
+        elif row.status == DEFERRED:
+            summary.deferred += 1
+        elif row.status not in FINAL_STATUSES:
+            continue
+        elif row.status == FAILED:
             summary.failed += 1
             summary.failures.append(
                 {"audit_id": row.id, "entity": entity, "key": key, "error": row.error}

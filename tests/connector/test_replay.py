@@ -9,7 +9,14 @@ import pytest
 
 from connector import jobs
 from connector.replay import Replay
-from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, REPLAYED, Attempt, AuditLog
+from connector.storage.audit import (
+    FAILED,
+    IFS_TO_PIPEDRIVE,
+    REPLAYED,
+    SUPERSEDED,
+    Attempt,
+    AuditLog,
+)
 from connector.storage.database import Database
 from connector.storage.models import utcnow
 from tests.connector.webhooks.support import unique_tenant
@@ -98,4 +105,4 @@ def test_replay_failed_queues_each_record_whose_newest_attempt_failed(audit: Aud
     ]
     assert replays.failed(tenant) == 0  # replayed rows are not failed any more
     row = audit.get(fixed_since)
-    assert row is not None and row.status == FAILED  # superseded, not replayed
+    assert row is not None and row.status == SUPERSEDED  # fixed by the later success

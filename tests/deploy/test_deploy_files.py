@@ -300,8 +300,12 @@ def _is_console(invocation: Invocation) -> bool:
 
 
 @pytest.mark.parametrize("invocation", _programs("gunicorn"), ids=_ids(_programs("gunicorn")))
-def test_gunicorn_serves_the_wsgi_app_on_its_port(invocation: Invocation) -> None:
+def test_gunicorn_serves_the_wsgi_app_on_its_port(
+    invocation: Invocation, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from gunicorn.config import Config
+
+    from connector.settings import get_settings
 
     parsed = Config().parser().parse_args(invocation.argv[1:])
     bind = parsed.bind[0]
@@ -314,7 +318,14 @@ def test_gunicorn_serves_the_wsgi_app_on_its_port(invocation: Invocation) -> Non
             assert bind == f"0.0.0.0:{CONSOLE_PORT}", str(invocation)
         return
     assert parsed.args == [WSGI_APP], str(invocation)
-    assert callable(_resolve(WSGI_APP))
+    # The receiver refuses the embedded defaults at import: give it a deployment's settings.
+    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
+    monkeypatch.setenv("CONNECTOR_BROKER_URL", "redis://127.0.0.1:6379/0")
+    get_settings.cache_clear()
+    try:
+        assert callable(_resolve(WSGI_APP))
+    finally:
+        get_settings.cache_clear()
     if invocation.where.startswith("Procfile"):
         assert bind.endswith(":${PORT:-8000}"), "honcho assigns the receiver's port"
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from typing import Any
 
 import pytest
@@ -417,3 +418,25 @@ def test_metrics_scrape_measures_the_queue_of_a_redis_broker(
 
     assert f'mlc_queue_depth{{queue="{queue}"}} 2.0' in body
     runtime.close()
+
+
+def test_a_receiver_built_from_embedded_defaults_is_not_ready(tmp_path, monkeypatch, broker):
+    from connector.settings import get_settings
+    from connector.storage.migrate import upgrade
+
+    for name in [name for name in os.environ if name.startswith("CONNECTOR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    upgrade("sqlite:///var/connector.db")  # the default file, migrated: only the setup is wrong
+    get_settings.cache_clear()
+    try:
+        app = create_app(enqueue=broker.enqueue, check_broker=broker.check)
+        response = app.test_client().get("/readyz")
+    finally:
+        get_settings.cache_clear()
+
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "not ready" and body["database"] == "ok"
+    assert "CONNECTOR_BROKER_URL" in body["settings"]
+    assert "CONNECTOR_DATABASE_URL" in body["settings"]

@@ -20,7 +20,7 @@ from connector.errors import RecordError, RemoteError, TransientError
 from connector.metrics import SYNC_OUTCOMES
 from connector.ratelimit import RateLimited
 from connector.runtime import Runtime
-from connector.storage.audit import IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
+from connector.storage.audit import DEFERRED, FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
 from connector.storage.idmap import IdMap
 from connector.storage.models import AuditRecord, WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
@@ -32,7 +32,14 @@ from tests.connector.webhooks.support import (
     unique_tenant,
     v2_deal_event,
 )
-from workers.base import MAX_RETRIES, TASK_RETRY_POLICY, ConnectorTask, RecordSyncTask
+from workers.app import VISIBILITY_TIMEOUT_S
+from workers.base import (
+    MAX_COUNTDOWN_S,
+    MAX_RETRIES,
+    TASK_RETRY_POLICY,
+    ConnectorTask,
+    RecordSyncTask,
+)
 from workers.runtime import set_runtime
 
 STAGE_OUTCOMES = ("applied", "ignored", "skipped", "failed")
@@ -151,15 +158,47 @@ def test_exhausted_retries_mark_the_retrying_row_failed_and_count_one_failure(
 
     assert sync.apply(kwargs={"tenant": tenant, "key": "C1"}).get() == "failed"
 
-    rows = audit.list(tenant=tenant)[::-1]
-    assert [row.attempt for row in rows] == list(range(1, MAX_RETRIES + 2))
-    assert [row.status for row in rows] == [RETRYING] * MAX_RETRIES + ["failed"]
+    # The identical retrying attempts share one row, which ends failed.
+    (row,) = audit.list(tenant=tenant)
+    assert (row.attempt, row.occurrences, row.status) == (MAX_RETRIES + 1, MAX_RETRIES + 1, FAILED)
     assert len(countdowns) == MAX_RETRIES and min(countdowns) >= 0.5
-    assert [row.id for row in audit.latest_failed(tenant)] == [rows[-1].id]
+    assert [failed.id for failed in audit.latest_failed(tenant)] == [row.id]
     name = "mlc_records_synced_total"
     assert _value(name, tenant=tenant, entity="customer", outcome="failed") == 1
     counted = [_value(name, tenant=tenant, entity="customer", outcome=o) for o in SYNC_OUTCOMES]
     assert sum(counted) == 1
+
+
+def test_a_countdown_never_exceeds_the_brokers_visibility_timeout(countdowns: list[float]) -> None:
+    @app.task(bind=True, base=ConnectorTask, name=_name("slow"))
+    def slow(self: ConnectorTask, tenant: str) -> str:
+        if self.attempt == 1:
+            raise RateLimited("ifs:acme:hour", MAX_COUNTDOWN_S - 1)
+        return "done"
+
+    assert slow.apply(kwargs={"tenant": "acme"}).get() == "done"
+    assert MAX_COUNTDOWN_S - 1 <= countdowns[0] <= MAX_COUNTDOWN_S < VISIBILITY_TIMEOUT_S
+
+
+def test_a_daily_budget_wait_defers_the_record_to_the_next_plan_instead_of_sleeping(
+    runtime: Runtime, countdowns: list[float]
+) -> None:
+    tenant, audit = unique_tenant("base"), AuditLog(runtime.database)
+
+    @app.task(bind=True, base=RecordSyncTask, entity="customer", name=_name("budget"))
+    def sync(self: RecordSyncTask, tenant: str, key: str) -> str:
+        audit_id = audit.write(
+            Attempt(tenant, IFS_TO_PIPEDRIVE, "customer", key, status=RETRYING, error="budget")
+        )
+        error = RateLimited(f"pipedrive:{tenant}:daily", 86_400)
+        raise TransientError(str(error), error.retry_after_s, audit_id=audit_id)
+
+    assert sync.apply(kwargs={"tenant": tenant, "key": "C1"}).get() == "failed"
+
+    assert countdowns == []  # no message sleeps for a day
+    (row,) = audit.list(tenant=tenant)
+    assert row.status == DEFERRED and "next scheduled plan" in (row.error or "")
+    assert audit.latest_failed(tenant) == []
 
 
 # -- the stage push metric ------------------------------------------------------------------

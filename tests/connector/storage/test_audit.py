@@ -7,11 +7,15 @@ from datetime import timedelta
 import pytest
 
 from connector.storage.audit import (
+    DEFERRED,
     FAILED,
     IFS_TO_PIPEDRIVE,
+    PIPEDRIVE_TO_IFS,
     REPLAYED,
+    RETRYING,
     SKIPPED,
     SUCCEEDED,
+    SUPERSEDED,
     Attempt,
     AuditLog,
 )
@@ -95,3 +99,80 @@ def test_list_is_newest_first_and_filters(database, tenant):
     assert [row.id for row in log.list(tenant=tenant)] == [second, first]
     assert [row.id for row in log.list(tenant=tenant, status=FAILED)] == [first]
     assert [row.id for row in log.list(tenant=tenant, limit=1)] == [second]
+
+
+def test_a_later_success_supersedes_the_records_failed_and_retrying_rows(database, tenant):
+    log = AuditLog(database)
+    failed = log.write(_attempt(tenant, "O-1", error="Pipedrive HTTP 400: Currency"))
+    retrying = log.write(_attempt(tenant, "O-1", RETRYING, error="ifs HTTP 503: busy"))
+    other = log.write(_attempt(tenant, "O-2", error="Pipedrive HTTP 400: Currency"))
+    log.write(_attempt(tenant, "O-1", SUCCEEDED, operation="update"))
+
+    assert [log.get(failed).status, log.get(retrying).status] == [SUPERSEDED, SUPERSEDED]
+    assert [row.id for row in log.list(tenant=tenant, status=FAILED)] == [other]
+    assert [row.id for row in log.latest_failed(tenant)] == [other]
+
+
+def test_an_unchanged_skip_supersedes_but_a_skipped_stage_push_does_not(database, tenant):
+    log = AuditLog(database)
+    failed = log.write(_attempt(tenant, "O-1", error="boom"))
+    log.write(_attempt(tenant, "O-1", SKIPPED, operation="unchanged"))
+    push = Attempt(tenant, PIPEDRIVE_TO_IFS, "order", "O-1", status=FAILED, error="412")
+    pushed = log.write(push)
+    log.write(Attempt(tenant, PIPEDRIVE_TO_IFS, "order", "O-1", status=SKIPPED, error="echo"))
+
+    assert (log.get(failed).status, log.get(pushed).status) == (SUPERSEDED, FAILED)
+
+
+def test_identical_failures_of_a_record_fold_into_one_row_with_a_count(database, tenant):
+    log = AuditLog(database)
+    first = log.write(
+        _attempt(tenant, "O-1", error="Pipedrive HTTP 400: Currency", correlation_id="r1")
+    )
+    started = log.get(first).started_at
+    again = [
+        log.write(_attempt(tenant, "O-1", error="Pipedrive HTTP 400: Currency", correlation_id=run))
+        for run in ("r2", "r3")
+    ]
+    different = log.write(_attempt(tenant, "O-1", error="Pipedrive HTTP 400: Title"))
+
+    assert again == [first, first] and different != first
+    row = log.get(first)
+    assert row is not None and row.occurrences == 3 and row.status == FAILED
+    assert row.started_at == started and row.finished_at > started
+    assert row.correlation_id == "r3"  # the newest run reads its outcome from the row
+    assert [r.id for r in log.list(tenant=tenant, status=FAILED)] == [different, first]
+
+
+def test_retrying_rows_fold_and_the_last_retry_marks_the_one_row_failed(database, tenant):
+    log = AuditLog(database)
+    rows = {
+        log.write(_attempt(tenant, "O-1", RETRYING, error="ifs HTTP 503: busy", attempt=n))
+        for n in (1, 2, 3)
+    }
+
+    assert len(rows) == 1
+    (row_id,) = rows
+    assert log.get(row_id).attempt == 3 and log.get(row_id).occurrences == 3
+    assert log.mark_failed(row_id) is True
+    assert [row.id for row in log.latest_failed(tenant)] == [row_id]
+
+
+def test_a_replays_failure_keeps_its_own_row(database, tenant):
+    log = AuditLog(database)
+    failed = log.write(_attempt(tenant, "O-1", error="boom"))
+    log.mark_replayed(failed)
+    replayed = log.write(_attempt(tenant, "O-1", error="boom", replay_of=failed))
+
+    assert replayed != failed and log.get(replayed).replay_of == failed
+
+
+def test_a_deferred_row_says_why_and_is_not_waiting_for_a_replay(database, tenant):
+    log = AuditLog(database)
+    row_id = log.write(_attempt(tenant, "O-1", RETRYING, error="daily budget exhausted"))
+
+    assert log.mark_deferred(row_id, "waits 86400s; the next scheduled plan retries") is True
+    row = log.get(row_id)
+    assert row is not None and row.status == DEFERRED
+    assert row.error.startswith("waits 86400s; the next scheduled plan retries")
+    assert log.latest_failed(tenant) == [] and log.mark_deferred(row_id, "again") is False

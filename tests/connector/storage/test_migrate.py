@@ -210,3 +210,29 @@ def test_0003_keeps_existing_audit_rows_and_records_who_replayed(empty_url):
     command.downgrade(alembic_config(empty_url), "0002")
     columns = {c["name"] for c in sa.inspect(sa.create_engine(empty_url)).get_columns("audit_log")}
     assert "replayed_by" not in columns
+
+
+def test_0004_counts_existing_audit_rows_as_one_occurrence_and_downgrades_cleanly(empty_url):
+    assert upgrade(empty_url, "0003") == "0003"
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO audit_log (tenant, direction, entity, record_key, operation,"
+                    " status, attempt, started_at) VALUES ('acme', 'ifs_to_pipedrive', 'order',"
+                    " 'C1', 'create', 'failed', 1, CURRENT_TIMESTAMP)"
+                )
+            )
+        assert upgrade(empty_url, "0004") == "0004"
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT occurrences FROM audit_log")).scalar() == 1
+        assert upgrade(empty_url) == head_revision()
+        assert _schema_differences(empty_url) == []
+        command.downgrade(alembic_config(empty_url), "0003")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("audit_log")}
+        assert "occurrences" not in columns
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM audit_log")).scalar() == 1
+    finally:
+        engine.dispose()

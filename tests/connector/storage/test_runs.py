@@ -56,3 +56,38 @@ def test_a_run_with_no_rows_is_empty_and_not_finished(database):
     summary = run_summary(database, uuid.uuid4().hex)
 
     assert summary.as_dict()["created"] == 0 and not summary.finished(expected_entities=1)
+
+
+def test_a_run_stays_finished_when_its_failed_rows_are_replayed_or_fixed(database, tenant):
+    run_id = uuid.uuid4().hex
+    log = AuditLog(database)
+
+    def row(key: str, status: str, **fields) -> int:
+        return log.write(
+            Attempt(
+                tenant,
+                IFS_TO_PIPEDRIVE,
+                "order",
+                key,
+                status=status,
+                correlation_id=run_id,
+                **fields,
+            )
+        )
+
+    row("*", SUCCEEDED, operation="plan", response_summary={"read": 3, "queued": 3})
+    replayed = row("O-1", FAILED, error="boom")
+    row("O-2", FAILED, error="boom")
+    row("O-3", RETRYING, error="ifs HTTP 503: busy")
+    assert run_summary(database, run_id).retrying == 1
+    assert run_summary(database, run_id).last_retry_error == "ifs HTTP 503: busy"
+    assert not run_summary(database, run_id).finished(1)
+
+    row("O-3", FAILED, error="ifs HTTP 503: busy")  # retries exhausted: folded, then failed
+    log.mark_replayed(replayed)
+    # A replay outside the run fixes O-2 (its row is superseded, not failed).
+    log.write(Attempt(tenant, IFS_TO_PIPEDRIVE, "order", "O-2", operation="update"))
+
+    summary = run_summary(database, run_id)
+    assert (summary.done, summary.queued, summary.retrying) == (3, 3, 0)
+    assert summary.finished(1) and summary.fixed_since == 2 and summary.failed == 1
