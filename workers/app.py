@@ -115,17 +115,6 @@ def _worker_start(**_: Any) -> None:
         metrics.start_worker_metrics_server(port)
 
 
-@signals.beat_init.connect
-def _beat_start(**_: Any) -> None:
-    # Beat sends to workers elsewhere: a memory:// queue or a private SQLite file would
-    # schedule work that no worker ever sees.
-    try:
-        get_settings().require_shared_setup("beat")
-    except ConfigError as error:
-        log.critical("%s", error)
-        raise SystemExit(1) from error
-
-
 @signals.worker_process_init.connect
 def _pool_process_metrics(**_: Any) -> None:
     from connector import metrics

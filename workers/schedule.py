@@ -21,6 +21,7 @@ from celery.schedules import crontab
 
 from connector import jobs, metrics
 from connector.cron import parse_cron
+from connector.errors import ConfigError
 from connector.tenants import TenantConfig
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,15 @@ class LiveScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from workers.runtime import get_runtime
 
-        self._runtime = get_runtime()
+        # Beat sends to workers elsewhere: a memory:// queue or a private SQLite file would
+        # schedule work that no worker ever sees. Refused here, before anything is opened
+        # (beat builds its scheduler before its beat_init signal).
+        self._runtime = get_runtime()  # opens nothing yet: its database is made on first use
+        try:
+            self._runtime.settings.require_shared_setup("beat")
+        except ConfigError as error:
+            log.critical("%s", error)
+            raise SystemExit(1) from error
         live = self._runtime.live
         self._generation = -1
         self.problems: dict[str, str] = {}

@@ -64,9 +64,11 @@ def test_operator_signs_in_sees_the_failure_replays_it_after_the_fix_and_sees_su
     page.screenshot(path=str(SCREENSHOTS / "runs.png"), full_page=True)
 
     page.goto(f"{console.url}/failures")
-    record = page.locator(f"tr[data-record={bad}]")
+    # The session's database holds other tests' tenants too: this tenant's row only.
+    mine = f"tr[data-tenant='{stack.tenant}'][data-record='{bad}']"
+    record = page.locator(mine)
     assert record.is_visible()
-    assert "Currency must be a 3-letter code" in page.inner_text("section.group pre")
+    assert "Currency must be a 3-letter code" in page.inner_text(f"section.group:has({mine}) pre")
     page.screenshot(path=str(SCREENSHOTS / "failures.png"), full_page=True)
 
     stack.ifs.edit_order(bad, CurrencyCode="EUR")  # the fix, at the source

@@ -86,7 +86,7 @@ def test_tenants_and_credentials_change_under_a_running_deployment(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
 
-    with _honcho(stack, port, tmp_path) as honcho:
+    with _honcho(stack, port, tmp_path, free_port()) as honcho:
         assert wait_for_http(f"{base}/readyz", timeout=40), honcho.log()
         assert wait_until(lambda: _workers_answer(stack.env["CONNECTOR_BROKER_URL"]), 40), (
             honcho.log()

@@ -161,7 +161,15 @@ def test_procfile_serves_sync_webhook_and_stage_push_then_stops_cleanly(
         ensured = stack.cli("webhooks", "ensure", stack.tenant)
         assert ensured.returncode == 0, ensured.stderr
         assert ensured.stdout.split(":")[0] in ("created", "ok") and hook_url in ensured.stdout
-        assert [w["subscription_url"] for w in stack.pipedrive.list_webhooks()] == [hook_url]
+        # One webhook per event the connector needs (deal changes, deal and organization
+        # deletes), every one pointed at the honcho receiver.
+        hooks = stack.pipedrive.list_webhooks()
+        assert sorted(f"{w['event_action']}.{w['event_object']}" for w in hooks) == [
+            "change.deal",
+            "delete.deal",
+            "delete.organization",
+        ]
+        assert {w["subscription_url"] for w in hooks} == {hook_url}
         planned = [
             key
             for key in stack.ifs.keys(customer_order())
@@ -180,7 +188,7 @@ def test_procfile_serves_sync_webhook_and_stage_push_then_stops_cleanly(
         )
         assert released, f"{stack.pipedrive.delivery_log()[-3:]}\n{honcho.log()}"
 
-        # This simulator's only webhook is the one `webhooks ensure` pointed at honcho; its
+        # This simulator's only webhooks are the ones `webhooks ensure` pointed at honcho; its
         # log entry is written once the answer is back, which may be after the IFS change.
         def deliveries() -> list[tuple[str, int | None]]:
             return [(d["entity_id"], d["http_status"]) for d in stack.pipedrive.delivery_log()]

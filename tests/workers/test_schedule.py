@@ -36,7 +36,13 @@ def test_a_schedule_celery_refuses_leaves_out_that_tenant_only() -> None:
 def live_runtime(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Runtime, Path]]:
     tenants_file = tmp_path / "tenants.yaml"
     runtime = Runtime(
-        Settings(database_url=postgres_url, encryption_keys=KEY, tenants_file=tenants_file)
+        # A deployment's settings: beat refuses the embedded defaults (memory://, SQLite).
+        Settings(
+            database_url=postgres_url,
+            broker_url="redis://127.0.0.1:6379/0",
+            encryption_keys=KEY,
+            tenants_file=tenants_file,
+        )
     )
     live = runtime.go_live(interval_s=0.0)
     assert live is not None

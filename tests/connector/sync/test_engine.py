@@ -16,6 +16,7 @@ from connector.sync.engine import Outcome, TenantSync
 from connector.sync.mapping import map_customer
 from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
+from tests.connector.sync.support import run_sync
 
 pytestmark = pytest.mark.integration
 
@@ -28,25 +29,6 @@ def _writes(stack: Stack) -> int:
         for method, count in writes.get(entity, {}).items()
         if method in ("POST", "PATCH", "DELETE", "create", "update", "delete")
     )
-
-
-def _run(sync: TenantSync, *, full: bool = False) -> dict[str, list[Outcome]]:
-    """Plan and upsert every entity in order, as the workers would, in this thread."""
-    outcomes: dict[str, list[Outcome]] = {}
-    for entity in ENTITIES:
-        plan = sync.plan(entity, full=full)
-        outcomes[entity] = [
-            sync.sync_record(
-                entity,
-                item.key,
-                snapshot={"etag": item.etag, "data": item.data},
-                hint=item.hint,
-                full=full,
-                run_id=plan.run_id,
-            ).outcome
-            for item in plan.items
-        ]
-    return outcomes
 
 
 def _rows(stack: Stack) -> list[AuditRecord]:
@@ -68,7 +50,7 @@ def test_plan_and_upsert_create_one_organization_and_one_deal_each(
     stack.ifs.seed(customers=4, orders=9, seed=3)
     sync = TenantSync(stack.runtime, stack.tenant)
 
-    outcomes = _run(sync)
+    outcomes = run_sync(sync)
 
     assert outcomes[CUSTOMER] == [Outcome.CREATED] * 4
     assert outcomes[ORDER] == [Outcome.CREATED] * 9
@@ -95,7 +77,7 @@ def test_plan_and_upsert_create_one_organization_and_one_deal_each(
 def test_a_resync_writes_nothing(stack_factory: Callable[..., Stack]) -> None:
     stack = stack_factory()
     stack.ifs.seed(customers=3, orders=6, seed=5)
-    _run(TenantSync(stack.runtime, stack.tenant))
+    run_sync(TenantSync(stack.runtime, stack.tenant))
     writes = _writes(stack)
     assert writes == 9
 
@@ -104,7 +86,7 @@ def test_a_resync_writes_nothing(stack_factory: Callable[..., Stack]) -> None:
     assert [plan.items for plan in plans.values()] == [[], []]
     assert [plan.unchanged for plan in plans.values()] == [3, 6]
     # A full run compares with what Pipedrive holds and still finds nothing to write.
-    outcomes = _run(again, full=True)
+    outcomes = run_sync(again, full=True)
     assert set(outcomes[CUSTOMER]) | set(outcomes[ORDER]) == {Outcome.UNCHANGED}
     assert _writes(stack) == writes
 
@@ -113,11 +95,11 @@ def test_a_changed_ifs_record_is_updated_in_place(stack_factory: Callable[..., S
     stack = stack_factory()
     stack.ifs.seed(customers=2, orders=2, seed=9)
     sync = TenantSync(stack.runtime, stack.tenant)
-    _run(sync)
+    run_sync(sync)
     customer_id = sorted(stack.ifs.keys(stack.ifs.customer_type))[0]
     stack.ifs.edit_customer(customer_id, Name="Renamed Marine")
 
-    outcomes = _run(sync)
+    outcomes = run_sync(sync)
 
     assert outcomes == {CUSTOMER: [Outcome.UPDATED], ORDER: []}
     entry = IdMap(stack.runtime.database).get(stack.tenant, CUSTOMER, customer_id)
@@ -138,7 +120,7 @@ def test_customers_keyed_by_a_renamed_property_sync_by_that_property(
     assert all("CustomerId" not in stack.ifs.get_customer(no) for no in customer_nos)
     sync = TenantSync(stack.runtime, stack.tenant)
 
-    outcomes = _run(sync)
+    outcomes = run_sync(sync)
     # Single reads address the customer by the same property.
     single = sync.sync_record(CUSTOMER, customer_nos[0], full=True)
 

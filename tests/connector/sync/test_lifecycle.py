@@ -17,26 +17,9 @@ from connector.sync.engine import Outcome, TenantSync
 from connector.sync.specs import ORDERS
 from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
+from tests.connector.sync.support import run_sync
 
 pytestmark = pytest.mark.integration
-
-
-def _run(sync: TenantSync, *, full: bool = False) -> dict[str, list[Outcome]]:
-    outcomes: dict[str, list[Outcome]] = {}
-    for entity in ENTITIES:
-        plan = sync.plan(entity, full=full)
-        outcomes[entity] = [
-            sync.sync_record(
-                entity,
-                item.key,
-                snapshot={"etag": item.etag, "data": item.data},
-                hint=item.hint,
-                full=full,
-                run_id=plan.run_id,
-            ).outcome
-            for item in plan.items
-        ]
-    return outcomes
 
 
 def _rows(stack: Stack, key: str | None = None) -> list[AuditRecord]:
@@ -63,7 +46,7 @@ def synced(stack_factory: Callable[..., Stack]) -> Callable[..., tuple[Stack, Te
         stack = stack_factory(tenant_overrides=overrides or None)
         stack.ifs.seed(customers=3, orders=6, seed=21)
         sync = TenantSync(stack.runtime, stack.tenant)
-        _run(sync)
+        run_sync(sync)
         return stack, sync
 
     return make
@@ -78,7 +61,7 @@ def test_recreate_a_deleted_deal_whose_order_changed_makes_one_new_deal_and_no_f
     stack.pipedrive.delete("deal", gone, "app", 1)
     stack.ifs.edit_order(order_no, Cf_Cost_Center="CC-AFTER-DELETE")
 
-    outcomes = _run(sync)
+    outcomes = run_sync(sync)
 
     assert outcomes[ORDER] == [Outcome.CREATED]
     [deal] = _live_deals_of(stack, sync, order_no)
@@ -95,7 +78,7 @@ def test_a_full_sync_recreates_a_deal_deleted_without_any_ifs_change(synced) -> 
     gone = _linked(stack, ORDER, order_no)
     stack.pipedrive.delete("deal", gone, "app", 1)
 
-    _run(sync, full=True)
+    run_sync(sync, full=True)
 
     assert len(_live_deals_of(stack, sync, order_no)) == 1
     assert _linked(stack, ORDER, order_no) != gone
@@ -110,9 +93,9 @@ def test_respect_tombstones_once_writes_nothing_and_relink_brings_it_back(synced
     stack.ifs.edit_order(order_no, Cf_Cost_Center="CC-IGNORED")
     deal_posts = stack.pipedrive.stats()["writes"]["deal"].get("POST", 0)
 
-    first = _run(sync)
-    _run(sync)
-    _run(sync, full=True)
+    first = run_sync(sync)
+    run_sync(sync)
+    run_sync(sync, full=True)
 
     assert first[ORDER] == [Outcome.UNCHANGED]
     assert _live_deals_of(stack, sync, order_no) == []
@@ -122,7 +105,7 @@ def test_respect_tombstones_once_writes_nothing_and_relink_brings_it_back(synced
     assert not [row for row in _rows(stack) if row.status == FAILED]
 
     IdMap(stack.runtime.database).relink(stack.tenant, ORDER, order_no, None)
-    _run(sync)
+    run_sync(sync)
     [deal] = _live_deals_of(stack, sync, order_no)
     assert _linked(stack, ORDER, order_no) == deal["id"]
 
@@ -137,7 +120,7 @@ def test_a_merged_organization_is_relinked_to_its_survivor_never_duplicated(sync
     stack.pipedrive.merge("organization", merged, survivor["id"], "app", 1)
     stack.ifs.edit_customer(customer, Name="Renamed after merge")
 
-    _run(sync, full=True)
+    run_sync(sync, full=True)
 
     key = sync.layout().organization_fields["ifs_customer_id"]
     per_customer = Counter(
@@ -163,7 +146,7 @@ def test_a_merged_deal_is_relinked_to_the_survivor(synced) -> None:
     survivor = stack.pipedrive.create("deal", {"title": "hand-made", "org_id": org}, "app", 1)
     stack.pipedrive.merge("deal", merged, survivor["id"], "app", 1)
 
-    _run(sync, full=True)
+    run_sync(sync, full=True)
 
     [deal] = _live_deals_of(stack, sync, order_no)
     assert deal["id"] == survivor["id"] == _linked(stack, ORDER, order_no)
@@ -177,7 +160,7 @@ def test_a_won_deal_whose_order_did_not_change_stays_won_through_a_full_sync(syn
     stack.pipedrive.move_deal(deal_id, status="won")
     stack.ifs.edit_order(order_no, Cf_Profit_Center="PC-CHANGED")  # a connector-owned value
 
-    _run(sync, full=True)
+    run_sync(sync, full=True)
 
     deal = stack.pipedrive.get("deal", deal_id)
     assert deal["status"] == "won"
@@ -191,7 +174,7 @@ def test_an_ifs_state_change_still_moves_a_deal_a_user_moved(synced) -> None:
     stack.pipedrive.move_deal(deal_id, status="won")
     stack.ifs.edit_order(order_no, Objstate="Cancelled")
 
-    _run(sync, full=True)
+    run_sync(sync, full=True)
 
     assert stack.pipedrive.get("deal", deal_id)["status"] == "lost"
 
@@ -204,7 +187,7 @@ def test_archived_deals_are_present_for_the_bulk_index(synced) -> None:
     stack.ifs.edit_order(order_no, Cf_Cost_Center="CC-ARCHIVED")
 
     assert sync.pipedrive_index(ORDERS)[order_no] == deal_id
-    _run(sync, full=True)
+    run_sync(sync, full=True)
 
     [deal] = [
         d
