@@ -44,9 +44,8 @@ class TransientError(ConnectorError):
     429/5xx/connection error. `retry_after_s` is the earliest sensible retry (None: no hint);
     `audit_id` is the "retrying" audit row the attempt left, if it left one.
 
-    The library raises it; the task layer alone decides whether and when to retry.
-    `audit_id` names the "retrying" audit row the attempt left, which the task layer marks
-    failed once no retry is left.
+    The library raises it; the task layer alone decides whether and when to retry, and
+    marks that row failed once no retry is left.
     """
 
     def __init__(

@@ -24,13 +24,17 @@ FAILED = "failed"
 RETRYING = "retrying"  # a transient failure; the job retries (or marks it failed at the end)
 SKIPPED = "skipped"
 REPLAYED = "replayed"  # a failed row whose replay has been queued
-SUPERSEDED = "superseded"  # failed (or retrying), then a later attempt of the record succeeded
+# Failed, retrying or deferred, then a later attempt of the record succeeded (or, for a
+# retrying row, a later attempt of the record took its place).
+SUPERSEDED = "superseded"
 DEFERRED = "deferred"  # the wait was too long to hold a message; the next scheduled plan retries
 STATUSES = (SUCCEEDED, FAILED, SKIPPED, RETRYING, REPLAYED, SUPERSEDED, DEFERRED)
 # The attempt will not run again by itself.
 FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED, SUPERSEDED, DEFERRED)
-# Statuses a later success of the same record turns into SUPERSEDED.
+# Statuses of a new attempt that may fold into the record's newest row.
 _FIXED_BY_SUCCESS = (FAILED, RETRYING)
+# Statuses a later success of the same record turns into SUPERSEDED.
+_SUPERSEDED_BY_SUCCESS = (FAILED, RETRYING, DEFERRED)
 
 
 @dataclass
@@ -110,16 +114,19 @@ class AuditLog:
             )
             session.add(row)
             session.flush()
-            if _fixes_record(attempt):
-                session.execute(
-                    update(AuditRecord)
-                    .where(
-                        *_same_record(attempt),
-                        AuditRecord.id < row.id,
-                        AuditRecord.status.in_(_FIXED_BY_SUCCESS),
-                    )
-                    .values(status=SUPERSEDED)
+            # A success closes the record's earlier failures; any new attempt takes the place
+            # of an earlier retrying row (its retry is this attempt, or was given up), so no
+            # row stays "retrying" once the record has moved on.
+            closed = _SUPERSEDED_BY_SUCCESS if _fixes_record(attempt) else (RETRYING,)
+            session.execute(
+                update(AuditRecord)
+                .where(
+                    *_same_record(attempt),
+                    AuditRecord.id < row.id,
+                    AuditRecord.status.in_(closed),
                 )
+                .values(status=SUPERSEDED)
+            )
             attempt.audit_id = row.id
             return row.id
 
@@ -170,6 +177,8 @@ class AuditLog:
                 newer.tenant == AuditRecord.tenant,
                 newer.entity == AuditRecord.entity,
                 newer.record_key == AuditRecord.record_key,
+                # A stage push and a sync of one order are different stories.
+                newer.direction == AuditRecord.direction,
                 newer.id > AuditRecord.id,
             )
             .exists()

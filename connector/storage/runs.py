@@ -246,9 +246,13 @@ def run_progress(database: Database, run_id: str) -> RunProgress | None:
                 .group_by(AuditRecord.status)
             ).all()
         )
-    final_plans = [plan for plan in plans if plan.status in FINAL_STATUSES]
+    # The same buckets as run_summary: a superseded plan was retried with success; replayed,
+    # superseded and deferred records are final for this run (done), as run_summary counts.
+    final_plans = [
+        plan for plan in plans if plan.status in FINAL_STATUSES and plan.status != SUPERSEDED
+    ]
     planned = sum(int((plan.response_summary or {}).get("queued", 0)) for plan in final_plans)
-    plans_failed = sum(plan.status == FAILED for plan in final_plans)
+    plans_failed = sum(plan.status in (FAILED, DEFERRED) for plan in final_plans)
     return RunProgress(
         run_id=run_id,
         tenant=plans[0].tenant,
@@ -256,7 +260,10 @@ def run_progress(database: Database, run_id: str) -> RunProgress | None:
         finished_at=finished,
         entities_planned=len(final_plans),
         planned=planned,
-        done=int(by_status.get(SUCCEEDED, 0)) + int(by_status.get(SKIPPED, 0)),
+        done=sum(
+            int(by_status.get(status, 0))
+            for status in (SUCCEEDED, SKIPPED, REPLAYED, SUPERSEDED, DEFERRED)
+        ),
         retrying=int(by_status.get(RETRYING, 0)),
         failed=int(by_status.get(FAILED, 0)) + plans_failed,
     )

@@ -176,3 +176,42 @@ def test_a_deferred_row_says_why_and_is_not_waiting_for_a_replay(database, tenan
     assert row is not None and row.status == DEFERRED
     assert row.error.startswith("waits 86400s; the next scheduled plan retries")
     assert log.latest_failed(tenant) == [] and log.mark_deferred(row_id, "again") is False
+
+
+def test_a_new_attempt_closes_the_records_earlier_retrying_row(database, tenant):
+    # A retry that fails differently writes a new row: the earlier retrying row must not be
+    # left "retrying" for ever (only the newest one is marked failed when retries run out).
+    log = AuditLog(database)
+    first = log.write(_attempt(tenant, "O-1", RETRYING, error="ifs HTTP 503"))
+    second = log.write(_attempt(tenant, "O-1", RETRYING, error="lock timeout"))
+
+    assert second != first
+    assert log.get(first).status == SUPERSEDED  # type: ignore[union-attr]
+    assert log.get(second).status == RETRYING  # type: ignore[union-attr]
+
+
+def test_a_success_supersedes_a_deferred_row(database, tenant):
+    log = AuditLog(database)
+    deferred = log.write(_attempt(tenant, "O-1", RETRYING, error="daily budget"))
+    assert log.mark_deferred(deferred, "waits for the next scheduled plan")
+    log.write(_attempt(tenant, "O-1", SUCCEEDED))
+    assert log.get(deferred).status == SUPERSEDED  # type: ignore[union-attr]
+
+
+def test_a_newer_row_of_the_other_direction_does_not_hide_a_failure(database, tenant):
+    log = AuditLog(database)
+    push = log.write(
+        Attempt(
+            tenant,
+            PIPEDRIVE_TO_IFS,
+            "order",
+            "O-1",
+            operation="push_stage",
+            status=FAILED,
+            error="ifs HTTP 400",
+            replay_task="ml_connector.push_stage_to_ifs",
+            replay_args={"tenant": tenant, "webhook_event_id": 1},
+        )
+    )
+    log.write(_attempt(tenant, "O-1", SUCCEEDED))
+    assert push in [row.id for row in log.latest_failed(tenant)]

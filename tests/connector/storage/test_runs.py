@@ -91,3 +91,43 @@ def test_a_run_stays_finished_when_its_failed_rows_are_replayed_or_fixed(databas
     summary = run_summary(database, run_id)
     assert (summary.done, summary.queued, summary.retrying) == (3, 3, 0)
     assert summary.finished(1) and summary.fixed_since == 2 and summary.failed == 1
+
+
+def test_run_progress_counts_replayed_superseded_and_deferred_records_as_done(database, tenant):
+    # The console's Runs page: a run whose rows were replayed, fixed or deferred is over.
+    from connector.storage.runs import run_progress
+
+    log = AuditLog(database)
+    run_id = uuid.uuid4().hex
+
+    def row(key: str, status: str, operation: str = "update", **summary) -> int:
+        return log.write(
+            Attempt(
+                tenant,
+                IFS_TO_PIPEDRIVE,
+                "order",
+                key,
+                operation=operation,
+                status=status,
+                error=None if status == SUCCEEDED else f"{key} went wrong",
+                response_summary=summary or None,
+                correlation_id=run_id,
+                replay_task="ml_connector.sync_order",
+                replay_args={"tenant": tenant, "key": key},
+            )
+        )
+
+    row("*", RETRYING, "plan")  # retried: the next plan row takes its place
+    row("*", SUCCEEDED, "plan", read=4, queued=4)
+    row("O-1", SUCCEEDED)
+    assert log.mark_replayed(row("O-2", FAILED))
+    deferred = row("O-3", RETRYING)
+    assert log.mark_deferred(deferred, "waits for the next scheduled plan")
+    row("O-4", FAILED)
+
+    progress = run_progress(database, run_id)
+
+    assert progress is not None
+    assert (progress.entities_planned, progress.planned) == (1, 4)
+    assert (progress.done, progress.failed, progress.retrying) == (3, 1, 0)
+    assert not progress.running
