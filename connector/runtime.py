@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from connector.errors import UnknownTenantError
 from connector.settings import Settings
 from connector.storage.database import Database
 from connector.tenants import TenantConfig, get_tenant, load_tenants
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from connector.pipedrive.client import PipedriveClient
     from connector.storage.vault import Vault
     from connector.sync.engine import TenantSync
+
+
+# How often an unknown tenant id may make a live runtime re-read the tenants file.
+UNKNOWN_TENANT_RECHECK_S = 1.0
 
 
 class Runtime:
@@ -90,7 +95,15 @@ class Runtime:
                 self._tenants = load_tenants(self._tenants_path)
             return self._tenants
 
-    def tenant(self, tenant_id: str) -> TenantConfig:
+    def tenant(self, tenant_id: str, *, recheck_unknown: bool = False) -> TenantConfig:
+        """The tenant. With `recheck_unknown` (a webhook or a job naming it), one a live runtime
+        does not know yet makes it look at the tenants file at once, at most once a second so
+        that unknown names cannot make it read the file per request, before it is refused."""
+        try:
+            return get_tenant(self.tenants, tenant_id)
+        except UnknownTenantError:
+            if not recheck_unknown or not self.refresh_if_stale(UNKNOWN_TENANT_RECHECK_S):
+                raise
         return get_tenant(self.tenants, tenant_id)
 
     def tenant_sync(self, tenant_id: str) -> TenantSync:

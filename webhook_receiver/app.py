@@ -37,7 +37,6 @@ CheckBroker = Callable[[], None]  # returns when the broker answers, raises when
 EXTENSION = "ml_connector_receiver"
 UNAUTHORIZED_BODY = {"error": "unauthorized"}  # one body for every 401: no hint what failed
 READ_CHUNK = 64 * 1024
-UNKNOWN_TENANT_RECHECK_S = 1.0
 
 
 def celery_enqueue(job: str, kwargs: dict[str, Any]) -> None:
@@ -146,7 +145,7 @@ def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
     label = tenant_id
     try:
         try:
-            tenant = _tenant(context.runtime, tenant_id)
+            tenant = context.runtime.tenant(tenant_id, recheck_unknown=True)
         except ConfigError:
             label = "unknown"  # attacker-chosen names must not become metric labels
             raise Rejection(401, "unknown_tenant", UNAUTHORIZED_BODY) from None
@@ -163,17 +162,6 @@ def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
         _count(label, "rejected", rejection.reason)
         return jsonify(rejection.body), rejection.status
     return _accept(context, tenant, payload, event)
-
-
-def _tenant(runtime: Runtime, tenant_id: str) -> TenantConfig:
-    """The tenant; one this process does not know yet makes it look at the tenants file at
-    once (at most once a second, so unknown names cannot make it read the file per request)."""
-    try:
-        return runtime.tenant(tenant_id)
-    except ConfigError:
-        if not runtime.refresh_if_stale(max_age_s=UNKNOWN_TENANT_RECHECK_S):
-            raise
-    return runtime.tenant(tenant_id)
 
 
 def _authenticated_body(runtime: Runtime, tenant: TenantConfig) -> bytes:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from connector import jobs, metrics
-from connector.errors import ConnectorError, UnknownTenantError, is_transient
+from connector.errors import ConnectorError, is_transient
 from connector.replay import Replay
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER
@@ -23,8 +23,6 @@ from connector.sync.engine import Plan, TenantSync, plan_audit
 from workers.app import celery_app, enqueue
 from workers.base import ConnectorTask, RecordSyncTask, StagePushTask
 from workers.runtime import get_runtime
-
-UNKNOWN_TENANT_RECHECK_S = 1.0
 
 
 @celery_app.task(name=jobs.PLAN_SYNC, bind=True, base=ConnectorTask)
@@ -126,14 +124,10 @@ def sync_order(self: RecordSyncTask, tenant: str, key: str, **options: Any) -> s
 
 
 def _tenant_sync(tenant: str) -> TenantSync:
-    """The tenant's sync; a tenant this process does not know yet makes it look at the tenants
-    file at once (at most once a second) before the task gives up on it."""
+    """The tenant's sync; a tenant this process does not know yet is looked for in the tenants
+    file at once (Runtime.tenant's recheck) before the task gives up on it."""
     runtime = get_runtime()
-    try:
-        return runtime.tenant_sync(tenant)
-    except UnknownTenantError:
-        if not runtime.refresh_if_stale(max_age_s=UNKNOWN_TENANT_RECHECK_S):
-            raise
+    runtime.tenant(tenant, recheck_unknown=True)
     return runtime.tenant_sync(tenant)
 
 
