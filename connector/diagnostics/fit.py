@@ -15,13 +15,13 @@ from connector.errors import ConnectorError
 from connector.ifs.entity_sets import order_set
 from connector.ifs.metadata import EntityType, ProjectionMetadata, Property
 from connector.pipedrive.provisioning import (
-    FIELD_TYPE,
     REQUIRED_OAUTH_SCOPES,
     field_misfit,
+    missing_labels,
     normalise_name,
     wanted_fields,
 )
-from connector.tenants import ParameterValue, StageRule, TenantConfig
+from connector.tenants import ExtraField, ParameterValue, StageRule, TenantConfig
 
 if TYPE_CHECKING:
     from connector.ifs.client import IfsClient
@@ -44,7 +44,16 @@ _SCALAR_TYPES = _NUMBER_TYPES | {
 }
 # What each mapped value must be: "key" the entity's key, "number" numeric, "state" the
 # order state (an enum, or at least a string), "text" anything that renders as text.
-Use = Literal["key", "text", "number", "state"]
+Use = Literal["key", "text", "number", "state", "date", "enum"]
+# What an extra field's type needs of its IFS property.
+_EXTRA_USES: dict[str, Use] = {
+    "text": "text",
+    "number": "number",
+    "monetary": "number",
+    "date": "date",
+    "enum": "enum",
+}
+_DATE_TYPES = frozenset({"Edm.Date", "Edm.DateTimeOffset"})
 _CUSTOMER_USES: dict[str, Use] = {"customer_id": "key"}
 _ORDER_USES: dict[str, Use] = {"order_no": "key", "value": "number", "status": "state"}
 
@@ -125,6 +134,7 @@ class _IfsFit:
         prop_name: str,
         use: Use,
         metadata: ProjectionMetadata,
+        options: Mapping[str, str] | None = None,
     ) -> None:
         prop = entity.properties.get(prop_name)
         if prop is None:
@@ -150,12 +160,30 @@ class _IfsFit:
                 f"map {where} to a plain property",
             )
         elif use == "number" and edm not in _NUMBER_TYPES:
+            what = "the deal value" if where == "order_mapping.value" else f"{where}'s type"
             self.add(
                 where,
                 "error",
-                f"{entity.name}.{prop_name} is {edm}, not a number (the deal value needs one)",
+                f"{entity.name}.{prop_name} is {edm}, not a number ({what} needs one)",
                 f"map {where} to a numeric property such as TotalAmount",
             )
+        elif use == "date" and edm not in _DATE_TYPES:
+            self.add(
+                where,
+                "error",
+                f"{entity.name}.{prop_name} is {edm}, not a date (Edm.Date or Edm.DateTimeOffset)",
+                f"map {where} to a date property, or give it type: text",
+            )
+        elif use == "enum" and enum is not None:
+            unknown = sorted(set(options or {}) - set(enum.members))
+            if unknown:
+                self.add(
+                    where.removesuffix(".property") + ".options",
+                    "error",
+                    f"{', '.join(unknown)} are not values of {entity.name}.{prop_name} "
+                    f"({enum.name}: {', '.join(enum.members)})",
+                    "map the enum's values: " + ", ".join(enum.members),
+                )
         elif use == "key" and entity.key != (prop_name,):
             self.add(
                 where,
@@ -194,6 +222,25 @@ class _IfsFit:
                 f"({', '.join(enum.members)})",
                 "remove their rules from stage_map",
             )
+
+    def extras(
+        self,
+        entity: EntityType,
+        where: str,
+        extras: Mapping[str, ExtraField],
+        metadata: ProjectionMetadata,
+    ) -> set[str]:
+        """Check each `extra` property; the properties they name."""
+        for name, extra in extras.items():
+            self.mapped(
+                entity,
+                f"{where}.extra.{name}.property",
+                extra.property,
+                _EXTRA_USES[extra.type],
+                metadata,
+                extra.options,
+            )
+        return {extra.property for extra in extras.values()}
 
     def custom_attributes(self, entity: EntityType, mapped: set[str], where: str) -> None:
         custom = sorted(name for name in entity.properties if name.startswith("Cf_"))
@@ -336,17 +383,20 @@ def ifs_findings(
             "ifs.customer_entity_set",
         )  # fmt: skip
         if entity is not None:
-            mapping = tenant.customer_mapping.model_dump()
+            mapping = tenant.customer_mapping.model_dump(exclude={"extra"})
             for logical, prop in mapping.items():
                 use = _CUSTOMER_USES.get(logical, "text")
                 fit.mapped(entity, f"customer_mapping.{logical}", prop, use, customers)
-            fit.custom_attributes(entity, set(mapping.values()), "customer_mapping")
+            extras = fit.extras(
+                entity, "customer_mapping", tenant.customer_mapping.extra, customers
+            )
+            fit.custom_attributes(entity, {*mapping.values(), *extras}, "customer_mapping")
     if orders is not None:
         entity = fit.entity(
             orders, config.order_projection, config.order_entity_set, "ifs.order_entity_set"
         )
         if entity is not None:
-            mapping = tenant.order_mapping.model_dump()
+            mapping = tenant.order_mapping.model_dump(exclude={"extra"})
             title = mapping.pop("title")
             for logical, prop in mapping.items():
                 use = _ORDER_USES.get(logical, "text")
@@ -354,7 +404,10 @@ def ifs_findings(
             placeholders = [n for _, n, _, _ in string.Formatter().parse(title) if n]
             for name in placeholders:
                 fit.mapped(entity, "order_mapping.title", name, "text", orders)
-            fit.custom_attributes(entity, {*mapping.values(), *placeholders}, "order_mapping")
+            extras = fit.extras(entity, "order_mapping", tenant.order_mapping.extra, orders)
+            fit.custom_attributes(
+                entity, {*mapping.values(), *placeholders, *extras}, "order_mapping"
+            )
             entity_name = order_set(tenant).name.removesuffix("Set")
             for rule in tenant.stage_map:
                 fit.stage_rule(entity, orders, rule, entity_name)
@@ -397,28 +450,46 @@ def pipedrive_findings(
             for f in fields.get(entity, ())
             if f.get("key") and f.get("active_flag", True) is not False
         }
-        for logical, display in wanted.items():
-            found = existing.get(normalise_name(display))
-            subject = f"fields.{logical}"
+        for each in wanted:
+            found = existing.get(normalise_name(each.name))
+            subject = each.setting.removesuffix(".field")
+            created = each.field_type + (
+                f" with options {', '.join(each.labels)}" if each.labels else ""
+            )
             if found is None:
-                add(subject, "info", f"{entity} field {display!r} will be created ({FIELD_TYPE})")
+                add(subject, "info", f"{entity} field {each.name!r} will be created ({created})")
                 continue
-            misfit = field_misfit(found)
+            misfit = field_misfit(found, each)
             if misfit is None:
                 add(
                     subject,
                     "info",
-                    f"{entity} field {display!r} exists ({found.get('field_type')}): adopted",
+                    f"{entity} field {each.name!r} exists ({found.get('field_type')}): adopted",
                 )
                 continue
-            free = _free_name(display, set(existing))
+            lacking = missing_labels(found, each)
+            if lacking and found.get("field_type") in each.compatible:
+                fix = (
+                    f"add the option(s) {', '.join(lacking)} to the field in Pipedrive, or map "
+                    f"those IFS values to existing options in {subject}.options"
+                )
+            else:
+                free = _free_name(each.name, set(existing))
+                rename = (
+                    f"fields: {{{each.logical}: {free}}}"
+                    if each.setting.startswith("fields.")
+                    else f"{each.setting}: {free}"
+                )
+                fix = (
+                    f"rename it in the tenants file ({rename}) so the connector creates its "
+                    f"own {each.field_type} field, or rename or delete the existing field in "
+                    "Pipedrive"
+                )
             add(
                 subject,
                 "error",
-                f"Pipedrive already has {_article(entity)} {entity} field {display!r} {misfit}",
-                f"rename it in the tenants file (fields: {{{logical}: {free}}}) so the "
-                f"connector creates its own {FIELD_TYPE} field, or rename or delete the "
-                "existing field in Pipedrive",
+                f"Pipedrive already has {_article(entity)} {entity} field {each.name!r} {misfit}",
+                fix,
             )
 
     name = tenant.pipedrive.pipeline

@@ -46,14 +46,20 @@ STRING_FIELD_TYPES = {
     "text",
     "phone",
     "address",
-    "date",
     "daterange",
     "time",
     "timerange",
 }
-NUMBER_FIELD_TYPES = {"double", "monetary"}
+NUMBER_FIELD_TYPES = {"double"}
 REFERENCE_FIELD_TYPES = {"user", "org", "people", "visible_to"}
-FIELD_TYPES = STRING_FIELD_TYPES | NUMBER_FIELD_TYPES | REFERENCE_FIELD_TYPES | {"enum", "set"}
+# v2 takes a monetary custom field as its subfields (the spec's `subfields`: value, currency)
+# and a date as YYYY-MM-DD.
+FIELD_TYPES = (
+    STRING_FIELD_TYPES
+    | NUMBER_FIELD_TYPES
+    | REFERENCE_FIELD_TYPES
+    | {"enum", "set", "monetary", "date"}
+)
 
 
 class ApiError(Exception):
