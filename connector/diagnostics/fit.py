@@ -436,6 +436,7 @@ def pipedrive_findings(
     stages: Sequence[Mapping[str, Any]] | None,
     plan_burst: str | None,
     scopes: str | None,
+    search_burst: str | None = None,
 ) -> list[Finding]:
     """What Pipedrive's answers say: fields by configured name and type, the pipeline and its
     stages, the plan's burst limit against `pipedrive.burst_limit`, and OAuth scopes."""
@@ -535,6 +536,8 @@ def pipedrive_findings(
             f"burst_limit {configured} within the plan's {plan_burst} per 2 s",
         )
 
+    findings.extend(_search_burst(tenant, plan_burst, search_burst))
+
     if tenant.pipedrive.auth == "oauth2":
         if scopes is None:
             add(
@@ -559,6 +562,62 @@ def pipedrive_findings(
     return findings
 
 
+# Pipedrive's documentation gives search endpoints their own burst limit (DESIGN.md).
+DOCUMENTED_SEARCH_BURST = 10
+
+
+def _search_burst(
+    tenant: TenantConfig, plan_burst: str | None, search_burst: str | None
+) -> list[Finding]:
+    """`pipedrive.search_burst_limit` against the x-ratelimit-limit of a search answer, when
+    that differs from a plain read's (then it is the search limit); otherwise say that
+    Pipedrive reported nothing separate for search instead of guessing a figure."""
+    subject = "pipedrive.search_burst_limit"
+    configured = tenant.pipedrive.search_burst_limit
+    reported = search_burst.strip() if search_burst else None
+    if reported and reported.isdigit() and reported != (plan_burst or "").strip():
+        if configured > int(reported):
+            return [
+                Finding(
+                    PIPEDRIVE,
+                    subject,
+                    "error",
+                    f"pipedrive.search_burst_limit {configured} is above the {reported} "
+                    "searches per 2 s Pipedrive reports for search (x-ratelimit-limit of a "
+                    "search answer): the upserts' searches would get 429s, then 403 bans",
+                    f"set pipedrive.search_burst_limit: {reported} (or lower)",
+                )
+            ]
+        return [
+            Finding(
+                PIPEDRIVE,
+                subject,
+                "info",
+                f"search_burst_limit {configured} within the {reported} per 2 s Pipedrive "
+                "reports for search",
+            )
+        ]
+    what = f"the same x-ratelimit-limit ({reported})" if reported else "no x-ratelimit-limit"
+    documented = (
+        f"; Pipedrive documents {DOCUMENTED_SEARCH_BURST} per 2 s for search"
+        if configured > DOCUMENTED_SEARCH_BURST
+        else ""
+    )
+    return [
+        Finding(
+            PIPEDRIVE,
+            subject,
+            "warning" if documented else "info",
+            f"Pipedrive's search answer carried {what} as other reads: it reports no separate "
+            f"search limit, so search_burst_limit {configured} could not be checked{documented}",
+            f"keep pipedrive.search_burst_limit at or below {DOCUMENTED_SEARCH_BURST} unless "
+            "your plan says otherwise"
+            if documented
+            else None,
+        )
+    ]
+
+
 # -- reading the remotes ----------------------------------------------------------------------
 
 
@@ -568,6 +627,9 @@ def _read(findings: list[Finding], system: str, what: str, read: Callable[[], An
     except ConnectorError as error:
         findings.append(Finding(system, what, "error", f"could not read {what}: {error}"))
         return None
+
+
+SEARCH_PROBE_TERM = "ml-connector fit check"
 
 
 def fit_ifs(tenant: TenantConfig, client: IfsClient) -> list[Finding]:
@@ -595,7 +657,8 @@ def fit_ifs(tenant: TenantConfig, client: IfsClient) -> list[Finding]:
 def fit_pipedrive(
     tenant: TenantConfig, client: PipedriveClient, scopes: str | None
 ) -> list[Finding]:
-    """Three or four reads: deal and organization fields, pipelines, the pipeline's stages."""
+    """Four or five reads: deal and organization fields, pipelines, the pipeline's stages,
+    and one organization search (for the search limit's header)."""
     findings: list[Finding] = []
     fields: dict[str, list[dict[str, Any]]] = {}
     entities: tuple[FieldEntity, ...] = ("organization", "deal")
@@ -616,4 +679,16 @@ def fit_pipedrive(
         stages = _read(
             findings, PIPEDRIVE, "stages", lambda: client.list_stages(int(pipeline["id"]))
         )
-    return findings + pipedrive_findings(tenant, fields, pipelines, stages, plan_burst, scopes)
+    # One search (a read, 20 tokens): whether its answer reports a limit of its own.
+    search_burst = None
+    searched = _read(
+        findings,
+        PIPEDRIVE,
+        "organization search",
+        lambda: client.search("organizations", SEARCH_PROBE_TERM, limit=1),
+    )
+    if searched is not None:
+        search_burst = client.http.last_response_headers.get("x-ratelimit-limit")
+    return findings + pipedrive_findings(
+        tenant, fields, pipelines, stages, plan_burst, scopes, search_burst
+    )
