@@ -22,6 +22,10 @@ def test_a_broad_sample_of_responses_matches_the_official_schemas(pipedrive_sim,
             json={"name": "State", "field_type": "enum", "options": [{"label": "Released"}]},
         )
     )
+    for field_type in ("monetary", "date", "double"):
+        check(
+            sim.api("POST", "/v1/dealFields", json={"name": field_type, "field_type": field_type})
+        )
     check(sim.api("GET", "/v1/dealFields"))
     check(sim.api("GET", "/api/v1/organizationFields"))
     org = check(
