@@ -667,6 +667,17 @@ def fit_pipedrive(
         if found is None:
             return findings
         fields[entity] = found
+    # One search (a read, 20 tokens): whether its answer reports a limit of its own. Before
+    # the plain reads, whose headers the check's headroom line shows.
+    search_burst = None
+    searched = _read(
+        findings,
+        PIPEDRIVE,
+        "organization search",
+        lambda: client.search("organizations", SEARCH_PROBE_TERM, limit=1),
+    )
+    if searched is not None:
+        search_burst = client.http.last_response_headers.get("x-ratelimit-limit")
     pipelines = _read(findings, PIPEDRIVE, "pipelines", client.list_pipelines)
     if pipelines is None:
         return findings
@@ -679,16 +690,6 @@ def fit_pipedrive(
         stages = _read(
             findings, PIPEDRIVE, "stages", lambda: client.list_stages(int(pipeline["id"]))
         )
-    # One search (a read, 20 tokens): whether its answer reports a limit of its own.
-    search_burst = None
-    searched = _read(
-        findings,
-        PIPEDRIVE,
-        "organization search",
-        lambda: client.search("organizations", SEARCH_PROBE_TERM, limit=1),
-    )
-    if searched is not None:
-        search_burst = client.http.last_response_headers.get("x-ratelimit-limit")
     return findings + pipedrive_findings(
         tenant, fields, pipelines, stages, plan_burst, scopes, search_burst
     )
