@@ -163,9 +163,8 @@ def test_burst_limits_above_the_plan_are_refused(stack_factory) -> None:
     assert "429" in burst["message"] and "403" in burst["message"]
     assert burst["fix"] == "set pipedrive.burst_limit: 20 (or lower)"
     search = errors["pipedrive.search_burst_limit"]
-    assert "1000 is above the 10 searches per 2 s Pipedrive reports for search" in (
-        search["message"]
-    )
+    says = "1000 is above the 10 searches per 2 s Pipedrive reports for search"
+    assert says in search["message"]
     assert search["fix"] == "set pipedrive.search_burst_limit: 10 (or lower)"
 
     stack.write_tenants(pipedrive={"burst_limit": 20, "search_burst_limit": 10})
