@@ -563,15 +563,18 @@ def _register_control_routes(app: Flask, sim: IfsSim) -> None:
     @app.post("/_sim/stale-etag")
     def sim_stale_etag() -> Response:
         data = body()
-        unknown = set(data) - {"status", "code"}
+        unknown = set(data) - {"status", "code", "ora"}
         if unknown:
             return bad(f"unknown stale-etag settings: {sorted(unknown)}")
         status = data.get("status", sim.settings.stale_etag_status)
         code = data.get("code", sim.settings.stale_etag_code)
+        ora = data.get("ora", sim.settings.stale_etag_ora)
         if not isinstance(status, int) or not 400 <= status < 500 or not isinstance(code, str):
             return bad("status must be a 4xx integer and code a string")
-        sim.configure(stale_etag_status=status, stale_etag_code=code)
-        return _json({"status": status, "code": code})
+        if ora not in (20113, 20114):
+            return bad("ora must be 20114 (modified by another user) or 20113 (locked)")
+        sim.configure(stale_etag_status=status, stale_etag_code=code, stale_etag_ora=ora)
+        return _json({"status": status, "code": code, "ora": ora})
 
     @app.post("/_sim/clock")
     def sim_clock() -> Response:

@@ -449,6 +449,10 @@ class IfsSim:
                 "Please refresh the object and reenter your changes."
             )
             status, code = self.settings.stale_etag_status, self.settings.stale_etag_code
+            if code == "DATABASE_ERROR" and self.settings.stale_etag_ora == 20113:
+                text = f'The {prompt} "{key}" is locked by another user. Please try again later.'
+                refused = database_error(20113, entity.luname, "LOCKED", text)
+                raise IfsError(status, code, text, details=refused.details)
             if code == "DATABASE_ERROR":
                 refused = database_error(20114, entity.luname, "MODIFIED", text)
                 raise IfsError(status, code, text, details=refused.details)
