@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,28 @@ def test_validate_prints_every_problem(run, tmp_path):
     good = run("tenant", "validate")
     assert good.exit_code == 0
     assert "2 tenant(s) valid: acme, globex-nordic" in good.output
+
+
+def test_validate_json_lists_the_problems_or_the_valid_tenants(run, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    result = run("tenant", "validate", "--json", str(bad))
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["ok"] is False and report["tenants"] == {}
+    assert len(report["problems"]) == 2
+    assert all(p.startswith("tenant 'acme': key ") for p in report["problems"])
+    missing = run("tenant", "validate", "--json", str(tmp_path / "absent.yaml"))
+    assert missing.exit_code == 1 and "does not exist" in json.loads(missing.output)["problems"][0]
+
+    good = run("tenant", "validate", "--json")
+    assert good.exit_code == 0
+    report = json.loads(good.output)
+    assert (report["ok"], report["problems"]) == (True, [])
+    assert report["tenants"] == {
+        "acme": {"tenant": "acme", "ok": True},
+        "globex-nordic": {"tenant": "globex-nordic", "ok": True},
+    }
 
 
 def test_show_prints_effective_config_with_defaults_and_credential_names(migrated):
