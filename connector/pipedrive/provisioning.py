@@ -156,6 +156,7 @@ def field_misfit(found: Mapping[str, Any], wanted: WantedField) -> str | None:
 
 
 def missing_labels(found: Mapping[str, Any], wanted: WantedField) -> list[str]:
+    """The option labels the tenant's enum map names that the existing field lacks."""
     have = {normalise_name(str(o.get("label", ""))) for o in found.get("options") or ()}
     return [label for label in wanted.labels if normalise_name(label) not in have]
 
