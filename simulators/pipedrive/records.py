@@ -151,7 +151,12 @@ def render_v1(entity: str, record: dict[str, Any]) -> dict[str, Any]:
     if entity == "organization" and isinstance(record.get("address"), dict):
         out["address"] = record["address"].get("value")
     out["active_flag"] = not record.get("is_deleted", False)
-    out.update(copy.deepcopy(record["custom_fields"]))
+    for key, value in record["custom_fields"].items():
+        if isinstance(value, dict) and set(value) == {"value", "currency"}:
+            # v1 spreads a monetary field over two keys: `<key>` and `<key>_currency`.
+            out[key], out[f"{key}_currency"] = value["value"], value["currency"]
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 

@@ -6,6 +6,8 @@ import re
 
 import requests
 
+from simulators.pipedrive.records import render_v1
+
 
 def _org(sim, name, **extra):
     response = sim.api("POST", "/api/v2/organizations", json={"name": name, **extra})
@@ -257,3 +259,17 @@ def test_injected_errors_and_latency(pipedrive_sim):
     assert faults["latency_ms"] == 20
     assert pipedrive_sim.api("GET", "/api/v2/deals").status_code == 200
     assert pipedrive_sim.control("stats")["injected_errors_500"] == 2
+
+
+def test_v1_objects_spread_a_monetary_field_over_value_and_currency_keys():
+    record = {
+        "id": 1,
+        "title": "D",
+        "is_deleted": False,
+        "custom_fields": {"a" * 40: {"value": 12.5, "currency": "EUR"}, "b" * 40: "x"},
+    }
+
+    rendered = render_v1("deal", record)
+
+    assert rendered["a" * 40] == 12.5 and rendered["a" * 40 + "_currency"] == "EUR"
+    assert rendered["b" * 40] == "x"
