@@ -22,6 +22,7 @@ from connector.diagnostics.freshness import measure_sync_metrics
 from connector.diagnostics.queues import queue_status
 from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.jobs import PUSH_STAGE, Enqueue
+from connector.live_config import config_checks
 from connector.runtime import Runtime
 from connector.settings import get_settings
 from connector.storage.migrate import require_migrated
@@ -87,9 +88,12 @@ def create_app(
     # the settings can serve several processes (no memory:// broker, no implicit SQLite).
     app.config["CHECK_SHARED_SETUP"] = runtime is None
     if runtime is None:
-        # The receiver's own runtime follows the tenants file and the vault (no restart).
+        # The receiver's own runtime follows the tenants file and the vault (no restart),
+        # also while no request comes, and publishes its checks for `status`.
         runtime = Runtime(get_settings())
-        runtime.go_live()
+        live = runtime.go_live(role="receiver")
+        if live is not None:
+            live.watch()
     app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
     if config:
         app.config.update(config)
@@ -320,11 +324,26 @@ def readyz() -> tuple[Response, int]:
     detail: dict[str, Any] = {"status": "ready" if ready else "not ready", **checks}
     # A broken tenants file does not make the receiver unready: it still serves every valid
     # tenant (and the last good configuration of a broken one); unready would stop them all.
+    # Every role's last check counts: a file only the workers or beat see broken (another
+    # host's copy, a cron only Celery refuses) shows here too, naming who saw it.
     live = context.runtime.live
     if live is not None:
-        detail["tenants_file"] = "invalid" if live.problems else "ok"
-        if live.problems:
-            detail["tenants_file_problems"] = live.messages()
+        own = live.messages()
+        others = [check for check in config_checks(context.runtime) if check.problems]
+        detail["tenants_file"] = "invalid" if own or others else "ok"
+        if own:
+            detail["tenants_file_problems"] = own
+        if others:
+            detail["tenants_file_reports"] = [
+                {
+                    "role": check.role,
+                    "host": check.host,
+                    "pid": check.pid,
+                    "digest": check.digest,
+                    "problems": check.messages(),
+                }
+                for check in others
+            ]
     return jsonify(detail), 200 if ready else 503
 
 
