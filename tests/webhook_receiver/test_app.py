@@ -16,6 +16,7 @@ from connector.storage.webhook_events import WebhookEventStatus
 from connector.webhooks.auth import sign
 from simulators.serving import RunningServer
 from tests.connector.webhooks.support import (
+    KEY,
     encode,
     events_of,
     make_runtime,
@@ -440,3 +441,48 @@ def test_a_receiver_built_from_embedded_defaults_is_not_ready(tmp_path, monkeypa
     assert body["status"] == "not ready" and body["database"] == "ok"
     assert "CONNECTOR_BROKER_URL" in body["settings"]
     assert "CONNECTOR_DATABASE_URL" in body["settings"]
+
+
+def test_readyz_names_a_tenants_file_problem_another_role_reported(
+    tmp_path, broker, postgres_url, redis_url, redis_prefix
+):
+    import yaml
+
+    from connector.live_config import LiveConfig
+    from connector.runtime import Runtime
+    from connector.settings import Settings
+
+    ours, theirs = tmp_path / "tenants.yaml", tmp_path / "beat-tenants.yaml"
+    tenant = unique_tenant("ready")
+    ours.write_text(yaml.safe_dump({"tenants": {tenant: tenant_body()}}))
+    theirs.write_text(yaml.safe_dump({"tenants": {tenant: {**tenant_body(), "schedul": "x"}}}))
+    settings = Settings(
+        database_url=postgres_url,
+        encryption_keys=KEY,
+        redis_url=redis_url,
+        queue=f"{redis_prefix}queue",
+        tenants_file=ours,
+    )
+    receiver, beat = (
+        Runtime(settings),
+        Runtime(settings.model_copy(update={"tenants_file": theirs})),
+    )
+    assert receiver.go_live(role="receiver") is not None
+    beat.live = LiveConfig(beat, theirs, role="beat")
+    client = create_app(receiver, broker.enqueue, check_broker=broker.check).test_client()
+    try:
+        assert client.get("/readyz").get_json()["tenants_file"] == "ok"
+        beat.refresh_if_stale()
+
+        answer = client.get("/readyz")
+
+        assert answer.status_code == 200  # still serving every tenant
+        body = answer.get_json()
+        assert body["tenants_file"] == "invalid" and "tenants_file_problems" not in body
+        (report,) = body["tenants_file_reports"]
+        assert (report["role"], report["pid"]) == ("beat", os.getpid())
+        assert f"tenant '{tenant}': key 'schedul': unknown key" in report["problems"][0]
+        assert len(report["digest"]) == 64  # the sha256 of the file that role read
+    finally:
+        beat.close()
+        receiver.close()
