@@ -192,10 +192,16 @@ def _authenticated_body(runtime: Runtime, tenant: TenantConfig) -> bytes:
     except VaultError as error:
         # The vault's messages name the row and the setting, never key material: e.g. keys
         # rotated by `keys rotate` that this process's CONNECTOR_ENCRYPTION_KEYS lacks.
-        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, error)
+        # No "credentials: " before the cause: the log redaction would take its first word
+        # for a secret value.
+        log.error("tenant %s: webhook credentials unreadable (answering 503): %s", tenant.id, error)
         raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
     except SQLAlchemyError as error:
-        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, type(error).__name__)
+        log.error(
+            "tenant %s: webhook credentials unreadable (answering 503): %s",
+            tenant.id,
+            type(error).__name__,
+        )
         raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
     return body
 

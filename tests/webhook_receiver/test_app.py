@@ -486,3 +486,32 @@ def test_readyz_names_a_tenants_file_problem_another_role_reported(
     finally:
         beat.close()
         receiver.close()
+
+
+def test_after_keys_rotate_a_receiver_without_the_new_key_answers_503_saying_why(
+    runtime, broker, tenants, caplog
+):
+    from cryptography.fernet import Fernet
+
+    from connector.logs import redact_text
+    from connector.storage.vault import Vault
+
+    tenant_id = tenants["basic"]
+    new_key = Fernet.generate_key().decode()
+    # `keys rotate` with a new key first: every credential is re-encrypted with it.
+    Vault(runtime.database, [new_key, KEY]).rotate()
+    client = create_app(runtime, broker.enqueue, check_broker=broker.check).test_client()
+    body = encode(v2_deal_event(5))
+
+    with caplog.at_level(logging.ERROR, logger="webhook_receiver"):
+        answer = client.post(f"/webhooks/pipedrive/{tenant_id}", data=body, headers=basic())
+
+    assert answer.status_code == 503  # Pipedrive retries once the receiver has the key
+    assert broker.calls == [] and events_of(runtime, tenant_id) == []
+    # The line survives the log redaction with its cause and the setting to fix.
+    logged = [redact_text(record.getMessage()) for record in caplog.records]
+    assert any(
+        f"cannot decrypt webhook credential 'basic_user' of tenant '{tenant_id}': "
+        "wrong CONNECTOR_ENCRYPTION_KEYS" in line
+        for line in logged
+    ), logged
