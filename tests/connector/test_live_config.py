@@ -301,3 +301,24 @@ def test_watching_follows_the_file_without_any_work_arriving(
     finally:
         live.stop_watching()
         runtime.close()
+
+
+def test_a_corrected_ifs_secret_reaches_ifs_at_the_next_check(
+    runtime: Runtime, tenants_file: Path, clock: Clock, ifs_sim: Any
+) -> None:
+    from connector.errors import RemoteError
+
+    acme = unique_tenant("acme")
+    body = tenant_body(
+        ifs_url=ifs_sim.url, namespace=ifs_sim.namespace, client_id=ifs_sim.client_id
+    )
+    _write(tenants_file, {acme: body})
+    runtime.vault.set(acme, "ifs", "client_secret", "wrong-secret")
+    runtime.vault.set(acme, "pipedrive", "api_token", "t0ken")
+    with pytest.raises(RemoteError, match="401"):
+        runtime.tenant_sync(acme).ifs.tokens.token()
+
+    runtime.vault.set(acme, "ifs", "client_secret", ifs_sim.client_secret)
+    assert _check(runtime, clock)  # no restart: the next check rebuilds the tenant's clients
+
+    assert runtime.tenant_sync(acme).ifs.tokens.token()

@@ -222,7 +222,7 @@ def test_tenants_and_credentials_change_under_a_running_deployment(
         good = stack.pipedrive.settings.api_tokens[0]
         fixed = stack.cli("credentials", "set", a, "pipedrive", "api_token", input=good)
         assert fixed.returncode == 0, fixed.stderr
-        replayed = stack.cli("replay", "--failed", "--tenant", a)
+        replayed = stack.cli("replay", "--failed", "--tenant", a, "--wait", "--timeout", "90")
         assert replayed.returncode == 0, replayed.stderr + replayed.stdout
 
         def renamed() -> bool:
