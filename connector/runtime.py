@@ -116,6 +116,9 @@ class Runtime:
     def tenant_sync(self, tenant_id: str) -> TenantSync:
         """This process's TenantSync of one tenant, kept so that its clients and token caches
         serve every task until its configuration or credentials change (`serve_tenants`)."""
+        # A live runtime's first check serves the tenants: let it run before the build below
+        # reads them, or that first serving would count as a change made during the build.
+        self.tenants  # noqa: B018
         with self._lock:
             sync = self._syncs.get(tenant_id)
             served = self._served
