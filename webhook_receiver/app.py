@@ -88,12 +88,10 @@ def create_app(
     # the settings can serve several processes (no memory:// broker, no implicit SQLite).
     app.config["CHECK_SHARED_SETUP"] = runtime is None
     if runtime is None:
-        # The receiver's own runtime follows the tenants file and the vault (no restart),
-        # also while no request comes, and publishes its checks for `status`.
+        # The receiver's own runtime follows the tenants file and the vault (no restart)
+        # and publishes its checks for `status` (watch_configuration: also when idle).
         runtime = Runtime(get_settings())
-        live = runtime.go_live(role="receiver")
-        if live is not None:
-            live.watch()
+        runtime.go_live(role="receiver")
     app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
     if config:
         app.config.update(config)
@@ -106,6 +104,14 @@ def create_app(
     app.register_blueprint(health)
     app.before_request(_follow_configuration)
     return app
+
+
+def watch_configuration(app: Flask) -> None:
+    """Check the configuration on a timer too, from a thread of this process, so that a
+    receiver that gets no request still follows the file and reports it (a deployed one)."""
+    live = app.extensions[EXTENSION].runtime.live
+    if live is not None:
+        live.watch()
 
 
 def _follow_configuration() -> None:
