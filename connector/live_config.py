@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 # Every process checks at most this often: a change is live within it (plus the time the
 # next task or request takes to arrive), well inside the 30 s promised in the README.
 DEFAULT_INTERVAL_S = 5.0
-# A published check counts as current for this many intervals: a process that stopped
-# checking (stopped, or hung) drops out of `status` and /readyz after it.
+# A published check counts as current for this many intervals (at least REPORT_LIFETIME_S):
+# a process that stopped checking (stopped, or hung) drops out of `status` and /readyz then.
 REPORT_LIFETIME_INTERVALS = 4
+REPORT_LIFETIME_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,7 @@ class LiveConfig:
                 self.runtime.settings.queue,
                 check.process,
                 json.dumps(check.as_dict()),
-                ttl_s=self.interval_s * REPORT_LIFETIME_INTERVALS,
+                ttl_s=max(self.interval_s * REPORT_LIFETIME_INTERVALS, REPORT_LIFETIME_S),
             )
         except Exception as error:
             log.warning("configuration check not published: %s", type(error).__name__)
