@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 
 BIN = Path(sys.executable).parent
 

@@ -22,6 +22,7 @@ from connector.diagnostics.freshness import measure_sync_metrics
 from connector.diagnostics.queues import queue_status
 from connector.errors import ConfigError, MissingCredentialError, VaultError
 from connector.jobs import PUSH_STAGE, Enqueue
+from connector.live_config import config_checks
 from connector.runtime import Runtime
 from connector.settings import get_settings
 from connector.storage.migrate import require_migrated
@@ -87,9 +88,10 @@ def create_app(
     # the settings can serve several processes (no memory:// broker, no implicit SQLite).
     app.config["CHECK_SHARED_SETUP"] = runtime is None
     if runtime is None:
-        # The receiver's own runtime follows the tenants file and the vault (no restart).
+        # The receiver's own runtime follows the tenants file and the vault (no restart)
+        # and publishes its checks for `status` (watch_configuration: also when idle).
         runtime = Runtime(get_settings())
-        runtime.go_live()
+        runtime.go_live(role="receiver")
     app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
     if config:
         app.config.update(config)
@@ -102,6 +104,14 @@ def create_app(
     app.register_blueprint(health)
     app.before_request(_follow_configuration)
     return app
+
+
+def watch_configuration(app: Flask) -> None:
+    """Check the configuration on a timer too, from a thread of this process, so that a
+    receiver that gets no request still follows the file and reports it (a deployed one)."""
+    live = app.extensions[EXTENSION].runtime.live
+    if live is not None:
+        live.watch()
 
 
 def _follow_configuration() -> None:
@@ -188,10 +198,16 @@ def _authenticated_body(runtime: Runtime, tenant: TenantConfig) -> bytes:
     except VaultError as error:
         # The vault's messages name the row and the setting, never key material: e.g. keys
         # rotated by `keys rotate` that this process's CONNECTOR_ENCRYPTION_KEYS lacks.
-        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, error)
+        # No "credentials: " before the cause: the log redaction would take its first word
+        # for a secret value.
+        log.error("tenant %s: webhook credentials unreadable (answering 503): %s", tenant.id, error)
         raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
     except SQLAlchemyError as error:
-        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, type(error).__name__)
+        log.error(
+            "tenant %s: webhook credentials unreadable (answering 503): %s",
+            tenant.id,
+            type(error).__name__,
+        )
         raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
     return body
 
@@ -320,11 +336,26 @@ def readyz() -> tuple[Response, int]:
     detail: dict[str, Any] = {"status": "ready" if ready else "not ready", **checks}
     # A broken tenants file does not make the receiver unready: it still serves every valid
     # tenant (and the last good configuration of a broken one); unready would stop them all.
+    # Every role's last check counts: a file only the workers or beat see broken (another
+    # host's copy, a cron only Celery refuses) shows here too, naming who saw it.
     live = context.runtime.live
     if live is not None:
-        detail["tenants_file"] = "invalid" if live.problems else "ok"
-        if live.problems:
-            detail["tenants_file_problems"] = live.messages()
+        own = live.messages()
+        others = [check for check in config_checks(context.runtime) if check.problems]
+        detail["tenants_file"] = "invalid" if own or others else "ok"
+        if own:
+            detail["tenants_file_problems"] = own
+        if others:
+            detail["tenants_file_reports"] = [
+                {
+                    "role": check.role,
+                    "host": check.host,
+                    "pid": check.pid,
+                    "digest": check.digest,
+                    "problems": check.messages(),
+                }
+                for check in others
+            ]
     return jsonify(detail), 200 if ready else 503
 
 

@@ -66,7 +66,7 @@ def wait_for_run(
     """Poll the run's audit rows until every queued record has a final outcome, showing
     progress on stderr (unless not `show_progress`): a bar on a terminal, else a line every
     `every_s` seconds."""
-    from sandbox.polling import wait_until
+    from connector.polling import wait_until
 
     stderr = sys.stderr
     interactive = stderr.isatty() if interactive is None else interactive

@@ -122,3 +122,25 @@ def test_show_unknown_tenant_lists_known_ones(migrated):
     result = migrated("tenant", "show", "initech")
     assert result.exit_code == 1
     assert "unknown tenant 'initech' (tenants file defines: acme, globex-nordic)" in result.output
+
+
+def test_validate_refuses_a_cron_celery_beat_cannot_run_and_accepts_sunday_as_7(run, tmp_path):
+    from connector.tenants import read_tenants
+    from workers.schedule import build_beat_schedule
+
+    document = yaml.safe_load(run.tenants.read_text())
+    document["tenants"]["acme"]["schedule"] = "0 0 31 2 *"  # 31 February never comes
+    document["tenants"]["globex-nordic"]["schedule"] = "0 3 * * 7"
+    checked = tmp_path / "crons.yaml"
+    checked.write_text(yaml.safe_dump(document))
+
+    result = run("tenant", "validate", str(checked))
+
+    assert result.exit_code == 1
+    assert "tenant 'acme': key 'schedule'" in result.output and "never occurs" in result.output
+    assert "globex-nordic" not in result.output
+    # What validate accepts, Celery's crontab accepts too: beat schedules it.
+    reading = read_tenants(checked)
+    problems: dict[str, str] = {}
+    schedule = build_beat_schedule(reading.tenants.values(), problems)
+    assert problems == {} and "globex-nordic:sync" in schedule

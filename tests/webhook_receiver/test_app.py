@@ -16,6 +16,7 @@ from connector.storage.webhook_events import WebhookEventStatus
 from connector.webhooks.auth import sign
 from simulators.serving import RunningServer
 from tests.connector.webhooks.support import (
+    KEY,
     encode,
     events_of,
     make_runtime,
@@ -440,3 +441,77 @@ def test_a_receiver_built_from_embedded_defaults_is_not_ready(tmp_path, monkeypa
     assert body["status"] == "not ready" and body["database"] == "ok"
     assert "CONNECTOR_BROKER_URL" in body["settings"]
     assert "CONNECTOR_DATABASE_URL" in body["settings"]
+
+
+def test_readyz_names_a_tenants_file_problem_another_role_reported(
+    tmp_path, broker, postgres_url, redis_url, redis_prefix
+):
+    import yaml
+
+    from connector.live_config import LiveConfig
+    from connector.runtime import Runtime
+    from connector.settings import Settings
+
+    ours, theirs = tmp_path / "tenants.yaml", tmp_path / "beat-tenants.yaml"
+    tenant = unique_tenant("ready")
+    ours.write_text(yaml.safe_dump({"tenants": {tenant: tenant_body()}}))
+    theirs.write_text(yaml.safe_dump({"tenants": {tenant: {**tenant_body(), "schedul": "x"}}}))
+    settings = Settings(
+        database_url=postgres_url,
+        encryption_keys=KEY,
+        redis_url=redis_url,
+        queue=f"{redis_prefix}queue",
+        tenants_file=ours,
+    )
+    receiver, beat = (
+        Runtime(settings),
+        Runtime(settings.model_copy(update={"tenants_file": theirs})),
+    )
+    assert receiver.go_live(role="receiver") is not None
+    beat.live = LiveConfig(beat, theirs, role="beat")
+    client = create_app(receiver, broker.enqueue, check_broker=broker.check).test_client()
+    try:
+        assert client.get("/readyz").get_json()["tenants_file"] == "ok"
+        beat.refresh_if_stale()
+
+        answer = client.get("/readyz")
+
+        assert answer.status_code == 200  # still serving every tenant
+        body = answer.get_json()
+        assert body["tenants_file"] == "invalid" and "tenants_file_problems" not in body
+        (report,) = body["tenants_file_reports"]
+        assert (report["role"], report["pid"]) == ("beat", os.getpid())
+        assert f"tenant '{tenant}': key 'schedul': unknown key" in report["problems"][0]
+        assert len(report["digest"]) == 64  # the sha256 of the file that role read
+    finally:
+        beat.close()
+        receiver.close()
+
+
+def test_after_keys_rotate_a_receiver_without_the_new_key_answers_503_saying_why(
+    runtime, broker, tenants, caplog
+):
+    from cryptography.fernet import Fernet
+
+    from connector.logs import redact_text
+    from connector.storage.vault import Vault
+
+    tenant_id = tenants["basic"]
+    new_key = Fernet.generate_key().decode()
+    # `keys rotate` with a new key first: every credential is re-encrypted with it.
+    Vault(runtime.database, [new_key, KEY]).rotate()
+    client = create_app(runtime, broker.enqueue, check_broker=broker.check).test_client()
+    body = encode(v2_deal_event(5))
+
+    with caplog.at_level(logging.ERROR, logger="webhook_receiver"):
+        answer = client.post(f"/webhooks/pipedrive/{tenant_id}", data=body, headers=basic())
+
+    assert answer.status_code == 503  # Pipedrive retries once the receiver has the key
+    assert broker.calls == [] and events_of(runtime, tenant_id) == []
+    # The line survives the log redaction with its cause and the setting to fix.
+    logged = [redact_text(record.getMessage()) for record in caplog.records]
+    assert any(
+        f"cannot decrypt webhook credential 'basic_user' of tenant '{tenant_id}': "
+        "wrong CONNECTOR_ENCRYPTION_KEYS" in line
+        for line in logged
+    ), logged
