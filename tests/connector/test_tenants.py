@@ -211,3 +211,16 @@ def test_the_reading_carries_a_digest_that_changes_with_the_file(tmp_path):
     assert read_tenants(path).digest == first.digest
     path.write_text(yaml.safe_dump({"tenants": {"acme": _tenant(schedule="0 * * * *")}}))
     assert read_tenants(path).digest != first.digest
+
+
+def test_on_ifs_missing_is_ignore_by_default_and_only_ignore_or_close():
+    lifecycle = parse_tenants({"tenants": {"acme": _tenant()}})["acme"].lifecycle
+    assert (lifecycle.on_ifs_missing, lifecycle.ifs_missing_lost_reason) == (
+        "ignore",
+        "Removed from IFS",
+    )
+    message = _problem({"acme": _tenant(lifecycle={"on_ifs_missing": "delete"})})
+    assert "tenant 'acme': key 'lifecycle.on_ifs_missing'" in message and "'close'" in message
+    assert "lifecycle.ifs_missing_lost_reason" in _problem(
+        {"acme": _tenant(lifecycle={"ifs_missing_lost_reason": ""})}
+    )

@@ -212,9 +212,7 @@ def test_lost_creates_are_adopted_by_listing_when_search_lags(
         for entity in ENTITIES:
             for item in sync.plan(entity).items:
                 try:
-                    sync.sync_record(
-                        entity, item.key, snapshot={"etag": item.etag, "data": item.data}
-                    )
+                    sync.sync_record(entity, item.key, snapshot=item.snapshot)
                 except TransientError:  # a lost answer: the next round retries
                     continue
 
