@@ -117,12 +117,10 @@ def record_story(database: Database, tenant: str, entity: str, key: str) -> Reco
     link = IdMap(database).get(tenant, entity, key)
     audit = AuditLog(database)
     ids: list[int] = []
-    if link is not None and link.pipedrive_id is not None:
-        ids.append(link.pipedrive_id)
     for row in audit.story(tenant, entity, [key]):
-        for found in _pipedrive_ids(row):
-            if found not in ids:
-                ids.append(found)
+        ids += [found for found in _pipedrive_ids(row) if found not in ids]
+    if link is not None and link.pipedrive_id is not None and link.pipedrive_id not in ids:
+        ids.append(link.pipedrive_id)
     keys = [key]
     if entity == ORDER:
         # A stage push that failed before it found the order is keyed by its deal.
