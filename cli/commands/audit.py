@@ -159,12 +159,12 @@ def audit_history(obj: CliContext, tenant_id: str, entity: str, key: str, as_jso
     if story.pipedrive_ids:
         ids = ", ".join(str(each) for each in story.pipedrive_ids)
         click.echo(f"Pipedrive {story.pipedrive_object}s it was linked to: {ids}")
-    click.echo(f"{'WHEN':<20} {'SOURCE':<16} {'WHAT':<15} {'STATUS':<10} DETAIL")
+    click.echo(f"{'WHEN':<20} {'SOURCE':<16} {'WHAT':<16} {'STATUS':<10} DETAIL")
     for chapter in story.chapters():
         reference = f"#{chapter.audit_id}" if chapter.audit_id else f"event {chapter.event_id}"
         detail = "; ".join(part for part in (chapter.detail, reference) if part)
         click.echo(
-            f"{chapter.at:%Y-%m-%d %H:%M:%S}  {chapter.source:<16} {chapter.what:<15} "
+            f"{chapter.at:%Y-%m-%d %H:%M:%S}  {chapter.source:<16} {chapter.what:<16} "
             f"{chapter.status:<10} {detail}"
         )
 

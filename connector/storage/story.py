@@ -16,7 +16,7 @@ from connector.storage.audit import IFS_TO_PIPEDRIVE, AuditLog
 from connector.storage.database import Database
 from connector.storage.idmap import ORDER, IdMap
 from connector.storage.models import AuditRecord, IdMapEntry, WebhookEvent
-from connector.storage.webhook_events import WebhookEvents
+from connector.storage.webhook_events import RECONCILE_ACTION, WebhookEvents
 
 # Pipedrive's name of the record standing for each IFS entity (webhook meta.entity).
 PIPEDRIVE_OBJECT = {"customer": "organization", ORDER: "deal"}
@@ -29,7 +29,7 @@ class Chapter:
     """One line of the story, in time order: an audit row or a webhook event."""
 
     at: datetime
-    source: str  # "IFS → Pipedrive", "Pipedrive → IFS", or "webhook"
+    source: str  # "IFS → Pipedrive", "Pipedrive → IFS", "webhook" or "reconciliation"
     what: str  # the audit operation, or "webhook <action>"
     status: str
     detail: str
@@ -147,6 +147,8 @@ def _attempt_chapter(row: AuditRecord) -> Chapter:
     details: list[str] = []
     if request.get("changes"):
         details.append("changed: " + ", ".join(request["changes"]))
+    if request.get("archived"):
+        details.append(f"the {PIPEDRIVE_OBJECT.get(row.entity, row.entity)} is archived")
     life = request.get("lifecycle") or response.get("lifecycle")
     if isinstance(life, dict) and life.get("reason"):
         details.append(str(life["reason"]))
@@ -163,19 +165,21 @@ def _attempt_chapter(row: AuditRecord) -> Chapter:
         )
     if response.get("conflicts"):
         details.append(f"{response['conflicts']} × 412 re-read")
-    if row.error and row.error not in details:
+    if row.error:
         details.append(row.error)
     elif response.get("reason") and row.operation != "relink":
         details.append(str(response["reason"]))
     if (row.occurrences or 1) > 1:
         details.append(f"{row.occurrences} identical attempts until {_iso(row.finished_at)}")
     pipedrive_id = response.get("pipedrive_id") or request.get("pipedrive_id")
+    if isinstance(pipedrive_id, int) and row.operation in ("create", "update", "close"):
+        details.append(f"Pipedrive id {pipedrive_id}")
     return Chapter(
         at=row.started_at,
         source="IFS → Pipedrive" if row.direction == IFS_TO_PIPEDRIVE else "Pipedrive → IFS",
         what=row.operation,
         status=row.status,
-        detail="; ".join(details),
+        detail="; ".join(dict.fromkeys(details)),  # a reason given twice is told once
         audit_id=row.id,
         pipedrive_id=pipedrive_id if isinstance(pipedrive_id, int) else None,
     )
@@ -186,6 +190,7 @@ def _event_chapter(event: WebhookEvent) -> Chapter:
     meta, data = payload.get("meta") or {}, payload.get("data") or {}
     previous = payload.get("previous") or {}
     details: list[str] = []
+    synthetic = event.action == RECONCILE_ACTION
     merged_to = meta.get("merged_to_id")
     if event.action == "delete":
         details.append(f"merged into {merged_to}" if merged_to else "deleted in Pipedrive")
@@ -193,14 +198,14 @@ def _event_chapter(event: WebhookEvent) -> Chapter:
         details.append("archived in Pipedrive")
     elif isinstance(data, dict) and data.get("is_archived"):
         details.append("archived")
-    if event.change_source:
+    if event.change_source and not synthetic:
         details.append(f"source {event.change_source}")
     if event.detail:
         details.append(event.detail)
     return Chapter(
         at=event.received_at,
-        source="webhook",
-        what=f"webhook {event.action}",
+        source="reconciliation" if synthetic else "webhook",
+        what="deal listed" if synthetic else f"webhook {event.action}",
         status=event.status,
         detail="; ".join(details),
         event_id=event.event_id,

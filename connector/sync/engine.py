@@ -463,14 +463,18 @@ class TenantSync:
                 self.idmap.save(tenant, spec.entity, key, etag=etag)
             return Outcome.UNCHANGED
         # A relinked record (content hash cleared) holds what someone else left there.
+        archived = False
         if full or (linked and entry is not None and entry.content_hash is None):
             remote = self.pipedrive.get(spec.resource, pipedrive_id)
+            archived = bool(remote.get("is_archived"))
             changes = _owned_changes(spec, changed_fields(remote, payload), payload, written)
         else:
             changes = changed_fields(written, payload)
         audit.operation = "update"
         summary = audit.request_summary = audit.request_summary or {}
         summary["changes"] = sorted(changes)
+        if archived:
+            summary["archived"] = True  # present all the same; `audit history` says so
         if not changes:
             audit.skip("unchanged", "Pipedrive already holds the mapped content")
             if not dry_run:

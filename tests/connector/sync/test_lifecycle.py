@@ -12,6 +12,7 @@ from connector.errors import TransientError
 from connector.storage.audit import FAILED, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.models import AuditRecord
+from connector.storage.story import record_story
 from connector.sync import ENTITIES
 from connector.sync.engine import Outcome, TenantSync
 from connector.sync.specs import ORDERS
@@ -196,6 +197,8 @@ def test_archived_deals_are_present_for_the_bulk_index(synced) -> None:
     ]
     assert deal["id"] == deal_id and deal["is_archived"]
     assert deal["custom_fields"][sync.layout().deal_fields["cost_center"]] == "CC-ARCHIVED"
+    newest = record_story(stack.runtime.database, stack.tenant, ORDER, order_no).chapters()[-1]
+    assert newest.what == "update" and "the deal is archived" in newest.detail, newest
 
 
 def test_lost_creates_are_adopted_by_listing_when_search_lags(
