@@ -301,3 +301,17 @@ def test_an_order_gone_from_ifs_is_ignored_by_default_nothing_written(synced) ->
     [why] = [row for row in _rows(stack, order_no) if row.operation == "ifs_missing"]
     assert why.status == "skipped" and "on_ifs_missing is ignore" in (why.error or "")
     assert not [row for row in _rows(stack) if row.status == FAILED]
+
+
+def test_an_order_moved_to_another_customer_moves_its_deal(synced) -> None:
+    stack, sync = synced()
+    order_no = stack.ifs.keys(customer_order())[2]
+    deal_id = _linked(stack, ORDER, order_no)
+    before = stack.ifs.get_order(order_no)["CustomerNo"]
+    other = next(c for c in sorted(stack.ifs.keys(stack.ifs.customer_type)) if c != before)
+    stack.ifs.edit_order(order_no, CustomerNo=other)
+
+    assert run_sync(sync)[ORDER] == [Outcome.UPDATED]
+
+    [deal] = _live_deals_of(stack, sync, order_no)
+    assert deal["id"] == deal_id and deal["org_id"] == _linked(stack, CUSTOMER, other)
