@@ -407,6 +407,8 @@ class TenantSync:
                 )
             except RemoteError as error:
                 linked = entry is not None and entry.pipedrive_id == pipedrive_id
+                # A dry run meets a 404 on the reads of --full; it reports what the lifecycle
+                # policy would do, as a real run would do it.
                 if not is_gone(error) or self._exists(spec, pipedrive_id):
                     raise
                 if not linked:  # a hint or search hit deleted meanwhile: not ours to mourn
@@ -483,10 +485,6 @@ class TenantSync:
                 )
             return Outcome.UNCHANGED
         if dry_run:
-            if not full and linked:
-                # What a write would find: a record deleted in Pipedrive answers 404 here, and
-                # the dry run reports what its lifecycle policy would do, not a failure.
-                self.pipedrive.get(spec.resource, pipedrive_id)
             summary["payload"] = changes
             return Outcome.UPDATED
         self.pipedrive.update(spec.resource, pipedrive_id, changes)

@@ -220,17 +220,28 @@ def test_two_organizations_merged_by_a_user_leave_one_per_customer_with_every_de
         assert _failed(stack) == []
 
 
-def test_a_won_deal_whose_order_did_not_change_stays_won_through_sync_full(
+def test_a_won_deal_stays_won_through_sync_full_and_an_order_gone_from_ifs_closes_its_deal(
     stack_factory,
 ) -> None:
     stack = stack_factory()
-    with running(stack):
-        order_no = stack.ifs.keys(customer_order())[3]
+    with running(stack, lifecycle={"on_ifs_missing": "close"}):
+        orders = stack.ifs.keys(customer_order())
+        order_no = orders[3]
         deal_id = _linked(stack, ORDER, order_no)
         assert deal_id is not None
         stack.pipedrive.move_deal(deal_id, status="won")
+        removed = next(
+            key
+            for key in orders
+            if key != order_no
+            and stack.pipedrive.get("deal", _linked(stack, ORDER, key))["status"] == "open"
+        )
+        stack.ifs.remove(customer_order(), removed)
 
         summary = _sync(stack, "--full")
 
-        assert summary["failed"] == 0, summary
+        assert summary["failed"] == 0 and summary["updated"] >= 1, summary
         assert stack.pipedrive.get("deal", deal_id)["status"] == "won"
+        closed = stack.pipedrive.get("deal", _linked(stack, ORDER, removed))
+        assert (closed["status"], closed["lost_reason"]) == ("lost", "Removed from IFS")
+        assert _failed(stack) == []
