@@ -258,7 +258,10 @@ def _checking(items: list[Any], entity: str) -> Iterator[Any]:
 )
 @click.option("--full", is_flag=True, help="Re-read everything and repair drift in Pipedrive.")
 @click.option(
-    "--dry-run", is_flag=True, help="Print what would be created or updated; write nothing."
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be created, updated or closed, and what is tombstoned or gone "
+    "from IFS; write nothing.",
 )
 @click.option(
     "--recreate-deleted",
