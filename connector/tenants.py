@@ -299,6 +299,17 @@ class LifecycleConfig(_Strict):
             "(IFS is the master), or respect the delete (tombstone: no further writes)"
         ),
     )
+    on_ifs_missing: Literal["ignore", "close"] = Field(
+        default="ignore",
+        description=(
+            "a linked customer/order that IFS no longer returns: ignore it (nothing written), "
+            "or close its deal (marked lost with ifs_missing_lost_reason; organizations are "
+            "left alone)"
+        ),
+    )
+    ifs_missing_lost_reason: str = Field(
+        default="Removed from IFS", min_length=1, max_length=255, description="with close"
+    )
 
 
 class TenantConfig(_Strict):

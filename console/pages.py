@@ -14,9 +14,10 @@ from connector.diagnostics.status import webhook_status
 from connector.diagnostics.urls import public_url
 from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
-from connector.storage.idmap import CUSTOMER, ORDER, IdMap
+from connector.storage.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord, WebhookEvent, utcnow
 from connector.storage.runs import RunProgress, recent_runs, run_progress
+from connector.storage.story import RecordStory, record_story
 from connector.storage.webhook_events import WebhookEvents
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
 
@@ -153,34 +154,21 @@ def rows_of_group(runtime: Runtime, tenant: str, group: str) -> list[AuditRecord
 
 
 @dataclass
-class RecordStory:
-    tenant: str
-    entity: str
-    key: str
-    pipedrive_id: int | None
+class RecordPage:
+    """The record page: the record's story (connector.storage.story) and its Pipedrive link."""
+
+    story: RecordStory
     pipedrive_url: str | None
-    attempts: list[AuditRecord]
-    events: list[WebhookEvent]
 
 
-def record_story(runtime: Runtime, tenant: TenantConfig, entity: str, key: str) -> RecordStory:
+def record_page(runtime: Runtime, tenant: TenantConfig, entity: str, key: str) -> RecordPage:
     """One record across both directions: sync attempts, stage pushes, webhook events."""
-    link = IdMap(runtime.database).get(tenant.id, entity, key)
-    pipedrive_id = link.pipedrive_id if link is not None else None
-    keys = [key]
-    events: list[WebhookEvent] = []
+    story = record_story(runtime.database, tenant.id, entity, key)
     url = None
-    if pipedrive_id is not None:
-        if entity == ORDER:
-            # A stage push that failed before it found the order is keyed by its deal.
-            keys.append(f"deal:{pipedrive_id}")
-        events = WebhookEvents(runtime.database).of_record(
-            tenant.id, "deal" if entity == ORDER else "organization", pipedrive_id
-        )
+    if story.pipedrive_id is not None:
         base = public_url(str(tenant.pipedrive.api_domain)).rstrip("/")
-        url = f"{base}/{PIPEDRIVE_PATHS[entity]}/{pipedrive_id}"
-    attempts = AuditLog(runtime.database).story(tenant.id, entity, keys)
-    return RecordStory(tenant.id, entity, key, pipedrive_id, url, attempts, events)
+        url = f"{base}/{PIPEDRIVE_PATHS[entity]}/{story.pipedrive_id}"
+    return RecordPage(story, url)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connector.errors import RemoteError, TransientError, is_transient, retry_after_s
+from connector.ifs.client import is_not_found
 from connector.ifs.conflicts import is_conflict
 from connector.jobs import PUSH_STAGE
 from connector.stage_push.stage_map import (
@@ -293,6 +294,8 @@ def _check_event(
     entry = IdMap(runtime.database).by_pipedrive_id(tenant.id, ORDER, event.entity_id)
     if entry is None:
         raise _Ignore(f"deal {event.entity_id} is not linked to an IFS order")
+    if entry.ifs_missing_at is not None:
+        raise _Ignore(f"IFS has no order {entry.ifs_key} any more (on_ifs_missing)", newest=True)
     if not synthetic and event.action != "change":
         raise _Ignore(f"a {event.action} event moves no order state")
     if not synthetic and not event.stage_changed:
@@ -389,7 +392,14 @@ def _apply(
     order_no = entry.ifs_key
     state_property = tenant.order_mapping.status
     for try_number in range(MAX_CONFLICT_RETRIES + 1):
-        order = editor.get_order(order_no)
+        try:
+            order = editor.get_order(order_no)
+        except RemoteError as error:
+            if not is_not_found(error):
+                raise
+            # Removed in IFS: no retry or replay could change that; on_ifs_missing follows
+            # it on the next plan.
+            raise _Ignore(f"IFS has no order {order_no} any more (404)", newest=True) from error
         before = order.data.get(state_property)
         if outcome.ifs_state_before is None:
             outcome.ifs_state_before = before

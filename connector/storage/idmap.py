@@ -32,6 +32,7 @@ class PushedState(NamedTuple):
     etag: str | None
     content_hash: str | None
     tombstoned: bool = False
+    ifs_missing: bool = False  # gone from IFS reads, handled by on_ifs_missing
 
 
 class IdMap:
@@ -88,11 +89,12 @@ class IdMap:
                     IdMapEntry.etag,
                     IdMapEntry.content_hash,
                     IdMapEntry.tombstoned_at,
+                    IdMapEntry.ifs_missing_at,
                 ).where(IdMapEntry.tenant == tenant, IdMapEntry.entity == entity)
             )
             return {
-                key: PushedState(pid, etag, digest, tombstoned is not None)
-                for key, pid, etag, digest, tombstoned in rows
+                key: PushedState(pid, etag, digest, tombstoned is not None, missing is not None)
+                for key, pid, etag, digest, tombstoned, missing in rows
             }
 
     def save(
@@ -188,6 +190,20 @@ class IdMap:
                 .values(tombstoned_at=utcnow(), tombstone_reason=reason, updated_at=utcnow())
             )
             return bool(getattr(result, "rowcount", 0))
+
+    def mark_ifs_missing(self, tenant: str, entity: str, ifs_key: str, missing: bool) -> None:
+        """Remember that IFS no longer has the record (its on_ifs_missing policy was applied),
+        or forget it again (IFS has it again)."""
+        with self.database.session() as session:
+            session.execute(
+                update(IdMapEntry)
+                .where(
+                    IdMapEntry.tenant == tenant,
+                    IdMapEntry.entity == entity,
+                    IdMapEntry.ifs_key == ifs_key,
+                )
+                .values(ifs_missing_at=utcnow() if missing else None, updated_at=utcnow())
+            )
 
     def tombstoned_keys(self, tenant: str, entity: str) -> list[str]:
         """The IFS keys of the tenant's tombstoned entries of one entity."""

@@ -79,6 +79,8 @@ class IdMapEntry(Base):
     # Deleted in Pipedrive under lifecycle policy "respect": no writes until relinked.
     tombstoned_at: Mapped[datetime | None] = mapped_column(nullable=True)
     tombstone_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Gone from IFS reads and handled by lifecycle policy on_ifs_missing; cleared on return.
+    ifs_missing_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class AuditRecord(Base):

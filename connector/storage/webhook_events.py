@@ -219,6 +219,12 @@ class WebhookEvents:
 
     def of_record(self, tenant: str, entity: str, entity_id: int) -> list[WebhookEvent]:
         """Every event about one Pipedrive record (e.g. "deal", 42), oldest first."""
+        return self.of_records(tenant, entity, [entity_id])
+
+    def of_records(self, tenant: str, entity: str, entity_ids: list[int]) -> list[WebhookEvent]:
+        """Every event about any of these Pipedrive records of one kind, oldest first."""
+        if not entity_ids:
+            return []
         with self.database.session() as session:
             return list(
                 session.scalars(
@@ -226,7 +232,7 @@ class WebhookEvents:
                     .where(
                         WebhookEvent.tenant == tenant,
                         WebhookEvent.entity == entity,
-                        WebhookEvent.entity_id == entity_id,
+                        WebhookEvent.entity_id.in_(entity_ids),
                     )
                     .order_by(WebhookEvent.id)
                 )

@@ -27,18 +27,20 @@ from connector.errors import (
     is_transient,
     retry_after_s,
 )
+from connector.ifs.client import is_not_found
 from connector.ifs.odata import Query
 from connector.pipedrive.client import is_gone
 from connector.storage.audit import (
     FAILED,
     IFS_TO_PIPEDRIVE,
+    PIPEDRIVE_TO_IFS,
     RETRYING,
     SKIPPED,
     Attempt,
     AuditLog,
 )
 from connector.storage.idmap import IdMap, PushedState, content_hash
-from connector.sync.lifecycle import Followed, LinkChange, follow_gone, record_lock
+from connector.sync.lifecycle import NOUN, Followed, LinkChange, follow_gone, record_lock
 from connector.sync.mapping import PipedriveLayout, changed_fields
 from connector.sync.specs import SPECS, EntitySpec
 
@@ -86,6 +88,13 @@ class WorkItem:
     etag: str
     data: dict[str, Any]
     hint: int | None = None  # Pipedrive id from the bulk index, ABSENT, or None (unknown)
+    missing: bool = False  # linked, but the plan's complete read of IFS did not return it
+
+    @property
+    def snapshot(self) -> dict[str, Any] | None:
+        """What the upsert is handed: None for a missing record, which the upsert reads by
+        its key, so that only a 404 there (not a shifting $skip page) counts as gone."""
+        return None if self.missing else {"etag": self.etag, "data": self.data}
 
 
 @dataclass
@@ -101,6 +110,7 @@ class Plan:
     unchanged: int = 0
     read: int = 0
     tombstoned: int = 0  # left alone: deleted in Pipedrive, policy respect
+    missing: int = 0  # linked but not returned by IFS: queued to confirm and apply on_ifs_missing
 
 
 class TenantSync:
@@ -206,10 +216,17 @@ class TenantSync:
                 for item in page
             ]
 
+        # Linked records the read has not returned (yet): what is left at the end is missing.
+        unseen = {
+            key
+            for key, state in entries.items()
+            if state.pipedrive_id is not None and not state.tombstoned and not state.ifs_missing
+        }
         page: list[WorkItem] = []
         for record in self.read_ifs(spec):
             plan.read += 1
             key = record.key
+            unseen.discard(key)
             entry = entries.get(key)
             if entry is not None and entry.tombstoned:
                 # Respected delete: the one audit row saying why was written when it happened.
@@ -217,7 +234,9 @@ class TenantSync:
                 plan.tombstoned += 1
                 continue
             known_id = entry.pipedrive_id if entry is not None else None
-            if not full and known_id is not None and entry is not None:
+            # A record back in IFS after it went missing is queued: its mark goes, and a deal
+            # closed meanwhile is brought back to what IFS says.
+            if not full and known_id is not None and entry is not None and not entry.ifs_missing:
                 try:
                     payload = self._planned_payload(spec, record.data, layout, parents)
                 except RecordError:
@@ -230,6 +249,15 @@ class TenantSync:
                     plan.unchanged += 1
                     continue
             page.append(WorkItem(spec.entity, key, record.etag, dict(record.data), known_id))
+            if len(page) >= self.tenant.ifs.page_size:
+                plan.queued += len(page)
+                yield with_hints(page)
+                page = []
+        # The read got to the end (an error raises before this): each linked record it did not
+        # return is read once more by its key, and its upsert applies on_ifs_missing.
+        for key in sorted(unseen):
+            plan.missing += 1
+            page.append(WorkItem(spec.entity, key, "", {}, entries[key].pipedrive_id, missing=True))
             if len(page) >= self.tenant.ifs.page_size:
                 plan.queued += len(page)
                 yield with_hints(page)
@@ -343,14 +371,21 @@ class TenantSync:
         tenant = self.tenant.id
         layout = self.layout()
         if snapshot is None:
-            record = self.ifs.get_record(
-                spec.ifs_set(self.tenant), key, select=spec.properties(self.tenant)
-            )
+            try:
+                record = self.ifs.get_record(
+                    spec.ifs_set(self.tenant), key, select=spec.properties(self.tenant)
+                )
+            except RemoteError as error:
+                if not is_not_found(error):
+                    raise
+                return self._ifs_missing(spec, key, audit, dry_run)
             etag, data = record.etag, dict(record.data)
         else:
             etag, data = snapshot["etag"], snapshot["data"]
         entry = self.idmap.get(tenant, spec.entity, key)
         audit.request_summary = {"etag": etag}
+        if entry is not None and entry.ifs_missing_at is not None and not dry_run:
+            self.idmap.mark_ifs_missing(tenant, spec.entity, key, False)  # IFS has it again
         if entry is not None and entry.tombstoned_at is not None:
             audit.request_summary["pipedrive_id"] = entry.pipedrive_id
             audit.skip("tombstoned", f"not written: {entry.tombstone_reason}")
@@ -372,16 +407,19 @@ class TenantSync:
                 )
             except RemoteError as error:
                 linked = entry is not None and entry.pipedrive_id == pipedrive_id
-                if dry_run or not is_gone(error) or self._exists(spec, pipedrive_id):
+                # A dry run meets a 404 on the reads of --full; it reports what the lifecycle
+                # policy would do, as a real run would do it.
+                if not is_gone(error) or self._exists(spec, pipedrive_id):
                     raise
                 if not linked:  # a hint or search hit deleted meanwhile: not ours to mourn
                     pipedrive_id = None
                 else:
-                    followed = self._follow_gone(spec, key, layout, pipedrive_id, audit)
+                    followed = self._follow_gone(spec, key, layout, pipedrive_id, audit, dry_run)
                     if followed.change is LinkChange.TOMBSTONED:
                         audit.skip("tombstoned", followed.reason)
                         return Outcome.UNCHANGED
-                    entry = self.idmap.get(tenant, spec.entity, key)
+                    if not dry_run:
+                        entry = self.idmap.get(tenant, spec.entity, key)
                     pipedrive_id = followed.survivor_id
                 if pipedrive_id is not None:
                     return self._update(
@@ -427,14 +465,18 @@ class TenantSync:
                 self.idmap.save(tenant, spec.entity, key, etag=etag)
             return Outcome.UNCHANGED
         # A relinked record (content hash cleared) holds what someone else left there.
+        archived = False
         if full or (linked and entry is not None and entry.content_hash is None):
             remote = self.pipedrive.get(spec.resource, pipedrive_id)
+            archived = bool(remote.get("is_archived"))
             changes = _owned_changes(spec, changed_fields(remote, payload), payload, written)
         else:
             changes = changed_fields(written, payload)
         audit.operation = "update"
         summary = audit.request_summary = audit.request_summary or {}
         summary["changes"] = sorted(changes)
+        if archived:
+            summary["archived"] = True  # present all the same; `audit history` says so
         if not changes:
             audit.skip("unchanged", "Pipedrive already holds the mapped content")
             if not dry_run:
@@ -452,6 +494,28 @@ class TenantSync:
         audit.response_summary = {"pipedrive_id": pipedrive_id}
         return Outcome.UPDATED
 
+    def follow_deleted(self, entity: str, key: str, gone_id: int, *, how: str) -> Followed | None:
+        """A linked record Pipedrive lists as deleted, whose delete webhook never came: the id
+        map follows it by the lifecycle policy as for a 404, with one audit row; None when the
+        entry no longer links `gone_id` (relinked or tombstoned meanwhile)."""
+        spec = SPECS[entity]
+        with self.runtime.coordination.lock(record_lock(self.tenant.id, entity, key)):
+            entry = self.idmap.get(self.tenant.id, entity, key)
+            if entry is None or entry.pipedrive_id != gone_id or entry.tombstoned_at is not None:
+                return None
+            audit = Attempt(
+                tenant=self.tenant.id,
+                direction=PIPEDRIVE_TO_IFS,
+                entity=entity,
+                record_key=key,
+                request_summary={"pipedrive_id": gone_id},
+            )
+            followed = self._follow_gone(spec, key, self.layout(), gone_id, audit, how=how)
+            audit.operation = followed.change.value
+            audit.response_summary = {"reason": followed.reason}
+            self.audit.write(audit)
+            return followed
+
     def _exists(self, spec: EntitySpec, pipedrive_id: int) -> bool:
         """Whether the record answers a GET: a 404 on a PATCH may name a record it points at."""
         try:
@@ -463,10 +527,18 @@ class TenantSync:
         return True
 
     def _follow_gone(
-        self, spec: EntitySpec, key: str, layout: PipedriveLayout, gone_id: int, audit: Attempt
+        self,
+        spec: EntitySpec,
+        key: str,
+        layout: PipedriveLayout,
+        gone_id: int,
+        audit: Attempt,
+        dry_run: bool = False,
+        how: str = "Pipedrive answered 404",
     ) -> Followed:
         """The linked record is gone: find its merge survivor by the IFS key, then let the
-        lifecycle policy decide; the attempt's audit row tells what happened."""
+        lifecycle policy decide; the attempt's audit row tells what happened (dry run: what
+        would happen)."""
         survivor = self._find_by_key(spec, key, layout, since=None, exclude=gone_id)
         followed = follow_gone(
             self.idmap,
@@ -475,11 +547,84 @@ class TenantSync:
             key,
             gone_id,
             survivor,
-            how="Pipedrive answered 404",
+            how=how,
+            dry_run=dry_run,
         )
         audit.request_summary = {**(audit.request_summary or {}), "lifecycle": followed.as_dict()}
         log.info("%s %s %s: %s", self.tenant.id, spec.entity, key, followed.reason)
         return followed
+
+    def _ifs_missing(self, spec: EntitySpec, key: str, audit: Attempt, dry_run: bool) -> Outcome:
+        """IFS answers 404 for `key`: the tenant's on_ifs_missing decides, once per
+        disappearance (ignore: nothing written; close: an open deal is marked lost with the
+        configured reason; organizations are left alone)."""
+        tenant, policy = self.tenant.id, self.tenant.lifecycle
+        entry = self.idmap.get(tenant, spec.entity, key)
+        gone = f"IFS has no {spec.entity} {key} any more (404 on its read)"
+        audit.request_summary = {"ifs_missing": True}
+        if entry is None or entry.pipedrive_id is None:
+            audit.skip("ifs_missing", f"{gone}; nothing in Pipedrive is linked to it")
+            return Outcome.UNCHANGED
+        pipedrive_id = entry.pipedrive_id
+        audit.request_summary["pipedrive_id"] = pipedrive_id
+        if entry.tombstoned_at is not None:
+            audit.skip("tombstoned", f"not written: {entry.tombstone_reason}")
+            return Outcome.UNCHANGED
+        if entry.ifs_missing_at is not None:
+            audit.skip("ifs_missing", f"{gone}; handled by on_ifs_missing already")
+            return Outcome.UNCHANGED
+        noun = NOUN.get(spec.entity, spec.entity)
+        outcome = Outcome.UNCHANGED
+        if policy.on_ifs_missing == "ignore":
+            audit.skip("ifs_missing", f"{gone}; on_ifs_missing is ignore: {noun} left as it is")
+        elif not spec.closes_when_missing:
+            audit.skip("ifs_missing", f"{gone}; on_ifs_missing closes deals only: {noun} left")
+        else:
+            outcome = self._close(spec, key, entry, gone, audit, dry_run)
+        if not dry_run:
+            self.idmap.mark_ifs_missing(tenant, spec.entity, key, True)
+        return outcome
+
+    def _close(
+        self,
+        spec: EntitySpec,
+        key: str,
+        entry: IdMapEntry,
+        gone: str,
+        audit: Attempt,
+        dry_run: bool,
+    ) -> Outcome:
+        """Mark the open deal of a record IFS no longer has lost (on_ifs_missing: close)."""
+        assert entry.pipedrive_id is not None
+        pipedrive_id, reason = entry.pipedrive_id, self.tenant.lifecycle.ifs_missing_lost_reason
+        noun = NOUN.get(spec.entity, spec.entity)
+        try:
+            current = self.pipedrive.get(spec.resource, pipedrive_id)
+        except RemoteError as error:
+            if not is_gone(error):
+                raise
+            audit.skip("ifs_missing", f"{gone}; its {noun} {pipedrive_id} is gone too")
+            return Outcome.UNCHANGED
+        if current.get("status") != "open":
+            # Sales closed it already (won or lost): theirs to keep.
+            audit.skip("ifs_missing", f"{gone}; {noun} {pipedrive_id} is {current.get('status')}")
+            return Outcome.UNCHANGED
+        changes = {"status": "lost", "lost_reason": reason}
+        audit.operation = "close"
+        audit.request_summary = {**(audit.request_summary or {}), "changes": sorted(changes)}
+        if dry_run:
+            audit.request_summary["payload"] = changes
+            return Outcome.UPDATED
+        self.pipedrive.update(spec.resource, pipedrive_id, changes)
+        # What the connector last wrote now says lost: a return of the record to IFS reads
+        # differs from it, and brings the deal back to what IFS says.
+        written = {**(entry.last_payload or {}), "status": "lost"}
+        self.idmap.save(self.tenant.id, spec.entity, key, payload=written)
+        audit.response_summary = {
+            "pipedrive_id": pipedrive_id,
+            "reason": f"{gone}; on_ifs_missing is close: {noun} marked lost ({reason})",
+        }
+        return Outcome.UPDATED
 
     def _parent_id(
         self,
@@ -611,5 +756,6 @@ def plan_audit(plan: Plan) -> Attempt:
             "queued": plan.queued,
             "unchanged": plan.unchanged,
             "tombstoned": plan.tombstoned,
+            "missing": plan.missing,
         },
     )

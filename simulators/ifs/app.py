@@ -23,7 +23,7 @@ from simulators.ifs.errors import (
     unsupported,
 )
 from simulators.ifs.metadata import metadata_document
-from simulators.ifs.schema import EntityType, entity_types
+from simulators.ifs.schema import EntityType, customer_order, entity_types
 from simulators.ifs.settings import IfsSimSettings
 from simulators.ifs.state import IfsSim, value_problem
 
@@ -521,6 +521,22 @@ def _register_control_routes(app: Flask, sim: IfsSim) -> None:
             return _error_response(not_found())
         except ValueError as error:
             return bad(str(error))
+
+    @app.delete("/_sim/customers/<customer_id>")
+    def sim_remove_customer(customer_id: str) -> Response:
+        try:
+            sim.remove(sim.customer_type, customer_id)
+        except KeyError:
+            return _error_response(not_found())
+        return _json({"removed": customer_id})
+
+    @app.delete("/_sim/orders/<order_no>")
+    def sim_remove_order(order_no: str) -> Response:
+        try:
+            sim.remove(customer_order(), order_no)
+        except KeyError:
+            return _error_response(not_found())
+        return _json({"removed": order_no})
 
     @app.post("/_sim/orders/<order_no>/edit-after-read")
     def sim_edit_order_after_read(order_no: str) -> Response:

@@ -212,6 +212,12 @@ class IfsSim:
         """A simulated IFS user edits the customer: fields change and the ETag moves on."""
         return self._user_edit(self.customer_type, customer_id, fields)
 
+    def remove(self, entity: EntityType, key: str) -> None:
+        """A simulated IFS user removes the record: reads no longer return it, and a GET by
+        key answers 404; KeyError if absent."""
+        with self._lock:
+            del self._table(entity)[key]
+
     def edit_order_after_next_read(self, order_no: str, **fields: Any) -> None:
         """An IFS user edits the order right after the next client read of it by key: the
         client's ETag goes stale between its read and its write (a deterministic 412)."""

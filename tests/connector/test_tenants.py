@@ -250,3 +250,16 @@ def test_extra_fields_validate_with_errors_naming_tenant_and_key():
         "acme": _tenant(order_mapping={"extra": {"Terms!": {"property": "A", "field": "B"}}})
     }
     assert "key 'order_mapping.extra': extra field name(s) 'Terms!'" in _problem(bad_name)
+
+
+def test_on_ifs_missing_is_ignore_by_default_and_only_ignore_or_close():
+    lifecycle = parse_tenants({"tenants": {"acme": _tenant()}})["acme"].lifecycle
+    assert (lifecycle.on_ifs_missing, lifecycle.ifs_missing_lost_reason) == (
+        "ignore",
+        "Removed from IFS",
+    )
+    message = _problem({"acme": _tenant(lifecycle={"on_ifs_missing": "delete"})})
+    assert "tenant 'acme': key 'lifecycle.on_ifs_missing'" in message and "'close'" in message
+    assert "lifecycle.ifs_missing_lost_reason" in _problem(
+        {"acme": _tenant(lifecycle={"ifs_missing_lost_reason": ""})}
+    )
