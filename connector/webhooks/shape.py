@@ -164,7 +164,7 @@ def _check_deal(where: str, deal: dict[str, Any]) -> None:
         if value is not None and not _is_number_id(value):
             raise PayloadError(f"{where}.{key} must be a number")
     status = deal.get("status")
-    if status is not None and status not in DEAL_STATUSES:
+    if status is not None and (not isinstance(status, str) or status not in DEAL_STATUSES):
         raise PayloadError(f"{where}.status must be one of {', '.join(sorted(DEAL_STATUSES))}")
 
 
