@@ -414,47 +414,39 @@ def _record(statements: list[str]) -> Any:
     return before_cursor_execute
 
 
-def test_one_commit_per_webhook_and_the_enqueue_sees_the_committed_row(
+def test_one_statement_and_commit_per_webhook_and_the_enqueue_comes_after_it(
     app, runtime, broker, tenants
 ):
     tenant = tenants["basic"]
     client = app.test_client()
     client.post(f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(1)), headers=basic())
-    commits: list[int] = []
-    sa.event.listen(runtime.database.engine, "commit", lambda _conn: commits.append(1))
-    seen_at_enqueue: list[list[str]] = []
+    work: list[tuple[str, bool]] = []  # (statement verb, in autocommit mode), ("COMMIT", False)
+
+    def before_cursor_execute(conn, _cursor, statement, *_args) -> None:
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        work.append((statement.split()[0], autocommit))
+
+    sa.event.listen(runtime.database.engine, "before_cursor_execute", before_cursor_execute)
+    sa.event.listen(runtime.database.engine, "commit", lambda _conn: work.append(("COMMIT", False)))
+    seen_at_enqueue: list[Any] = []
 
     def enqueue(name: str, kwargs: dict[str, Any]) -> None:
-        # Another session: only what was committed is visible here.
+        seen_at_enqueue.append(list(work))
+        # Another connection: only what was committed is visible here.
         seen_at_enqueue.append([row.status for row in events_of(runtime, tenant)])
-        commits.clear()  # the reads of this check commit too: not the receiver's
+        work.clear()  # the reads of this check are not the receiver's
         broker.enqueue(name, kwargs)
 
     app.extensions[EXTENSION].enqueue = enqueue
-    commits.clear()
-    answer = client.post(
-        f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(2)), headers=basic()
-    )
-
-    assert answer.status_code == 200
-    assert seen_at_enqueue == [["enqueued", "enqueued"]]
-    assert commits == []  # nothing after the enqueue
-    assert len(broker.calls) == 2
-
-
-def test_the_commit_before_the_enqueue_is_the_only_one(app, runtime, broker, tenants):
-    tenant = tenants["basic"]
-    client = app.test_client()
-    client.post(f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(1)), headers=basic())
-    commits: list[int] = []
-    sa.event.listen(runtime.database.engine, "commit", lambda _conn: commits.append(1))
-
+    work.clear()
     answer = client.post(
         f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(2)), headers=basic()
     )
 
     assert answer.status_code == 200 and len(broker.calls) == 2
-    assert commits == [1]
+    # One INSERT and its commit, then the enqueue, then nothing.
+    assert seen_at_enqueue == [[("INSERT", False), ("COMMIT", False)], ["enqueued", "enqueued"]]
+    assert work == []
 
 
 def test_secrets_are_read_once_and_again_when_the_credential_changes(
