@@ -1,8 +1,11 @@
 """The Flask application factory of the webhook receiver: webhook, health and metrics routes.
 
-A delivery is authenticated, size-checked, parsed, persisted (the unique (tenant, event_id)
+A delivery is authenticated (an unknown tenant through the same checks, against stand-in
+secrets), size-checked, parsed and shape-checked (connector.webhooks.shape: 400 for what
+could not be stored or used), persisted in one transaction (the unique (tenant, event_id)
 key drops duplicates), committed, and only then enqueued; the answer comes fast. Anything
-that would lose an accepted event (database or broker down) answers 503 so Pipedrive retries.
+that would lose an accepted event (database or broker down) answers 503 so Pipedrive
+retries. Refusals are kept (connector.storage.webhook_refusals) for the console.
 """
 
 from __future__ import annotations
