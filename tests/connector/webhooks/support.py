@@ -146,6 +146,20 @@ def malformed_variants(deal_id: int = 41) -> list[tuple[str, bytes]]:
                 target = target[key]
             target[path[-1]] = value
             variants.append((f"{'.'.join(path)}#{number}", encode(payload)))
+    # Fields the connector needs, left out (one delivery each).
+    for name, paths in (
+        ("no-action", [("meta", "action")]),
+        ("no-entity", [("meta", "entity")]),
+        ("no-data-in-a-change", [("data",)]),
+        ("no-record-id", [("meta", "entity_id"), ("data", "id")]),
+    ):
+        payload = v2_deal_event(deal_id)
+        for path in paths:
+            target = payload
+            for key in path[:-1]:
+                target = target[key]
+            del target[path[-1]]
+        variants.append((name, encode(payload)))
     nested: Any = {"deep": 1}
     for _ in range(40):
         nested = {"deeper": nested}

@@ -60,6 +60,10 @@ def test_nesting_up_to_the_limit_passes():
     parse_body(encode(payload))
 
 
+def test_the_delivery_the_variants_start_from_passes():
+    parse_body(encode(v2_deal_event(41)))  # so each variant fails by what it changed
+
+
 @pytest.mark.parametrize("body", [pytest.param(b, id=n) for n, b in malformed_variants()])
 def test_malformed_deliveries_are_refused_with_a_reason(body):
     with pytest.raises(PayloadError) as refused:
