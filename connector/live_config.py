@@ -174,6 +174,11 @@ class LiveConfig:
     def tenants(self) -> dict[str, TenantConfig]:
         return dict(self._serving)
 
+    def credential_version(self, tenant_id: str) -> str | None:
+        """The tenant's credential version stamp as last read (None: none read, or no secrets);
+        caches of decrypted secrets (the receiver's) compare it to know when to read again."""
+        return (self._credentials or {}).get(tenant_id)
+
     def messages(self) -> list[str]:
         return [message for found in self._all_problems().values() for message in found]
 

@@ -239,8 +239,14 @@ def failures() -> str:
 
 @views.get("/webhooks")
 def webhooks() -> str:
-    events = pages.recent_events(_context().runtime, _tenant_filter())
-    return render_template("webhooks.html", user=_user(), events=events, tenant=_tenant_filter())
+    runtime, tenant = _context().runtime, _tenant_filter()
+    return render_template(
+        "webhooks.html",
+        user=_user(),
+        events=pages.recent_events(runtime, tenant),
+        refusals=pages.recent_refusals(runtime, tenant),
+        tenant=tenant,
+    )
 
 
 def _tenant(tenant_id: str) -> TenantConfig:

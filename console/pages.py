@@ -15,14 +15,16 @@ from connector.diagnostics.urls import public_url
 from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER
-from connector.storage.models import AuditRecord, WebhookEvent, utcnow
+from connector.storage.models import AuditRecord, WebhookEvent, WebhookRefusal, utcnow
 from connector.storage.runs import RunProgress, recent_runs, run_progress
 from connector.storage.story import RecordStory, record_story
 from connector.storage.webhook_events import WebhookEvents
+from connector.storage.webhook_refusals import WebhookRefusals
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
 
 ENTITIES = (CUSTOMER, ORDER)
 PIPEDRIVE_PATHS = {CUSTOMER: "organization", ORDER: "deal"}  # Pipedrive's web UI paths
+RECENT_REFUSALS = timedelta(hours=24)  # the tenants page's "refused" count
 
 
 def tenants_reading(runtime: Runtime) -> TenantsReading:
@@ -46,6 +48,7 @@ class TenantRow:
     failed_waiting: int
     webhook: dict[str, Any]
     headroom: dict[str, dict[str, Any]]
+    refused_recently: int = 0  # webhook deliveries refused within RECENT_REFUSALS
 
     @property
     def overdue(self) -> bool:
@@ -55,6 +58,7 @@ class TenantRow:
 def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
     now = utcnow()
     audit = AuditLog(runtime.database)
+    refused = WebhookRefusals(runtime.database).counts_since(now - RECENT_REFUSALS)
     rows = []
     for tenant_id, tenant in sorted(reading.tenants.items()):
         successes = last_successful_syncs(runtime, tenant_id)
@@ -70,6 +74,7 @@ def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
                     IFS: headroom(runtime.coordination, tenant, IFS),
                     PIPEDRIVE: headroom(runtime.coordination, tenant, PIPEDRIVE),
                 },
+                refused_recently=refused.get(tenant_id, 0),
             )
         )
     return rows
@@ -197,3 +202,8 @@ def replay_outcomes(runtime: Runtime, audit_ids: list[int]) -> list[ReplayOutcom
 
 def recent_events(runtime: Runtime, tenant: str | None, limit: int = 100) -> list[WebhookEvent]:
     return WebhookEvents(runtime.database).recent(tenant, limit)
+
+
+def recent_refusals(runtime: Runtime, tenant: str | None, limit: int = 50) -> list[WebhookRefusal]:
+    """Refused deliveries, newest first: of one tenant, or of all (unknown tenants too)."""
+    return WebhookRefusals(runtime.database).recent(tenant, limit)

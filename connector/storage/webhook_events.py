@@ -23,8 +23,8 @@ _KEY = ("tenant", "event_id")
 
 
 class WebhookEventStatus(StrEnum):
-    RECEIVED = "received"  # persisted, not yet handed to the broker
-    ENQUEUED = "enqueued"  # handed to the broker
+    RECEIVED = "received"  # persisted, not handed to the broker (its enqueue failed)
+    ENQUEUED = "enqueued"  # committed to be handed to the broker, which follows the commit
     APPLIED = "applied"  # IFS was changed for this event
     IGNORED = "ignored"  # nothing to do (echo, stale, unmapped, not linked…); `detail` says why
     FAILED = "failed"  # IFS refused or could not be reached; a retry or replay may succeed
@@ -138,6 +138,18 @@ class WebhookEvents:
                     WebhookEvent.status == WebhookEventStatus.RECEIVED.value,
                 )
                 .values(status=WebhookEventStatus.ENQUEUED.value)
+            )
+
+    def mark_received(self, row_id: int) -> None:
+        """Enqueued → received, after its enqueue failed; only from enqueued (as above)."""
+        with self.database.session() as session:
+            session.execute(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.id == row_id,
+                    WebhookEvent.status == WebhookEventStatus.ENQUEUED.value,
+                )
+                .values(status=WebhookEventStatus.RECEIVED.value)
             )
 
     def get(self, tenant: str, row_id: int) -> WebhookEvent | None:

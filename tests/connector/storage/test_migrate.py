@@ -236,3 +236,23 @@ def test_0004_counts_existing_audit_rows_as_one_occurrence_and_downgrades_cleanl
             assert connection.execute(sa.text("SELECT count(*) FROM audit_log")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_0006_adds_the_webhook_refusals_table_and_downgrades_cleanly(empty_url):
+    assert upgrade(empty_url, "0005") == "0005"
+    engine = sa.create_engine(empty_url)
+    try:
+        assert "webhook_refusals" not in sa.inspect(engine).get_table_names()
+        assert upgrade(empty_url, "0006") == "0006"
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO webhook_refusals (refused_at, tenant, reason, http_status)"
+                    " VALUES (CURRENT_TIMESTAMP, NULL, 'unknown_tenant', 401)"
+                )
+            )
+            assert connection.execute(sa.text("SELECT count FROM webhook_refusals")).scalar() == 1
+        command.downgrade(alembic_config(empty_url), "0005")
+        assert "webhook_refusals" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
