@@ -31,15 +31,26 @@ class RedisRateLimiter:
         base = f"{self.prefix}{{{key}}}:{limit.slot}"
         return f"{base}:z", f"{base}:h"
 
-    def _run(self, mode: str, key: str, cost: int, limits: Sequence[Limit]) -> Any:
+    def _pause_key(self, key: str) -> str:
+        return f"{self.prefix}{{{key}}}:pause"
+
+    def _run(
+        self, mode: str, key: str, cost: int, limits: Sequence[Limit], charge: int | None = None
+    ) -> Any:
         keys: list[str] = []
         args: list[str | int] = [mode]
         for limit in limits:
             keys.extend(self._keys_for(key, limit))
             window_us = round(limit.window_s * 1_000_000)
             args.extend(
-                [limit.capacity, window_us, max(1000, window_us // SLICES), limit.charge(cost)]
+                [
+                    limit.available,
+                    window_us,
+                    max(1000, window_us // SLICES),
+                    limit.charge(cost) if charge is None else charge,
+                ]
             )
+        keys.append(self._pause_key(key))
         return self._script(keys=keys, args=args)
 
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
@@ -54,3 +65,14 @@ class RedisRateLimiter:
             LimitUsage(limit, int(answer[2 * i]), int(answer[2 * i + 1]) / 1_000_000)
             for i, limit in enumerate(limits)
         ]
+
+    def align(self, key: str, limit: Limit, used: int) -> None:
+        if used > 0:
+            self._run("align", key, 1, [limit], charge=used)
+
+    def pause(self, key: str, seconds: float) -> None:
+        self._script(keys=[self._pause_key(key)], args=["pause", max(1, round(seconds * 1000))])
+
+    def paused_for(self, key: str) -> float:
+        left_ms = int(self.client.pttl(self._pause_key(key)))
+        return left_ms / 1000 if left_ms > 0 else 0.0

@@ -4,18 +4,32 @@
 -- end in microseconds) and KEYS[2i] a hash {bucket id -> cost, "total" -> live sum}.
 -- A grant is booked in the bucket that contains "now" and counts until bucket end + window,
 -- i.e. a little longer than its true age: the limiter can only be stricter, never looser.
--- ARGV[1] is the mode, then per limit: capacity, window_us, granularity_us, cost (a
--- per-request limit gets 1).
+-- The last KEY is the key's pause (a string with a TTL): while it lives nothing is granted.
+-- ARGV[1] is the mode, then per limit: capacity (less any reserve), window_us,
+-- granularity_us, cost (a per-request limit gets 1).
 -- Mode "acquire" returns 0 when granted, else the microseconds until every limit could grant
--- (nothing booked).
+-- and the pause is over (nothing booked).
 -- Mode "usage" writes nothing and returns, per limit, the live cost and the microseconds
--- until its cost would fit (0 when it fits now): {used_1, wait_1, used_2, wait_2, ...}.
+-- until its cost would fit (0 when it fits now), then the pause left:
+-- {used_1, wait_1, used_2, wait_2, ..., pause_us}.
+-- Mode "align" takes, per limit, the cost the remote itself counts ("cost" = its count) and
+-- books the difference when the remote counts more than we do (never less): returns 0.
+-- Mode "pause" (ARGV[2] = milliseconds, no limits) extends the pause to at least that long.
 -- The clock is Redis' own (TIME), so the clocks of worker hosts do not matter.
 
 local mode = ARGV[1]
-local nlimits = #KEYS / 2
+local pause_key = KEYS[#KEYS]
+if mode == 'pause' then
+  local ms = tonumber(ARGV[2])
+  if redis.call('PTTL', pause_key) < ms then
+    redis.call('SET', pause_key, '1', 'PX', ms)
+  end
+  return 0
+end
+local nlimits = (#KEYS - 1) / 2
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local pause_us = math.max(0, redis.call('PTTL', pause_key)) * 1000
 
 local function arg(i, k)
   return tonumber(ARGV[1 + 4 * (i - 1) + k])
@@ -39,7 +53,7 @@ for i = 1, nlimits do
       total = total - tonumber(costs[j] or '0')
     end
     if total < 0 then total = 0 end
-    if mode == 'acquire' then
+    if mode ~= 'usage' then
       redis.call('HDEL', hkey, unpack(expired))
       redis.call('ZREMRANGEBYSCORE', zkey, '-inf', horizon)
       redis.call('HSET', hkey, 'total', total)
@@ -47,7 +61,13 @@ for i = 1, nlimits do
   end
   totals[i] = total
   waits[i] = 0
+  if mode == 'align' then
+    -- "cost" is what the remote counts: book the part of it we do not count ourselves
+    cost = cost - total
+    if cost < 0 then cost = 0 end
+  end
   local excess = total + cost - capacity
+  if mode == 'align' then excess = 0 end
   if excess > 0 then
     -- walk the oldest live buckets until enough cost has left the window
     local freed, until_free = 0, 0
@@ -73,9 +93,11 @@ if mode == 'usage' then
     answer[2 * i - 1] = totals[i]
     answer[2 * i] = waits[i]
   end
+  answer[2 * nlimits + 1] = pause_us
   return answer
 end
 
+if mode == 'acquire' and pause_us > wait then wait = pause_us end
 if wait > 0 then
   return wait
 end
@@ -85,14 +107,20 @@ for i = 1, nlimits do
   local window = arg(i, 2)
   local granularity = arg(i, 3)
   local cost = arg(i, 4)
-  local bucket_end = (math.floor(now / granularity) + 1) * granularity
-  local member = string.format('%.0f', bucket_end)
-  redis.call('ZADD', zkey, bucket_end, member)
-  redis.call('HINCRBY', hkey, member, cost)
-  redis.call('HSET', hkey, 'total', totals[i] + cost)
-  -- idle keys vanish on their own once nothing in them can count any more
-  local ttl_ms = math.ceil((window + granularity) / 1000) + 1000
-  redis.call('PEXPIRE', zkey, ttl_ms)
-  redis.call('PEXPIRE', hkey, ttl_ms)
+  if mode == 'align' then
+    cost = cost - totals[i]
+    if cost < 0 then cost = 0 end
+  end
+  if cost > 0 then
+    local bucket_end = (math.floor(now / granularity) + 1) * granularity
+    local member = string.format('%.0f', bucket_end)
+    redis.call('ZADD', zkey, bucket_end, member)
+    redis.call('HINCRBY', hkey, member, cost)
+    redis.call('HSET', hkey, 'total', totals[i] + cost)
+    -- idle keys vanish on their own once nothing in them can count any more
+    local ttl_ms = math.ceil((window + granularity) / 1000) + 1000
+    redis.call('PEXPIRE', zkey, ttl_ms)
+    redis.call('PEXPIRE', hkey, ttl_ms)
+  end
 end
 return 0
