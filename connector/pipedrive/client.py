@@ -36,11 +36,12 @@ BUCKET = "pipedrive"
 SEARCH_BUCKET = "pipedrive-search"
 log = logging.getLogger(__name__)
 
-# Pipedrive counts arrivals in a rolling 2 s window; a request granted here reaches it a few
-# milliseconds later, and two of them do not always take equally long. Counting over a
-# window a little longer than 2 s covers that spread; what Pipedrive reports on each answer
-# (x-ratelimit-remaining, see pipedrive_feedback) corrects the rest.
-BURST_WINDOW_S = 2.05
+# Pipedrive counts arrivals in a rolling 2 s window. A request is granted here before it
+# arrives there, and once answered it counts here from the answer on (RateLimiter.settle),
+# which is after its arrival: two requests granted a window apart never arrive within 2 s,
+# however long either took. The 20 ms cover clock rates, not network times; what Pipedrive
+# reports on each answer (x-ratelimit-remaining, see pipedrive_feedback) corrects the rest.
+BURST_WINDOW_S = 2.02
 DAY_S = 86_400.0
 # The end of the daily budget that bulk work leaves to interactive work (single replays,
 # webhook-driven syncs): a share of the budget, at least one day's worth of a few records.
@@ -104,6 +105,8 @@ def pipedrive_feedback(
 ) -> ResponseHook:
     """A ResponseHook that keeps the tenant's limiter in step with what Pipedrive reports.
 
+    - every answer settles the request's burst grant (RateLimiter.settle): it counts a
+      window from the answer on, since Pipedrive saw it at the latest then.
     - `x-ratelimit-remaining` (every answer): Pipedrive counts `limit - remaining` requests in
       its 2 s window; the burst counter never counts fewer (the user's UI actions count there
       too, and a request that took longer than another arrives later than its grant).
@@ -127,12 +130,13 @@ def pipedrive_feedback(
                 BLOCK_PAUSE_S,
             )
             return BLOCK_PAUSE_S
+        searched = "/search" in (response.url or "")
+        limiter.settle(key, [burst, search] if searched else [burst])
         remaining = _header_int(response, "x-ratelimit-remaining")
         reported = _header_int(response, "x-ratelimit-limit")
         if remaining is not None and reported:
             # A search is answered with the tighter of its two windows: the header's limit
             # says which.
-            searched = "/search" in (response.url or "")
             limit = search if searched and reported == search.capacity else burst
             # Far from the limit a correction could not refuse anything yet: the Redis call
             # is saved until Pipedrive's count comes near it.

@@ -116,6 +116,14 @@ class RateLimiter(Protocol):
         includes what others spent (other apps, other hosts, a skewed clock)."""
         ...
 
+    def settle(self, key: str, limits: Sequence[Limit]) -> None:
+        """The request this thread was granted last under `key` has been answered: one unit of
+        each of `limits` (per-request limits) counts a full window from now instead of from
+        its grant. A remote counts a request from its arrival, somewhere between the two, so
+        two requests granted a window apart can never land in one of the remote's windows,
+        however long either took to get there."""
+        ...
+
     def pause(self, key: str, seconds: float) -> None:
         """Grant nothing under `key` for `seconds` (at least; a longer pause stays)."""
         ...

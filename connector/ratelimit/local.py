@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -42,6 +43,7 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._logs: dict[tuple[str, str], _Log] = {}
         self._paused_until: dict[str, float] = {}
+        self._grants = threading.local()  # key -> clock time of this thread's newest grant
 
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
         check_request(cost, limits)
@@ -61,7 +63,30 @@ class LocalRateLimiter:
             for log, charge in logs:
                 log.entries.append((now, charge))
                 log.total += charge
+            self._granted()[key] = now
             return 0.0
+
+    def _granted(self) -> dict[str, float]:
+        grants: dict[str, float] | None = getattr(self._grants, "by_key", None)
+        if grants is None:
+            grants = self._grants.by_key = {}
+        return grants
+
+    def settle(self, key: str, limits: Sequence[Limit]) -> None:
+        granted = self._granted().pop(key, None)
+        if granted is None:
+            return
+        with self._lock:
+            now = self._clock()
+            for limit in limits:
+                log = self._logs.get((key, limit.slot))
+                if log is None:
+                    continue
+                with contextlib.suppress(ValueError):  # gone: it left the window already
+                    log.entries.remove((granted, 1))
+                    log.total -= 1
+                log.entries.append((now, 1))
+                log.total += 1
 
     def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
         check_limits(limits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ class RedisRateLimiter:
         self.client = client
         self.prefix = prefix
         self._script: Any = client.register_script(_SCRIPT)
+        # key -> Redis time (µs) of this thread's newest grant under it, for settle().
+        self._grants = threading.local()
 
     def _keys_for(self, key: str, limit: Limit) -> tuple[str, str]:
         # The hash tag keeps every counter of one key in one cluster slot, as Lua requires.
@@ -55,8 +58,22 @@ class RedisRateLimiter:
 
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
         check_request(cost, limits)
-        wait_us = int(self._run("acquire", key, cost, limits))
-        return wait_us / 1_000_000
+        answer = int(self._run("acquire", key, cost, limits))
+        if answer <= 0:
+            self._granted().__setitem__(key, -answer)
+            return 0.0
+        return answer / 1_000_000
+
+    def _granted(self) -> dict[str, int]:
+        grants: dict[str, int] | None = getattr(self._grants, "by_key", None)
+        if grants is None:
+            grants = self._grants.by_key = {}
+        return grants
+
+    def settle(self, key: str, limits: Sequence[Limit]) -> None:
+        granted = self._granted().pop(key, None)
+        if granted is not None and limits:
+            self._run("settle", key, 1, limits, charge=granted)
 
     def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
         check_limits(limits)

@@ -7,13 +7,16 @@
 -- The last KEY is the key's pause (a string with a TTL): while it lives nothing is granted.
 -- ARGV[1] is the mode, then per limit: capacity (less any reserve), window_us,
 -- granularity_us, cost (a per-request limit gets 1).
--- Mode "acquire" returns 0 when granted, else the microseconds until every limit could grant
--- and the pause is over (nothing booked).
+-- Mode "acquire" returns minus the grant's time (microseconds, Redis clock) when granted, else
+-- the microseconds until every limit could grant and the pause is over (nothing booked).
 -- Mode "usage" writes nothing and returns, per limit, the live cost and the microseconds
 -- until its cost would fit (0 when it fits now), then the pause left:
 -- {used_1, wait_1, used_2, wait_2, ..., pause_us}.
 -- Mode "align" takes, per limit, the cost the remote itself counts ("cost" = its count) and
 -- books the difference when the remote counts more than we do (never less): returns 0.
+-- Mode "settle" takes, per limit, a grant's time as "cost", and moves one unit of that grant
+-- from the bucket it was booked in to the bucket of now: the request was answered, so the
+-- remote saw it at the latest now, and it counts a full window from then.
 -- Mode "pause" (ARGV[2] = milliseconds, no limits) extends the pause to at least that long.
 -- The clock is Redis' own (TIME), so the clocks of worker hosts do not matter.
 
@@ -33,6 +36,30 @@ local pause_us = math.max(0, redis.call('PTTL', pause_key)) * 1000
 
 local function arg(i, k)
   return tonumber(ARGV[1 + 4 * (i - 1) + k])
+end
+
+if mode == 'settle' then
+  for i = 1, nlimits do
+    local zkey, hkey = KEYS[2 * i - 1], KEYS[2 * i]
+    local window, granularity, granted = arg(i, 2), arg(i, 3), arg(i, 4)
+    local old = string.format('%.0f', (math.floor(granted / granularity) + 1) * granularity)
+    local bucket_end = (math.floor(now / granularity) + 1) * granularity
+    local member = string.format('%.0f', bucket_end)
+    if old ~= member then
+      if tonumber(redis.call('HGET', hkey, old) or '0') > 0 then
+        redis.call('HINCRBY', hkey, old, -1)
+      else
+        -- its bucket is gone already: the unit comes back into the live total
+        redis.call('HINCRBY', hkey, 'total', 1)
+      end
+      redis.call('ZADD', zkey, bucket_end, member)
+      redis.call('HINCRBY', hkey, member, 1)
+      local ttl_ms = math.ceil((window + granularity) / 1000) + 1000
+      redis.call('PEXPIRE', zkey, ttl_ms)
+      redis.call('PEXPIRE', hkey, ttl_ms)
+    end
+  end
+  return 0
 end
 
 local wait = 0
@@ -122,5 +149,8 @@ for i = 1, nlimits do
     redis.call('PEXPIRE', zkey, ttl_ms)
     redis.call('PEXPIRE', hkey, ttl_ms)
   end
+end
+if mode == 'acquire' then
+  return -now
 end
 return 0

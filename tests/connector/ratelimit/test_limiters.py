@@ -350,3 +350,18 @@ def test_redis_pause_is_shared_by_every_client(redis_url: str, redis_prefix: str
     one.pause("pd:e", 5)
     assert other.try_acquire("pd:e", 1, [Limit(10, 60)]) > 4
     assert other.paused_for("pd:e") > 4
+
+
+def test_a_settled_grant_counts_a_full_window_from_its_answer(limiter: RateLimiter):
+    burst = Limit(2, 0.3, "burst", per_request=True)
+    assert limiter.try_acquire("pd:f", 1, [burst]) == 0  # settled below
+    assert limiter.try_acquire("pd:g", 1, [burst]) == 0  # never settled
+    time.sleep(0.2)
+    limiter.settle("pd:f", [burst])  # answered 0.2 s after its grant
+    limiter.settle("pd:f", [burst])  # nothing granted since: no effect
+    time.sleep(0.15)
+    assert limiter.usage("pd:g", [burst])[0].used == 0  # counted from its grant: gone
+    assert limiter.usage("pd:f", [burst])[0].used == 1  # counted from its answer: still in
+    time.sleep(0.2)
+    assert limiter.usage("pd:f", [burst])[0].used == 0
+    assert [limiter.try_acquire("pd:f", 1, [burst]) for _ in range(2)] == [0.0, 0.0]
