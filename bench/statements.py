@@ -6,13 +6,20 @@ records of an initial sync (creates), of a sync after every IFS record changed (
 of tasks that find nothing to write (unchanged). Plans are counted apart: they read the id map
 once per page, not per record.
 
-    python -m bench.statements [--customers 50] [--orders 200]
+`--profile` also profiles the initial sync's record upserts (cProfile, in this process: the
+simulators' request handling is in it too, on its own threads, and not in the profile) and
+prints where a record's time goes.
+
+    python -m bench.statements [--customers 50] [--orders 200] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -117,7 +124,11 @@ def _in_transaction(dbapi: Any) -> bool:
 
 
 def sync_counted(
-    sync: TenantSync, counter: StatementCounter, *, every_key: bool = False
+    sync: TenantSync,
+    counter: StatementCounter,
+    *,
+    every_key: bool = False,
+    profile: cProfile.Profile | None = None,
 ) -> tuple[Tally, Tally]:
     """Plan and upsert every entity in this thread, as the workers would; (plans, records).
 
@@ -128,6 +139,8 @@ def sync_counted(
         with counter.counting(plans):
             plan = sync.plan(entity, full=every_key)
         for item in plan.items:
+            if profile is not None:
+                profile.enable()
             with counter.counting(records):
                 result = sync.sync_record(
                     entity,
@@ -136,6 +149,8 @@ def sync_counted(
                     hint=item.hint,
                     run_id=plan.run_id,
                 )
+            if profile is not None:
+                profile.disable()
             records.records += 1
             records.outcomes[result.outcome.value] += 1
     return plans, records
@@ -152,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
         sync = TenantSync(stack.runtime, stack.tenant)
         sync.layout()  # provisioning is once per tenant, not per record
         counter = StatementCounter(stack.runtime.database.engine)
+        profile = cProfile.Profile() if args.profile else None
         try:
-            plans, phases["create"] = sync_counted(sync, counter)
+            plans, phases["create"] = sync_counted(sync, counter, profile=profile)
             for key in stack.ifs.keys(stack.ifs.customer_type):
                 stack.ifs.edit_customer(key, Name=f"Renamed {key}")
             _, phases["update"] = sync_counted(sync, counter)
@@ -189,6 +205,11 @@ def run(args: argparse.Namespace) -> int:
         f"  plans: {plans.statements} statements, {plans.commits} commits for "
         f"{records} records planned"
     )
+    if profile is not None:
+        text = io.StringIO()
+        stats = pstats.Stats(profile, stream=text)
+        stats.sort_stats("cumulative").print_stats(45)
+        print(text.getvalue())
     if args.json:
         print(json.dumps({name: tally.as_dict() for name, tally in phases.items()}))
     for problem in problems:
@@ -201,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=50)
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument("--profile", action="store_true", help="profile the record upserts")
     return run(parser.parse_args(argv))
 
 
