@@ -30,7 +30,7 @@ from bench.harness import (
 from bench.noop import NOOP
 from sandbox.polling import wait_until
 
-PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (the limiter counts 2.5 s, see client.py)
+PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (see BURST_WINDOW_S in client.py)
 
 
 def run_sync(bench: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float, float]:
