@@ -45,6 +45,8 @@ from connector.sync.mapping import PipedriveLayout, changed_fields
 from connector.sync.specs import SPECS, EntitySpec
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from connector.ifs.records import IfsRecord
     from connector.runtime import Runtime
     from connector.storage.models import IdMapEntry
@@ -77,6 +79,22 @@ class RecordResult:
 
     outcome: Outcome
     attempt: Attempt
+    pipedrive_id: int | None = None  # the record's Pipedrive id once the attempt is done
+
+
+@dataclass
+class _Bookkeeping:
+    """What one attempt learnt and will write with its audit row, in one transaction."""
+
+    entries: dict[tuple[str, str], IdMapEntry] = field(default_factory=dict)
+    saves: list[dict[str, Any]] = field(default_factory=list)
+    pipedrive_id: int | None = None
+
+    def save(self, entity: str, key: str, **changes: Any) -> None:
+        """An id-map change to commit with the attempt's audit row."""
+        self.saves.append({"entity": entity, "ifs_key": key, **changes})
+        if changes.get("pipedrive_id") is not None:
+            self.pipedrive_id = int(changes["pipedrive_id"])
 
 
 @dataclass(frozen=True)
@@ -325,9 +343,15 @@ class TenantSync:
             attempt=attempt,
         )
         before = (self.ifs.http.requests_sent, self.pipedrive.requests_sent)
+        books = _Bookkeeping()
         try:
             with self.runtime.coordination.lock(record_lock(self.tenant.id, spec.entity, key)):
-                outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run)
+                outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run, books)
+                if not dry_run:
+                    # Under the lock: the id map and the audit row commit together, before
+                    # another attempt of the record may read the id map.
+                    self._write(audit, before, books)
+                return RecordResult(outcome, audit, books.pipedrive_id)
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)
             outcome = Outcome.FAILED
@@ -349,14 +373,24 @@ class TenantSync:
             self._write(audit, before)
         return RecordResult(outcome, audit)
 
-    def _write(self, audit: Attempt, before: tuple[int, int]) -> int:
+    def _write(
+        self, audit: Attempt, before: tuple[int, int], books: _Bookkeeping | None = None
+    ) -> int:
+        """The attempt's audit row, and the id-map changes it made, in one transaction."""
         summary = dict(audit.response_summary or {})
         summary["requests"] = {
             "ifs": self.ifs.http.requests_sent - before[0],
             "pipedrive": self.pipedrive.requests_sent - before[1],
         }
         audit.response_summary = summary
-        return self.audit.write(audit)
+        saves = books.saves if books is not None else []
+
+        def write(session: Session) -> int:
+            for save in saves:
+                self.idmap.save(self.tenant.id, session=session, **save)
+            return self.audit.write(audit, session=session)
+
+        return self.runtime.database.transaction(write)
 
     def _upsert(
         self,
@@ -367,6 +401,7 @@ class TenantSync:
         full: bool,
         audit: Attempt,
         dry_run: bool,
+        books: _Bookkeeping,
     ) -> Outcome:
         tenant = self.tenant.id
         layout = self.layout()
@@ -382,7 +417,14 @@ class TenantSync:
             etag, data = record.etag, dict(record.data)
         else:
             etag, data = snapshot["etag"], snapshot["data"]
-        entry = self.idmap.get(tenant, spec.entity, key)
+        # One read of the id map for the record and its parent, under the record's lock.
+        wanted = [(spec.entity, key)]
+        if spec.parent is not None:
+            parent_key = str(data.get(spec.parent.key_property(self.tenant)) or "")
+            if parent_key:
+                wanted.append((spec.parent.entity, parent_key))
+        books.entries = self.idmap.get_many(tenant, wanted)
+        entry = books.entries.get((spec.entity, key))
         audit.request_summary = {"etag": etag}
         if entry is not None and entry.ifs_missing_at is not None and not dry_run:
             self.idmap.mark_ifs_missing(tenant, spec.entity, key, False)  # IFS has it again
@@ -391,7 +433,7 @@ class TenantSync:
             audit.skip("tombstoned", f"not written: {entry.tombstone_reason}")
             return Outcome.UNCHANGED
         try:
-            parent_id = self._parent_id(spec, key, data, dry_run, audit.correlation_id)
+            parent_id = self._parent_id(spec, key, data, dry_run, audit.correlation_id, books)
         except _ParentTombstoned as tombstoned:
             audit.skip("tombstoned", str(tombstoned))
             return Outcome.UNCHANGED
@@ -403,7 +445,7 @@ class TenantSync:
         if pipedrive_id is not None:
             try:
                 return self._update(
-                    spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run
+                    spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run, books
                 )
             except RemoteError as error:
                 linked = entry is not None and entry.pipedrive_id == pipedrive_id
@@ -423,17 +465,18 @@ class TenantSync:
                     pipedrive_id = followed.survivor_id
                 if pipedrive_id is not None:
                     return self._update(
-                        spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run
+                        spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run, books
                     )
 
         audit.operation = "create"
         if dry_run:
             audit.request_summary["payload"] = payload
             return Outcome.CREATED
-        # The intent row makes a crash after the POST visible to the next attempt.
+        # The intent row makes a crash after the POST visible to the next attempt: it is the
+        # one write that cannot wait for the attempt's transaction.
         self.idmap.save(tenant, spec.entity, key, etag="")
         created = int(self.pipedrive.create(spec.resource, payload)["id"])
-        self.idmap.save(tenant, spec.entity, key, pipedrive_id=created, etag=etag, payload=payload)
+        books.save(spec.entity, key, pipedrive_id=created, etag=etag, payload=payload)
         audit.response_summary = {"pipedrive_id": created}
         return Outcome.CREATED
 
@@ -448,10 +491,10 @@ class TenantSync:
         full: bool,
         audit: Attempt,
         dry_run: bool,
+        books: _Bookkeeping,
     ) -> Outcome:
         """Bring an existing Pipedrive record to `payload`, writing only what differs and
         leaving sales-owned fields alone unless IFS changed them (RemoteError 404: gone)."""
-        tenant = self.tenant.id
         linked = entry is not None and entry.pipedrive_id == pipedrive_id
         written = entry.last_payload if entry is not None and linked else None
         if (
@@ -461,8 +504,9 @@ class TenantSync:
             and entry.content_hash == content_hash(payload)
         ):
             audit.skip("unchanged", "mapped content unchanged since the last push")
+            books.pipedrive_id = pipedrive_id
             if not dry_run:
-                self.idmap.save(tenant, spec.entity, key, etag=etag)
+                books.save(spec.entity, key, etag=etag)
             return Outcome.UNCHANGED
         # A relinked record (content hash cleared) holds what someone else left there.
         archived = False
@@ -479,18 +523,15 @@ class TenantSync:
             summary["archived"] = True  # present all the same; `audit history` says so
         if not changes:
             audit.skip("unchanged", "Pipedrive already holds the mapped content")
+            books.pipedrive_id = pipedrive_id
             if not dry_run:
-                self.idmap.save(
-                    tenant, spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload
-                )
+                books.save(spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload)
             return Outcome.UNCHANGED
         if dry_run:
             summary["payload"] = changes
             return Outcome.UPDATED
         self.pipedrive.update(spec.resource, pipedrive_id, changes)
-        self.idmap.save(
-            tenant, spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload
-        )
+        books.save(spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload)
         audit.response_summary = {"pipedrive_id": pipedrive_id}
         return Outcome.UPDATED
 
@@ -633,6 +674,7 @@ class TenantSync:
         data: dict[str, Any],
         dry_run: bool,
         run_id: str | None,
+        books: _Bookkeeping,
     ) -> int | None:
         """The Pipedrive id of the record's parent (an order's organization), syncing the
         parent first when it is new; None for an entity without a parent."""
@@ -645,7 +687,7 @@ class TenantSync:
             raise RecordError(
                 f"IFS {spec.entity} {key}: required property {prop!r} is missing or empty"
             )
-        entry = self.idmap.get(self.tenant.id, parent.entity, parent_key)
+        entry = books.entries.get((parent.entity, parent_key))
         if entry is not None and entry.tombstoned_at is not None:
             raise _ParentTombstoned(
                 f"not written: its {parent.entity} {parent_key} is tombstoned "
@@ -657,12 +699,11 @@ class TenantSync:
             return 0
         # A transient failure of the parent raises TransientError: this record retries too.
         result = self.sync_record(parent.entity, parent_key, run_id=run_id)
-        entry = self.idmap.get(self.tenant.id, parent.entity, parent_key)
-        if result.outcome is Outcome.FAILED or entry is None or entry.pipedrive_id is None:
+        if result.outcome is Outcome.FAILED or result.pipedrive_id is None:
             raise RecordError(
                 f"{parent.entity} {parent_key} could not be synced first (see its audit)"
             )
-        return entry.pipedrive_id
+        return result.pipedrive_id
 
     def _find_existing(
         self,
