@@ -116,12 +116,11 @@ def is_amqp(broker_url: str) -> bool:
 
 def forget_amqp_queues(broker_url: str, *queues: str) -> None:
     """Delete these (this stack's own) queues on a RabbitMQ broker shared with others."""
-    from kombu import Connection
+    from kombu import Connection, Queue
 
     with Connection(broker_url, connect_timeout=5) as connection:
-        channel = connection.default_channel
         for queue in queues:
-            channel.queue_delete(queue)
+            Queue(queue).bind(connection.default_channel).delete()
 
 
 def forget_redis_keys(redis_url: str, tenant: str, *queues: str) -> None:

@@ -122,12 +122,12 @@ class ConnectorTask(Task):
             except Reject as unsent:
                 # Celery drops the message (Reject without requeue) when it cannot publish
                 # the retry: keep it instead.
-                self.requeue(f"cannot queue the retry: {unsent.reason}")
+                self.requeue(f"cannot queue the retry: {unsent}")
         log.warning("%s: no retry left after %d: %s", self.name, retries, error)
         if row_id is not None:
             self._record(lambda audit: audit.mark_failed(row_id))
             return
-        failure = self.failure_row(kwargs if kwargs is not None else self.request.kwargs, error)
+        failure = self.failure_row(dict(kwargs or self.request.kwargs or {}), error)
         if failure is not None:
             self._record(lambda audit: audit.write(failure))
 
