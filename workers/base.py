@@ -117,6 +117,16 @@ class ConnectorTask(Task):
             return
         if retries < self.max_retries:
             countdown = min(TASK_RETRY_POLICY.delay_s(retries, wait), MAX_COUNTDOWN_S)
+            if is_connection_loss(error):
+                # The library logs remote errors; an outage of our own services is said here.
+                log.warning(
+                    "%s: connection lost, retry %d in %.1fs: %s: %s",
+                    self.name,
+                    retries + 1,
+                    countdown,
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                )
             try:
                 raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
             except Reject as unsent:
