@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         return [key.strip() for key in self.encryption_keys.split(",") if key.strip()]
 
 
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def is_amqp(broker_url: str) -> bool:
+    """A RabbitMQ broker URL (the other production broker is Redis)."""
+    return broker_url.startswith(AMQP_SCHEMES)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""

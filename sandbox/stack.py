@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from connector.runtime import Runtime
-from connector.settings import Settings
+from connector.settings import Settings, is_amqp
 from sandbox.simulators import Simulators
 from sandbox.tenant import merge, store_credentials, tenant_config, write_tenants_file
 from sandbox.workers import BIN, WorkerProcesses
@@ -108,10 +108,6 @@ def forget_queues(client: Any, *queues: str) -> None:
     """Delete Celery queues and the binding sets kombu keeps for them."""
     for queue in queues:
         client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-
-
-def is_amqp(broker_url: str) -> bool:
-    return broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
 
 
 def forget_amqp_queues(broker_url: str, *queues: str) -> None:

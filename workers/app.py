@@ -9,7 +9,7 @@ from celery import Celery, signals
 from kombu.exceptions import OperationalError
 
 from connector.errors import BrokerUnavailableError, ConfigError
-from connector.settings import Settings, get_settings
+from connector.settings import Settings, get_settings, is_amqp
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ UNACKED_RESTORE_INTERVAL_S = 5
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """kombu's options for the settings' broker: Redis or RabbitMQ (amqp://)."""
     url = settings.effective_broker_url
-    if url.startswith(("amqp://", "amqps://", "pyamqp://")):
+    if is_amqp(url):
         # The broker confirms each publish, so an enqueue that returned is stored there: a
         # connection dropped under a publish raises (the receiver answers 503, a task
         # retries) instead of losing the message.

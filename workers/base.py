@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -163,7 +164,7 @@ class ConnectorTask(Task):
             attempt=self.attempt,
         )
 
-    def _record(self, write: Any) -> None:
+    def _record(self, write: Callable[[AuditLog], object]) -> None:
         # The outcome must be stored before the message is acknowledged: a database that
         # cannot take it sends the message back to the queue.
         try:

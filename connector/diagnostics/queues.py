@@ -17,9 +17,9 @@ from redis.exceptions import RedisError
 
 from connector.diagnostics.urls import public_url
 from connector.metrics import set_queue_depth
+from connector.settings import is_amqp
 
 MEASURED_SCHEMES = ("redis://", "rediss://", "unix://")
-AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 # Celery's Redis transport keeps priorities 3, 6 and 9 in lists named queue + sep + priority.
 CELERY_PRIORITY_SEP = "\x06\x16"
 CELERY_PRIORITY_STEPS = ("3", "6", "9")
@@ -60,7 +60,7 @@ def queue_status(
     in_memory = broker_url.startswith("memory")
     shown = broker_url if in_memory or "://" not in broker_url else public_url(broker_url)
     result = QueueStatus(shown)
-    if broker_url.startswith(AMQP_SCHEMES):
+    if is_amqp(broker_url):
         try:
             result.depths = amqp_queue_depths(broker_url, queue_names, timeout_s)
         except Exception as error:  # kombu and amqp raise many kinds for "not reachable"
