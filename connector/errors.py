@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlalchemy.exc
+
 
 class ConnectorError(Exception):
     """Base of every error the connector raises on purpose."""
@@ -113,17 +118,14 @@ def is_connection_loss(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
-            return True
-        if isinstance(
+        if isinstance(current, sqlalchemy.exc.DBAPIError):
+            if _database_unreachable(current):
+                return True
+        elif isinstance(
             current,
-            # OperationalError: the server is gone, refuses connections or was restarted
-            # (also a deadlock or serialization failure, which a retry resolves as well);
-            # InterfaceError: psycopg2's "connection already closed"; TimeoutError: no
-            # pooled connection came free in time.
-            sqlalchemy.exc.OperationalError
-            | sqlalchemy.exc.InterfaceError
-            | sqlalchemy.exc.DisconnectionError
+            # DisconnectionError: the pool found a dead connection; TimeoutError: no pooled
+            # connection came free in time.
+            sqlalchemy.exc.DisconnectionError
             | sqlalchemy.exc.TimeoutError
             | redis.exceptions.ConnectionError
             | redis.exceptions.TimeoutError
@@ -134,6 +136,31 @@ def is_connection_loss(error: BaseException) -> bool:
             return True
         current = current.__cause__
     return False
+
+
+# SQLSTATE classes a retry outlives: 08 connection exception, 40 transaction rollback
+# (deadlock, serialization failure), 53 insufficient resources (too many connections),
+# 57 operator intervention (the server shutting down or starting).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
+def _database_unreachable(error: sqlalchemy.exc.DBAPIError) -> bool:
+    import sqlalchemy.exc
+
+    if error.connection_invalidated or isinstance(error, sqlalchemy.exc.InterfaceError):
+        return True  # psycopg2's "connection already closed" is an InterfaceError
+    if not isinstance(error, sqlalchemy.exc.OperationalError):
+        return False  # integrity, data, programming errors: about the statement, not the link
+    driver_error = error.orig
+    code = getattr(driver_error, "pgcode", None)
+    if code:
+        return str(code)[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    if type(driver_error).__module__.startswith("sqlite3"):
+        # SQLite's OperationalError also means "no such table": only a busy file is transient.
+        return "locked" in str(driver_error) or "busy" in str(driver_error)
+    # psycopg2 raises connection failures (refused, server closed the connection) without a
+    # SQLSTATE.
+    return True
 
 
 def retry_after_s(error: BaseException) -> float | None:

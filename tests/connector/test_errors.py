@@ -72,3 +72,28 @@ def test_errors_about_the_record_or_the_code_are_final(error: Exception) -> None
 def test_limiter_and_remote_hints_stay_transient() -> None:
     assert is_transient(TransientError("rate limit", 1.0))
     assert is_transient(RemoteError("ifs", "busy", status=503, retryable=True))
+
+
+def test_a_database_error_about_the_schema_is_final_and_a_busy_sqlite_file_is_not() -> None:
+    import sqlite3
+
+    missing = sqlite3.OperationalError("no such table: audit_log")
+    locked = sqlite3.OperationalError("database is locked")
+    assert not is_transient(sqlalchemy.exc.OperationalError("SELECT", {}, missing))
+    assert is_transient(sqlalchemy.exc.OperationalError("SELECT", {}, locked))
+
+
+class _PgError(Exception):
+    def __init__(self, pgcode: str | None) -> None:
+        super().__init__(f"SQLSTATE {pgcode}")
+        self.pgcode = pgcode
+
+
+@pytest.mark.parametrize(
+    ("pgcode", "transient"),
+    [("57P01", True), ("08006", True), ("40P01", True), ("53300", True), ("42P01", False)],
+    ids=["admin-shutdown", "connection-failure", "deadlock", "too-many-connections", "no-table"],
+)
+def test_postgres_errors_are_judged_by_their_sqlstate(pgcode: str, transient: bool) -> None:
+    error = sqlalchemy.exc.OperationalError("SELECT 1", {}, _PgError(pgcode))
+    assert is_transient(error) is transient
