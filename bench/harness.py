@@ -29,6 +29,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 HIGH = 1_000_000  # a limit that never binds
 
 
@@ -130,9 +131,13 @@ def bench_stack(
     search_burst: int | None = None,
     seed: int = 11,
     ifs_page_size: int | None = None,
+    broker_url: str | None = None,
+    settings_env: dict[str, str] | None = None,
 ) -> Iterator[BenchStack]:
     """One tenant wired to its own simulators; the Pipedrive plan's burst limit is `burst` on
-    both sides (tenant config and simulator), so a too-generous limiter would show as 429s."""
+    both sides (tenant config and simulator), so a too-generous limiter would show as 429s.
+    The broker is Redis unless `broker_url` names another; `settings_env` adds CONNECTOR_*
+    settings for the stack's processes."""
     tenant = f"b{uuid.uuid4().hex[:10]}"
     search = search_burst if search_burst is not None else max(10, burst // 2)
     pipedrive = fast_pipedrive_settings()
@@ -150,6 +155,8 @@ def bench_stack(
             queue=f"mlc-bench-{tenant}",
             ifs=IfsSimSettings(requests_per_minute=HIGH),
             pipedrive=pipedrive,
+            broker_url=broker_url,
+            settings_env=settings_env,
             tenant_overrides={
                 "ifs": ifs_config,
                 "pipedrive": {

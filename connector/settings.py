@@ -37,6 +37,28 @@ class Settings(BaseSettings):
     queue: str = Field(
         default="ml-connector", description="Celery queue the workers consume and tasks go to."
     )
+    broker_visibility_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "Redis broker only: a message a worker took and did not acknowledge within this "
+            "time (its worker died) is delivered again. Longer than any task runs; task "
+            "countdowns stay below half of it (workers/base.py)."
+        ),
+    )
+    sweep_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often beat runs the sweeper of webhook events left unfinished.",
+    )
+    sweep_grace_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "A webhook event still received/enqueued this long after it arrived (or after "
+            "the sweeper last queued it) is queued again."
+        ),
+    )
     encryption_keys: str = Field(
         default="",
         description="Comma-separated Fernet keys, newest first (MultiFernet).",
@@ -112,6 +134,14 @@ class Settings(BaseSettings):
     @property
     def key_list(self) -> list[str]:
         return [key.strip() for key in self.encryption_keys.split(",") if key.strip()]
+
+
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def is_amqp(broker_url: str) -> bool:
+    """A RabbitMQ broker URL (the other production broker is Redis)."""
+    return broker_url.startswith(AMQP_SCHEMES)
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,12 @@ A task body only calls the library; the library raises and never counts. Around 
   would be redelivered while it sleeps); a wait longer than that (a daily budget spent) is
   not slept in a message: the row is marked deferred, saying why, and the next scheduled
   plan queues the record again;
+- a lost connection to the database, Redis or the broker is transient too: the attempt is
+  retried, and once no retry is left it leaves a failed row (one the attempt wrote, else one
+  written here from the task's arguments);
+- a message is never acknowledged as done while its outcome is unrecorded: when the retry
+  cannot be published (the broker is down) or the failed row cannot be written (the
+  database is down), the message is rejected back to the queue (`Reject(requeue=True)`);
 - each run that ends is observed once, with its outcome; a run that retries has none yet.
 
 Jobs are sent with keyword arguments (connector.jobs), which is what these read.
@@ -24,16 +30,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from connector import metrics
-from connector.errors import is_transient, retry_after_s
+from connector.errors import is_connection_loss, is_transient, retry_after_s
 from connector.http import RetryPolicy
 from connector.logs import log_context
-from connector.storage.audit import DEFERRED, FAILED, AuditLog
+from connector.storage.audit import (
+    DEFERRED,
+    FAILED,
+    IFS_TO_PIPEDRIVE,
+    PIPEDRIVE_TO_IFS,
+    Attempt,
+    AuditLog,
+)
 from workers.app import VISIBILITY_TIMEOUT_S
 from workers.runtime import get_runtime
 
@@ -44,6 +58,11 @@ MAX_COUNTDOWN_S = VISIBILITY_TIMEOUT_S / 2
 # Task-level waits are longer than HTTP-level ones: these follow a failure that the HTTP
 # policy already retried, or a limiter that said how long to wait.
 TASK_RETRY_POLICY = RetryPolicy(max_tries=MAX_RETRIES + 1, base_s=2.0, cap_s=60.0)
+# A message rejected back to its queue comes back at once: a short pause keeps a worker that
+# cannot record anything from spinning on it.
+REQUEUE_PAUSE_S = 2.0
+# What a failed row written here keeps for `replay` (what the library's own rows keep).
+REPLAY_ARGUMENTS = ("tenant", "key", "webhook_event_id", "entity", "full")
 
 
 class ConnectorTask(Task):
@@ -57,7 +76,6 @@ class ConnectorTask(Task):
         return (self.request.retries or 0) + 1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        get_runtime().refresh_if_stale()
         with log_context(
             task=self.name,
             tenant=kwargs.get("tenant"),
@@ -66,8 +84,10 @@ class ConnectorTask(Task):
         ):
             started = time.monotonic()
             try:
+                # Inside the try: it may read the database, which may be down.
+                get_runtime().refresh_if_stale()
                 outcome = super().__call__(*args, **kwargs)
-            except Retry:
+            except (Retry, Reject):
                 raise
             except Exception as error:
                 if not (self.transient_retries and is_transient(error)):
@@ -101,15 +121,72 @@ class ConnectorTask(Task):
             )
             log.warning("%s: %s: %s", self.name, reason, error)
             if row_id is not None:
-                AuditLog(get_runtime().database).mark_deferred(row_id, reason)
+                self._record(lambda audit: audit.mark_deferred(row_id, reason))
             return DEFERRED
         if retries < self.max_retries:
             countdown = min(TASK_RETRY_POLICY.delay_s(retries, wait), MAX_COUNTDOWN_S)
-            raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
+            if is_connection_loss(error):
+                # The library logs remote errors; an outage of our own services is said here.
+                log.warning(
+                    "%s: connection lost, retry %d in %.1fs: %s: %s",
+                    self.name,
+                    retries + 1,
+                    countdown,
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                )
+            try:
+                raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
+            except Reject as unsent:
+                # Celery drops the message (Reject without requeue) when it cannot publish
+                # the retry: keep it instead.
+                self.requeue(f"cannot queue the retry: {unsent}")
         log.warning("%s: no retry left after %d: %s", self.name, retries, error)
         if row_id is not None:
-            AuditLog(get_runtime().database).mark_failed(row_id)
+            self._record(lambda audit: audit.mark_failed(row_id))
+            return FAILED
+        failure = self.failure_row(dict(kwargs or self.request.kwargs or {}), error)
+        if failure is not None:
+            self._record(lambda audit: audit.write(failure))
         return FAILED
+
+    def failure_row(self, kwargs: dict[str, Any], error: Exception) -> Attempt | None:
+        """The failed row of a run that ends without one of its own (the error came before the
+        library could write any, e.g. the database was down); None for a task without a
+        tenant (its caller sees the failure)."""
+        tenant = kwargs.get("tenant")
+        if not isinstance(tenant, str):
+            return None
+        key = kwargs.get("key") or kwargs.get("webhook_event_id") or "*"
+        return Attempt(
+            tenant=tenant,
+            direction=IFS_TO_PIPEDRIVE,
+            entity=str(kwargs.get("entity") or "*"),
+            record_key=str(key),
+            operation="task",
+            status=FAILED,
+            error=f"{type(error).__name__}: {error}",
+            replay_task=self.name,
+            replay_args={name: kwargs[name] for name in REPLAY_ARGUMENTS if name in kwargs},
+            correlation_id=kwargs.get("run_id"),
+            attempt=self.attempt,
+        )
+
+    def _record(self, write: Callable[[AuditLog], object]) -> None:
+        # The outcome must be stored before the message is acknowledged: a database that
+        # cannot take it sends the message back to the queue.
+        try:
+            write(AuditLog(get_runtime().database))
+        except Exception as error:
+            if not is_connection_loss(error):
+                raise
+            self.requeue(f"cannot record the outcome: {type(error).__name__}: {error}")
+
+    def requeue(self, reason: str) -> None:
+        """Give the message back to the broker, unacknowledged as done (raises Reject)."""
+        log.warning("%s: message back to the queue: %s", self.name, reason)
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(reason, requeue=True)
 
     def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
         """Record the metrics of one run that ended with `outcome`; none by default."""
@@ -120,12 +197,25 @@ class RecordSyncTask(ConnectorTask):
 
     entity = ""  # set by the task decorator (customer, order)
 
+    def failure_row(self, kwargs: dict[str, Any], error: Exception) -> Attempt | None:
+        row = super().failure_row(kwargs, error)
+        if row is not None:
+            row.entity, row.operation = self.entity, "sync"
+        return row
+
     def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
         metrics.record_sync(str(kwargs.get("tenant")), self.entity, str(outcome))
 
 
 class StagePushTask(ConnectorTask):
     """Applies one deal stage change to IFS; observes mlc_stage_push_seconds once per run."""
+
+    def failure_row(self, kwargs: dict[str, Any], error: Exception) -> Attempt | None:
+        row = super().failure_row(kwargs, error)
+        if row is not None:
+            row.direction, row.entity, row.operation = PIPEDRIVE_TO_IFS, "order", "push_stage"
+            row.record_key = f"webhook_event:{row.record_key}"
+        return row
 
     def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
         metrics.observe_stage_push(str(kwargs.get("tenant")), str(outcome), seconds)

@@ -1,4 +1,5 @@
-"""The beat schedule, derived from the tenants file: sync, reconciliation, webhook check.
+"""The beat schedule, derived from the tenants file: sync, reconciliation, webhook check; and
+the sweeper of unfinished webhook events, every `sweep_interval_s`.
 
 Celery beat reads `beat_schedule` once, at start. `LiveScheduler` (the app's
 `beat_scheduler`) instead follows the tenants file through the process's live runtime
@@ -86,6 +87,14 @@ def build_beat_schedule(
     return schedule
 
 
+def sweeper_entries(interval_s: float) -> dict[str, dict[str, Any]]:
+    """The entries of every deployment, whatever its tenants: the sweeper of webhook events
+    whose message was lost (connector.stage_push.sweep). No ':' in the name: not a tenant's."""
+    return {
+        "sweep-webhook-events": {"task": jobs.SWEEP_WEBHOOK_EVENTS, "schedule": interval_s},
+    }
+
+
 class LiveScheduler(PersistentScheduler):
     """Celery's persistent scheduler, with entries rebuilt whenever the tenants file changes."""
 
@@ -137,6 +146,7 @@ class LiveScheduler(PersistentScheduler):
                     for tenant_id, message in self.problems.items()
                 }
             )
+        entries.update(sweeper_entries(self._runtime.settings.sweep_interval_s))
         return entries
 
     def tick(self, *args: Any, **kwargs: Any) -> float:

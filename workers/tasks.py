@@ -185,6 +185,20 @@ def ensure_webhook(self: ConnectorTask, tenant: str) -> dict[str, Any]:
     return _jsonable(asdict(ensure(get_runtime(), tenant)))
 
 
+@celery_app.task(
+    name=jobs.SWEEP_WEBHOOK_EVENTS, bind=True, base=ConnectorTask, transient_retries=False
+)
+def sweep_webhook_events(self: ConnectorTask) -> dict[str, Any]:
+    """Queue again the webhook events that never finished (their message was lost); the
+    next scheduled sweep is the retry of this one."""
+    from connector.stage_push.sweep import sweep_unfinished_events
+    from connector.storage.webhook_events import WebhookEvents
+
+    runtime = get_runtime()
+    events = WebhookEvents(runtime.database)
+    return asdict(sweep_unfinished_events(events, enqueue, grace_s=runtime.settings.sweep_grace_s))
+
+
 # Who a replay sent as a task (from Flower's API or a script) is recorded as, unless it says.
 TASK_REQUESTER = "task"
 

@@ -151,7 +151,10 @@ def test_without_a_redis_broker_the_queue_is_not_measured(migrated) -> None:
     assert result.exit_code == 0, result.output
     queue = json.loads(result.output)["queue"]
     assert queue["depths"] is None and queue["error"] is None
-    assert queue["broker"] == "memory://localhost/" and "Redis brokers only" in queue["note"]
+    assert (
+        queue["broker"] == "memory://localhost/"
+        and "measured for Redis and RabbitMQ brokers only" in queue["note"]
+    )
 
 
 def test_a_tenants_file_only_a_worker_sees_broken_is_named_with_who_saw_it(

@@ -289,3 +289,71 @@ def test_an_ignored_stage_push_is_observed_once_as_ignored(
     with runtime.database.session() as session:
         statuses = session.scalars(select(AuditRecord.status).where(AuditRecord.tenant == tenant))
         assert list(statuses) == ["skipped"]
+
+
+def _database_down() -> Exception:
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.OperationalError(
+        "SELECT 1", {}, Exception("connection to server at 127.0.0.1 failed: Connection refused")
+    )
+
+
+def test_a_lost_database_connection_is_retried_not_final(countdowns: list[float]) -> None:
+    @app.task(bind=True, base=ConnectorTask, name=_name("db-blip"))
+    def blip(self: ConnectorTask, tenant: str) -> str:
+        if self.attempt < 3:
+            raise _database_down()
+        return "done"
+
+    assert blip.apply(kwargs={"tenant": "acme"}).get() == "done"
+    assert len(countdowns) == 2
+
+
+def test_no_retry_left_after_a_lost_connection_leaves_a_failed_row_for_replay(
+    runtime: Runtime, countdowns: list[float]
+) -> None:
+    import redis.exceptions
+
+    tenant, audit = unique_tenant("base"), AuditLog(runtime.database)
+
+    @app.task(bind=True, base=RecordSyncTask, entity="order", name=_name("redis-gone"))
+    def sync(self: RecordSyncTask, tenant: str, key: str, **options: Any) -> str:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+
+    kwargs = {"tenant": tenant, "key": "C1000000007", "snapshot": {"etag": "x"}, "run_id": "r1"}
+    assert sync.apply(kwargs=kwargs).get() == "failed"
+    assert len(countdowns) == MAX_RETRIES
+    (row,) = audit.list(tenant=tenant)
+    assert (row.status, row.entity, row.record_key, row.correlation_id) == (
+        FAILED,
+        "order",
+        "C1000000007",
+        "r1",
+    )
+    assert "ConnectionError" in (row.error or "")
+    assert row.replay_task == sync.name
+    assert row.replay_args == {"tenant": tenant, "key": "C1000000007"}
+
+
+def test_an_outcome_the_database_cannot_take_sends_the_message_back_to_the_queue(
+    monkeypatch: pytest.MonkeyPatch, countdowns: list[float]
+) -> None:
+    import workers.base
+
+    # A database that refuses connections (nothing listens on port 9 of this machine).
+    down = make_runtime("postgresql+psycopg2://postgres@127.0.0.1:9/none", {})
+    set_runtime(down)
+    monkeypatch.setattr(workers.base, "REQUEUE_PAUSE_S", 0.0)
+    try:
+
+        @app.task(bind=True, base=RecordSyncTask, entity="order", name=_name("db-gone"))
+        def sync(self: RecordSyncTask, tenant: str, key: str) -> str:
+            raise _database_down()
+
+        result = sync.apply(kwargs={"tenant": "acme", "key": "C1"})
+        assert result.state == "REJECTED", result.state
+        assert len(countdowns) == MAX_RETRIES
+    finally:
+        set_runtime(None)
+        down.close()

@@ -55,6 +55,8 @@ def _check_exactly_one(stack: Stack, customers: int, orders: int) -> None:
     assert len(deals) == orders and set(deal_nos.values()) <= {1}
 
 
+# The one sync flow CI also runs on RabbitMQ (MLC_TEST_BROKER=rabbitmq runs them all there).
+@pytest.mark.parametrize("broker_url", ["redis", "rabbitmq"], indirect=True)
 def test_small_sync_maps_every_field_and_resync_writes_nothing(stack_factory) -> None:
     stack = stack_factory()
     stack.ifs.seed(customers=12, orders=40, seed=7)
