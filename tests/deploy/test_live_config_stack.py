@@ -28,7 +28,9 @@ from tests.connector.webhooks.support import encode, events_of, v2_deal_event
 from tests.deploy.test_procfile_stack import WORKERS, _honcho, _released_stage_id, _workers_answer
 from tests.fixtures.processes import wait_for_http
 
-pytestmark = pytest.mark.integration
+# Both run the Procfile, whose workers have fixed names (worker1@host, worker2@host) on the
+# shared broker: under pytest-xdist they run one after the other, in one test process.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procfile")]
 
 EVERY_MINUTE = "* * * * *"
 # Beat runs a `* * * * *` entry at the next minute; each process checks every 5 s.

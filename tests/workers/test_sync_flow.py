@@ -90,6 +90,8 @@ def test_small_sync_maps_every_field_and_resync_writes_nothing(stack_factory) ->
     assert _writes(stack) == writes_before
 
 
+# The largest flow: on a loaded 2-core machine it has taken over 250 s (no time is asserted).
+@pytest.mark.timeout(900)
 def test_500_customers_2000_orders_sync_once_and_only_changed_deals_are_patched(
     stack_factory,
 ) -> None:
