@@ -16,7 +16,7 @@ from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.models import AuditRecord, WebhookEvent, utcnow
-from connector.storage.runs import RunProgress, recent_runs, run_progress
+from connector.storage.runs import RunProgress, recent_runs, runs_progress
 from connector.storage.webhook_events import WebhookEvents
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
 
@@ -99,11 +99,8 @@ class RunRow:
 
 
 def run_rows(runtime: Runtime, tenant: str | None, limit: int = 10) -> list[RunRow]:
-    found = (
-        run_progress(runtime.database, run_id)
-        for run_id in recent_runs(runtime.database, tenant, limit)
-    )
-    return [RunRow(progress) for progress in found if progress is not None]
+    found = runs_progress(runtime.database, recent_runs(runtime.database, tenant, limit))
+    return [RunRow(progress) for progress in found]
 
 
 def group_id(tenant: str, error: str | None) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, aliased
 
+from connector.storage import run_records
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord, utcnow
 
@@ -118,7 +119,7 @@ class AuditLog:
             # of an earlier retrying row (its retry is this attempt, or was given up), so no
             # row stays "retrying" once the record has moved on.
             closed = _SUPERSEDED_BY_SUCCESS if _fixes_record(attempt) else (RETRYING,)
-            session.execute(
+            superseded = session.scalars(
                 update(AuditRecord)
                 .where(
                     *_same_record(attempt),
@@ -126,7 +127,10 @@ class AuditLog:
                     AuditRecord.status.in_(closed),
                 )
                 .values(status=SUPERSEDED)
-            )
+                .returning(AuditRecord.id)
+            ).all()
+            run_records.restate(session, superseded, SUPERSEDED)
+            run_records.enter(session, row)
             attempt.audit_id = row.id
             return row.id
 
@@ -157,6 +161,10 @@ class AuditLog:
         newest.correlation_id = attempt.correlation_id or newest.correlation_id
         newest.replay_task = attempt.replay_task or newest.replay_task
         newest.replay_args = attempt.replay_args or newest.replay_args
+        session.flush()
+        # It stays the record's failure in the runs where it failed before, and is this one's.
+        run_records.restate(session, [newest.id], newest.status)
+        run_records.enter(session, newest, started_at=attempt.started_at)
         return newest.id
 
     def get(self, audit_id: int) -> AuditRecord | None:
@@ -252,6 +260,7 @@ class AuditLog:
             if row is None or row.status != RETRYING:
                 return False
             row.status = FAILED
+            run_records.restate(session, [row.id], FAILED)
             return True
 
     def mark_deferred(self, audit_id: int, reason: str) -> bool:
@@ -262,6 +271,7 @@ class AuditLog:
             if row is None or row.status != RETRYING:
                 return False
             row.status, row.error = DEFERRED, f"{reason} (was: {row.error})"
+            run_records.restate(session, [row.id], DEFERRED)
             return True
 
     def mark_replayed(self, audit_id: int, requested_by: str | None = None) -> bool:
@@ -274,6 +284,7 @@ class AuditLog:
             row.status = REPLAYED
             row.replayed_by = requested_by[:128] if requested_by else None
             row.replayed_at = utcnow()
+            run_records.restate(session, [row.id], REPLAYED)
             return True
 
 

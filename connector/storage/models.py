@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -93,6 +94,14 @@ class AuditRecord(Base):
         Index("ix_audit_correlation", "correlation_id", "entity", "record_key", "id"),
         Index("ix_audit_status", "status", "id"),
         Index("ix_audit_operation", "operation", "id"),  # plan rows: the newest runs
+        # The failures waiting (latest_failed): a few rows, wherever they are in the log.
+        Index(
+            "ix_audit_failed",
+            "tenant",
+            "id",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -121,6 +130,46 @@ class AuditRecord(Base):
     # `cli:<user>` from the command line; set with the status change to replayed.
     replayed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     replayed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class RunRecord(Base):
+    """Where one record stands in one sync run: the audit row that is its attempt there.
+
+    Kept by the audit writer with each row it writes or changes, so a run's progress is a
+    count over its own records (the Runs page), never a search for each record's newest row
+    in the log. A folded failure stands in the run it folded into and stays in the earlier
+    run(s) where it failed, with its current status. Plans are the rows with key "*".
+    """
+
+    __tablename__ = "run_records"
+    __table_args__ = (
+        Index("ix_run_records_audit", "audit_id"),
+        # The newest runs, and each entity's newest successful plan: plan entries only.
+        Index(
+            "ix_run_records_plans",
+            "tenant",
+            "entity",
+            "audit_id",
+            postgresql_where=text("record_key = '*'"),
+            sqlite_where=text("record_key = '*'"),
+        ),
+        Index(
+            "ix_run_records_newest_plans",
+            "audit_id",
+            postgresql_where=text("record_key = '*'"),
+            sqlite_where=text("record_key = '*'"),
+        ),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    record_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    audit_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    queued: Mapped[int | None] = mapped_column(Integer, nullable=True)  # a plan's records
+    started_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class WebhookEvent(Base):

@@ -1,8 +1,10 @@
-"""Progress and summary of one sync run, read back from its audit rows (by correlation id)."""
+"""Progress and summary of sync runs: a run's summary read back from its audit rows (by
+correlation id), the progress of many runs from their entries in run_records."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +22,8 @@ from connector.storage.audit import (
     SUPERSEDED,
 )
 from connector.storage.database import Database
-from connector.storage.models import AuditRecord
+from connector.storage.models import AuditRecord, RunRecord
+from connector.storage.run_records import PLAN_KEY
 
 
 @dataclass
@@ -197,76 +200,117 @@ class RunProgress:
 
 
 def recent_runs(database: Database, tenant: str | None = None, limit: int = 20) -> list[str]:
-    """Correlation ids of the newest runs (by their plan rows), newest first."""
+    """Correlation ids of the newest runs (by their plan entries), newest first."""
     query = (
-        select(AuditRecord.correlation_id, func.max(AuditRecord.id).label("newest"))
-        .where(
-            AuditRecord.operation == "plan",
-            AuditRecord.record_key == "*",
-            AuditRecord.correlation_id.is_not(None),
-        )
-        .group_by(AuditRecord.correlation_id)
-        .order_by(func.max(AuditRecord.id).desc())
-        .limit(limit)
+        select(RunRecord.run_id)
+        .where(RunRecord.record_key == PLAN_KEY)
+        .order_by(RunRecord.audit_id.desc())
     )
     if tenant:
-        query = query.where(AuditRecord.tenant == tenant)
+        query = query.where(RunRecord.tenant == tenant)
+    found: list[str] = []
+    offset = 0
+    page = max(limit * 2, 10)  # a run has a plan entry per entity: about two per run
     with database.session() as session:
-        return [str(run_id) for run_id, _ in session.execute(query)]
+        while len(found) < limit:
+            run_ids = list(session.scalars(query.offset(offset).limit(page)))
+            found.extend(run_id for run_id in dict.fromkeys(run_ids) if run_id not in found)
+            if len(run_ids) < page:
+                break
+            offset += page
+    return found[:limit]
 
 
 def run_progress(database: Database, run_id: str) -> RunProgress | None:
-    """Counts of one run by the newest attempt of each record, aggregated in SQL (a run's
-    rows come from ix_audit_correlation); None for an unknown run."""
-    in_run = AuditRecord.correlation_id == run_id
-    with database.session() as session:
-        plans = list(
-            session.scalars(
-                select(AuditRecord).where(
-                    in_run, AuditRecord.record_key == "*", AuditRecord.operation == "plan"
-                )
-            )
+    """Where one run stands (see `runs_progress`); None for an unknown run."""
+    found = runs_progress(database, [run_id])
+    return found[0] if found else None
+
+
+def runs_progress(database: Database, run_ids: Sequence[str]) -> list[RunProgress]:
+    """Counts of each run by the current attempt of each of its records, in the order of
+    `run_ids` (unknown runs left out): one aggregate over the runs' entries in run_records,
+    which the audit writer keeps, so the cost follows the runs' records, not the log."""
+    if not run_ids:
+        return []
+    is_plan = RunRecord.record_key == PLAN_KEY
+    query = (
+        select(
+            RunRecord.run_id,
+            is_plan,
+            RunRecord.status,
+            func.count(),
+            func.sum(RunRecord.queued),
+            func.min(RunRecord.tenant),
+            func.min(RunRecord.started_at),
+            func.max(RunRecord.finished_at),
         )
-        if not plans:
-            return None
-        started, finished = session.execute(
-            select(func.min(AuditRecord.started_at), func.max(AuditRecord.finished_at)).where(
-                in_run
-            )
-        ).one()
-        newest = (
-            select(func.max(AuditRecord.id))
-            .where(in_run, AuditRecord.record_key != "*")
-            .group_by(AuditRecord.entity, AuditRecord.record_key)
-        )
-        by_status = dict(
-            session.execute(
-                select(AuditRecord.status, func.count())
-                .where(AuditRecord.id.in_(newest))
-                .group_by(AuditRecord.status)
-            ).all()
-        )
-    # The same buckets as run_summary: a superseded plan was retried with success; replayed,
-    # superseded and deferred records are final for this run (done), as run_summary counts.
-    final_plans = [
-        plan for plan in plans if plan.status in FINAL_STATUSES and plan.status != SUPERSEDED
-    ]
-    planned = sum(int((plan.response_summary or {}).get("queued", 0)) for plan in final_plans)
-    plans_failed = sum(plan.status in (FAILED, DEFERRED) for plan in final_plans)
-    return RunProgress(
-        run_id=run_id,
-        tenant=plans[0].tenant,
-        started_at=started,
-        finished_at=finished,
-        entities_planned=len(final_plans),
-        planned=planned,
-        done=sum(
-            int(by_status.get(status, 0))
-            for status in (SUCCEEDED, SKIPPED, REPLAYED, SUPERSEDED, DEFERRED)
-        ),
-        retrying=int(by_status.get(RETRYING, 0)),
-        failed=int(by_status.get(FAILED, 0)) + plans_failed,
+        .where(RunRecord.run_id.in_(list(run_ids)))
+        .group_by(RunRecord.run_id, is_plan, RunRecord.status)
     )
+    with database.session() as session:
+        rows = session.execute(query).all()
+    counted: dict[str, _Counts] = {}
+    for run_id, plan, status, count, queued, tenant, started, finished in rows:
+        counts = counted.setdefault(run_id, _Counts(tenant))
+        counts.add(bool(plan), status, int(count), int(queued or 0), started, finished)
+    return [counted[run_id].progress(run_id) for run_id in run_ids if counted.get(run_id)]
+
+
+@dataclass
+class _Counts:
+    tenant: str
+    plans: int = 0
+    entities_planned: int = 0
+    planned: int = 0
+    plans_failed: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def add(
+        self,
+        plan: bool,
+        status: str,
+        count: int,
+        queued: int,
+        started: datetime | None,
+        finished: datetime | None,
+    ) -> None:
+        if started is not None and (self.started_at is None or started < self.started_at):
+            self.started_at = started
+        if finished is not None and (self.finished_at is None or finished > self.finished_at):
+            self.finished_at = finished
+        if not plan:
+            self.by_status[status] += count
+            return
+        self.plans += count
+        # As run_summary counts: a superseded plan was retried with success (by the entry
+        # that replaced it); a plan still retrying has queued nothing for good yet.
+        if status in FINAL_STATUSES and status != SUPERSEDED:
+            self.entities_planned += count
+            self.planned += queued
+            if status in (FAILED, DEFERRED):
+                self.plans_failed += count
+
+    def __bool__(self) -> bool:
+        return self.plans > 0  # a run is known by its plan entries
+
+    def progress(self, run_id: str) -> RunProgress:
+        # Replayed, superseded and deferred records are final for this run (done), as
+        # run_summary counts them.
+        done_statuses = (SUCCEEDED, SKIPPED, REPLAYED, SUPERSEDED, DEFERRED)
+        return RunProgress(
+            run_id=run_id,
+            tenant=self.tenant,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            entities_planned=self.entities_planned,
+            planned=self.planned,
+            done=sum(self.by_status[status] for status in done_statuses),
+            retrying=self.by_status[RETRYING],
+            failed=self.by_status[FAILED] + self.plans_failed,
+        )
 
 
 def last_completed_plans(
@@ -278,16 +322,12 @@ def last_completed_plans(
     and queued its work (records that then fail are counted as failures waiting, apart).
     """
     query = (
-        select(AuditRecord.tenant, AuditRecord.entity, func.max(AuditRecord.finished_at))
-        .where(
-            AuditRecord.record_key == "*",
-            AuditRecord.operation == "plan",
-            AuditRecord.status.in_((SUCCEEDED, SKIPPED)),
-        )
-        .group_by(AuditRecord.tenant, AuditRecord.entity)
+        select(RunRecord.tenant, RunRecord.entity, func.max(RunRecord.finished_at))
+        .where(RunRecord.record_key == PLAN_KEY, RunRecord.status.in_((SUCCEEDED, SKIPPED)))
+        .group_by(RunRecord.tenant, RunRecord.entity)
     )
     if tenant is not None:
-        query = query.where(AuditRecord.tenant == tenant)
+        query = query.where(RunRecord.tenant == tenant)
     with database.session() as session:
         return {
             (row_tenant, entity): finished

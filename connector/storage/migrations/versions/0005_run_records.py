@@ -1,0 +1,101 @@
+"""Each run's records (run_records), kept by the audit writer, and an index of failed rows.
+
+The console's Runs page counted each run's rows in the audit log on every request (tens of
+milliseconds a run with thousands of records); it now counts the run's entries. Existing
+audit rows are entered here: per run and record its newest row, as the old count read them.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-01 14:00:00
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+PLANS = sa.text("record_key = '*'")
+FAILED = sa.text("status = 'failed'")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "run_records",
+        sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.Column("entity", sa.String(length=32), nullable=False),
+        sa.Column("record_key", sa.String(length=128), nullable=False),
+        sa.Column("tenant", sa.String(length=63), nullable=False),
+        sa.Column("audit_id", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("queued", sa.Integer(), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("run_id", "entity", "record_key", name="pk_run_records"),
+    )
+    op.create_index("ix_run_records_audit", "run_records", ["audit_id"])
+    op.create_index(
+        "ix_run_records_plans",
+        "run_records",
+        ["tenant", "entity", "audit_id"],
+        postgresql_where=PLANS,
+        sqlite_where=PLANS,
+    )
+    op.create_index(
+        "ix_run_records_newest_plans",
+        "run_records",
+        ["audit_id"],
+        postgresql_where=PLANS,
+        sqlite_where=PLANS,
+    )
+    op.create_index(
+        "ix_audit_failed",
+        "audit_log",
+        ["tenant", "id"],
+        postgresql_where=FAILED,
+        sqlite_where=FAILED,
+    )
+    _backfill()
+
+
+def _backfill() -> None:
+    connection = op.get_bind()
+    connection.execute(
+        sa.text(
+            "INSERT INTO run_records (run_id, entity, record_key, tenant, audit_id, status,"
+            " started_at, finished_at)"
+            " SELECT correlation_id, entity, record_key, tenant, id, status, started_at,"
+            " finished_at FROM audit_log WHERE id IN (SELECT max(id) FROM audit_log"
+            " WHERE correlation_id IS NOT NULL GROUP BY correlation_id, entity, record_key)"
+        )
+    )
+    # What each plan queued is in its JSON summary: few rows, read here on either backend.
+    plans = connection.execute(
+        sa.text(
+            "SELECT a.id, a.response_summary FROM run_records r"
+            " JOIN audit_log a ON a.id = r.audit_id WHERE r.record_key = '*'"
+        )
+    ).all()
+    for audit_id, summary in plans:
+        if isinstance(summary, str):
+            summary = json.loads(summary)
+        queued = int((summary or {}).get("queued", 0))
+        connection.execute(
+            sa.text("UPDATE run_records SET queued = :queued WHERE audit_id = :id"),
+            {"queued": queued, "id": audit_id},
+        )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_audit_failed", table_name="audit_log")
+    op.drop_index("ix_run_records_newest_plans", table_name="run_records")
+    op.drop_index("ix_run_records_plans", table_name="run_records")
+    op.drop_index("ix_run_records_audit", table_name="run_records")
+    op.drop_table("run_records")
