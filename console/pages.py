@@ -53,7 +53,7 @@ class TenantRow:
 
 def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
     now = utcnow()
-    audit = AuditLog(runtime.database)
+    waiting = AuditLog(runtime.database).failed_waiting()
     rows = []
     for tenant_id, tenant in sorted(reading.tenants.items()):
         successes = last_successful_syncs(runtime, tenant_id)
@@ -63,7 +63,7 @@ def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
                 tenant=tenant_id,
                 schedule=tenant.schedule,
                 syncs=syncs,
-                failed_waiting=len(audit.latest_failed(tenant_id)),
+                failed_waiting=waiting.get(tenant_id, 0),
                 webhook=webhook_status(runtime, tenant_id),
                 headroom={
                     IFS: headroom(runtime.coordination, tenant, IFS),

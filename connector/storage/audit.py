@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from connector.storage import run_records
@@ -176,33 +176,19 @@ class AuditLog:
     ) -> list[AuditRecord]:
         """Failed rows that are still the newest attempt for their record (not fixed since),
         oldest first; plan rows (key "*") and rows without a replay task are left out."""
-        # NOT EXISTS a newer row of the same record: the failed rows come from ix_audit_status
-        # and each check from ix_audit_record, so the cost follows the failures, not the log.
-        newer = aliased(AuditRecord)
-        fixed_since = (
-            select(newer.id)
-            .where(
-                newer.tenant == AuditRecord.tenant,
-                newer.entity == AuditRecord.entity,
-                newer.record_key == AuditRecord.record_key,
-                # A stage push and a sync of one order are different stories.
-                newer.direction == AuditRecord.direction,
-                newer.id > AuditRecord.id,
-            )
-            .exists()
-        )
-        query = select(AuditRecord).where(
-            AuditRecord.status == FAILED,
-            AuditRecord.replay_task.is_not(None),
-            AuditRecord.record_key != "*",
-            ~fixed_since,
-        )
-        if tenant:
-            query = query.where(AuditRecord.tenant == tenant)
-        if since:
-            query = query.where(AuditRecord.started_at >= since)
+        query = select(AuditRecord).where(*_waiting_failures(tenant, since))
         with self.database.session() as session:
             return list(session.scalars(query.order_by(AuditRecord.id)))
+
+    def failed_waiting(self, tenant: str | None = None) -> dict[str, int]:
+        """Tenant → how many rows `latest_failed` would list, counted in the database."""
+        query = (
+            select(AuditRecord.tenant, func.count())
+            .where(*_waiting_failures(tenant, None))
+            .group_by(AuditRecord.tenant)
+        )
+        with self.database.session() as session:
+            return {row_tenant: int(count) for row_tenant, count in session.execute(query)}
 
     def story(self, tenant: str, entity: str, record_keys: Sequence[str]) -> list[AuditRecord]:
         """Every attempt on one record (under any of its keys, e.g. the order number and the
@@ -286,6 +272,36 @@ class AuditLog:
             row.replayed_at = utcnow()
             run_records.restate(session, [row.id], REPLAYED)
             return True
+
+
+def _waiting_failures(tenant: str | None, since: datetime | None) -> list[Any]:
+    """Conditions of a failed row still waiting: no newer attempt of its record since."""
+    # NOT EXISTS a newer row of the same record: the failed rows come from ix_audit_failed
+    # and each check from ix_audit_record, so the cost follows the failures, not the log.
+    newer = aliased(AuditRecord)
+    fixed_since = (
+        select(newer.id)
+        .where(
+            newer.tenant == AuditRecord.tenant,
+            newer.entity == AuditRecord.entity,
+            newer.record_key == AuditRecord.record_key,
+            # A stage push and a sync of one order are different stories.
+            newer.direction == AuditRecord.direction,
+            newer.id > AuditRecord.id,
+        )
+        .exists()
+    )
+    conditions = [
+        AuditRecord.status == FAILED,
+        AuditRecord.replay_task.is_not(None),
+        AuditRecord.record_key != "*",
+        ~fixed_since,
+    ]
+    if tenant:
+        conditions.append(AuditRecord.tenant == tenant)
+    if since:
+        conditions.append(AuditRecord.started_at >= since)
+    return conditions
 
 
 def _same_record(attempt: Attempt) -> tuple[Any, ...]:

@@ -144,17 +144,11 @@ class RunRecord(Base):
     __tablename__ = "run_records"
     __table_args__ = (
         Index("ix_run_records_audit", "audit_id"),
-        # The newest runs, and each entity's newest successful plan: plan entries only.
+        # Each entity's newest successful plan: plan entries only.
         Index(
             "ix_run_records_plans",
             "tenant",
             "entity",
-            "audit_id",
-            postgresql_where=text("record_key = '*'"),
-            sqlite_where=text("record_key = '*'"),
-        ),
-        Index(
-            "ix_run_records_newest_plans",
             "audit_id",
             postgresql_where=text("record_key = '*'"),
             sqlite_where=text("record_key = '*'"),
@@ -170,6 +164,32 @@ class RunRecord(Base):
     queued: Mapped[int | None] = mapped_column(Integer, nullable=True)  # a plan's records
     started_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class RunTotals(Base):
+    """One sync run's counts, moved by the audit writer with each change of a run entry
+    (RunRecord): the Runs page reads a row per run. Records count by their entry's status;
+    plans that are final (and not superseded) count as planned entities with their queue."""
+
+    __tablename__ = "run_totals"
+    __table_args__ = (
+        Index("ix_run_totals_newest", "planned_at"),
+        Index("ix_run_totals_tenant_newest", "tenant", "planned_at"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    # When its newest plan entry was written (a folded plan too): the newest runs first.
+    planned_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    plans: Mapped[int] = mapped_column(Integer, default=0)
+    entities_planned: Mapped[int] = mapped_column(Integer, default=0)
+    planned: Mapped[int] = mapped_column(Integer, default=0)  # records the final plans queued
+    plans_failed: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    retrying: Mapped[int] = mapped_column(Integer, default=0)
+    records_failed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class WebhookEvent(Base):

@@ -22,7 +22,7 @@ from connector.storage.audit import (
     SUPERSEDED,
 )
 from connector.storage.database import Database
-from connector.storage.models import AuditRecord, RunRecord
+from connector.storage.models import AuditRecord, RunRecord, RunTotals
 from connector.storage.run_records import PLAN_KEY
 
 
@@ -200,25 +200,18 @@ class RunProgress:
 
 
 def recent_runs(database: Database, tenant: str | None = None, limit: int = 20) -> list[str]:
-    """Correlation ids of the newest runs (by their plan entries), newest first."""
+    """Correlation ids of the newest runs (by when their newest plan entry was written),
+    newest first."""
     query = (
-        select(RunRecord.run_id)
-        .where(RunRecord.record_key == PLAN_KEY)
-        .order_by(RunRecord.audit_id.desc())
+        select(RunTotals.run_id)
+        .where(RunTotals.planned_at.is_not(None))
+        .order_by(RunTotals.planned_at.desc())
+        .limit(limit)
     )
     if tenant:
-        query = query.where(RunRecord.tenant == tenant)
-    found: list[str] = []
-    offset = 0
-    page = max(limit * 2, 10)  # a run has a plan entry per entity: about two per run
+        query = query.where(RunTotals.tenant == tenant)
     with database.session() as session:
-        while len(found) < limit:
-            run_ids = list(session.scalars(query.offset(offset).limit(page)))
-            found.extend(run_id for run_id in dict.fromkeys(run_ids) if run_id not in found)
-            if len(run_ids) < page:
-                break
-            offset += page
-    return found[:limit]
+        return list(session.scalars(query))
 
 
 def run_progress(database: Database, run_id: str) -> RunProgress | None:
@@ -228,89 +221,33 @@ def run_progress(database: Database, run_id: str) -> RunProgress | None:
 
 
 def runs_progress(database: Database, run_ids: Sequence[str]) -> list[RunProgress]:
-    """Counts of each run by the current attempt of each of its records, in the order of
-    `run_ids` (unknown runs left out): one aggregate over the runs' entries in run_records,
-    which the audit writer keeps, so the cost follows the runs' records, not the log."""
+    """Where each run stands, by the current attempt of each of its records, in the order of
+    `run_ids` (runs without a plan left out): a stored row per run that the audit writer
+    moves with each change (connector.storage.run_records), so no run's rows are counted."""
     if not run_ids:
         return []
-    is_plan = RunRecord.record_key == PLAN_KEY
-    query = (
-        select(
-            RunRecord.run_id,
-            is_plan,
-            RunRecord.status,
-            func.count(),
-            func.sum(RunRecord.queued),
-            func.min(RunRecord.tenant),
-            func.min(RunRecord.started_at),
-            func.max(RunRecord.finished_at),
-        )
-        .where(RunRecord.run_id.in_(list(run_ids)))
-        .group_by(RunRecord.run_id, is_plan, RunRecord.status)
-    )
     with database.session() as session:
-        rows = session.execute(query).all()
-    counted: dict[str, _Counts] = {}
-    for run_id, plan, status, count, queued, tenant, started, finished in rows:
-        counts = counted.setdefault(run_id, _Counts(tenant))
-        counts.add(bool(plan), status, int(count), int(queued or 0), started, finished)
-    return [counted[run_id].progress(run_id) for run_id in run_ids if counted.get(run_id)]
+        found = {
+            totals.run_id: totals
+            for totals in session.scalars(
+                select(RunTotals).where(RunTotals.run_id.in_(list(run_ids)), RunTotals.plans > 0)
+            )
+        }
+    return [_progress(found[run_id]) for run_id in run_ids if run_id in found]
 
 
-@dataclass
-class _Counts:
-    tenant: str
-    plans: int = 0
-    entities_planned: int = 0
-    planned: int = 0
-    plans_failed: int = 0
-    by_status: Counter[str] = field(default_factory=Counter)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-    def add(
-        self,
-        plan: bool,
-        status: str,
-        count: int,
-        queued: int,
-        started: datetime | None,
-        finished: datetime | None,
-    ) -> None:
-        if started is not None and (self.started_at is None or started < self.started_at):
-            self.started_at = started
-        if finished is not None and (self.finished_at is None or finished > self.finished_at):
-            self.finished_at = finished
-        if not plan:
-            self.by_status[status] += count
-            return
-        self.plans += count
-        # As run_summary counts: a superseded plan was retried with success (by the entry
-        # that replaced it); a plan still retrying has queued nothing for good yet.
-        if status in FINAL_STATUSES and status != SUPERSEDED:
-            self.entities_planned += count
-            self.planned += queued
-            if status in (FAILED, DEFERRED):
-                self.plans_failed += count
-
-    def __bool__(self) -> bool:
-        return self.plans > 0  # a run is known by its plan entries
-
-    def progress(self, run_id: str) -> RunProgress:
-        # Replayed, superseded and deferred records are final for this run (done), as
-        # run_summary counts them.
-        done_statuses = (SUCCEEDED, SKIPPED, REPLAYED, SUPERSEDED, DEFERRED)
-        return RunProgress(
-            run_id=run_id,
-            tenant=self.tenant,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            entities_planned=self.entities_planned,
-            planned=self.planned,
-            done=sum(self.by_status[status] for status in done_statuses),
-            retrying=self.by_status[RETRYING],
-            failed=self.by_status[FAILED] + self.plans_failed,
-        )
+def _progress(totals: RunTotals) -> RunProgress:
+    return RunProgress(
+        run_id=totals.run_id,
+        tenant=totals.tenant,
+        started_at=totals.started_at,
+        finished_at=totals.finished_at,
+        entities_planned=totals.entities_planned,
+        planned=totals.planned,
+        done=totals.done,
+        retrying=totals.retrying,
+        failed=totals.records_failed + totals.plans_failed,
+    )
 
 
 def last_completed_plans(

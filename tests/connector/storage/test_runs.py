@@ -198,3 +198,43 @@ def test_the_newest_successful_plan_of_each_entity_is_the_last_successful_sync(d
     succeeded = log.list(tenant=tenant, status=SUCCEEDED)[0]
 
     assert last_completed_plans(database, tenant) == {(tenant, "customer"): succeeded.finished_at}
+
+
+def test_workers_writing_one_run_at_once_leave_its_totals_exact(database, tenant):
+    from connector.storage.runs import run_progress
+    from tests.connector.storage.conftest import at_once
+
+    log = AuditLog(database)
+    run_id = uuid.uuid4().hex
+    log.write(
+        Attempt(
+            tenant,
+            IFS_TO_PIPEDRIVE,
+            "order",
+            "*",
+            operation="plan",
+            response_summary={"queued": 40},
+            correlation_id=run_id,
+        )
+    )
+
+    def worker(index: int) -> None:
+        for number in range(5):
+            key = f"O-{index}-{number}"
+            status = FAILED if number == 0 else SUCCEEDED
+            log.write(
+                Attempt(
+                    tenant, IFS_TO_PIPEDRIVE, "order", key, status=status, correlation_id=run_id
+                )
+            )
+
+    at_once(8, worker)
+
+    progress = run_progress(database, run_id)
+    assert progress is not None
+    assert (progress.planned, progress.done, progress.failed, progress.running) == (
+        40,
+        32,
+        8,
+        False,
+    )

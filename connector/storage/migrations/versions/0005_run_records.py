@@ -1,8 +1,9 @@
-"""Each run's records (run_records), kept by the audit writer, and an index of failed rows.
+"""Each run's records and totals (run_records, run_totals), kept by the audit writer, and an
+index of the failed audit rows.
 
 The console's Runs page counted each run's rows in the audit log on every request (tens of
-milliseconds a run with thousands of records); it now counts the run's entries. Existing
-audit rows are entered here: per run and record its newest row, as the old count read them.
+milliseconds a run with thousands of records); it now reads a row per run. Existing audit
+rows are entered here: per run and record its newest row, as the old count read them.
 
 Revision ID: 0005
 Revises: 0004
@@ -24,6 +25,30 @@ depends_on: str | Sequence[str] | None = None
 
 PLANS = sa.text("record_key = '*'")
 FAILED = sa.text("status = 'failed'")
+COUNTERS = (
+    "plans",
+    "entities_planned",
+    "planned",
+    "plans_failed",
+    "done",
+    "retrying",
+    "records_failed",
+)
+# What an entry counts for in its run's totals (as connector.storage.run_records counts it
+# at this revision): plans by their final status, records by their current one.
+PLAN = "record_key = '*'"
+RECORD = "record_key <> '*'"
+PLANNED = f"{PLAN} AND status IN ('succeeded', 'failed', 'skipped', 'deferred')"
+TOTALS = {
+    "plans": PLAN,
+    "entities_planned": PLANNED,
+    "planned": PLANNED,
+    "plans_failed": f"{PLAN} AND status IN ('failed', 'deferred')",
+    "done": f"{RECORD} AND status IN ('succeeded', 'skipped', 'replayed', 'superseded',"
+    " 'deferred')",
+    "retrying": f"{RECORD} AND status = 'retrying'",
+    "records_failed": f"{RECORD} AND status = 'failed'",
+}
 
 
 def upgrade() -> None:
@@ -48,13 +73,18 @@ def upgrade() -> None:
         postgresql_where=PLANS,
         sqlite_where=PLANS,
     )
-    op.create_index(
-        "ix_run_records_newest_plans",
-        "run_records",
-        ["audit_id"],
-        postgresql_where=PLANS,
-        sqlite_where=PLANS,
+    op.create_table(
+        "run_totals",
+        sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.Column("tenant", sa.String(length=63), nullable=False),
+        sa.Column("planned_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        *(sa.Column(name, sa.Integer(), nullable=False) for name in COUNTERS),
+        sa.PrimaryKeyConstraint("run_id", name="pk_run_totals"),
     )
+    op.create_index("ix_run_totals_newest", "run_totals", ["planned_at"])
+    op.create_index("ix_run_totals_tenant_newest", "run_totals", ["tenant", "planned_at"])
     op.create_index(
         "ix_audit_failed",
         "audit_log",
@@ -91,11 +121,26 @@ def _backfill() -> None:
             sa.text("UPDATE run_records SET queued = :queued WHERE audit_id = :id"),
             {"queued": queued, "id": audit_id},
         )
+    sums = ", ".join(
+        f"sum(CASE WHEN {condition} THEN {'coalesce(queued, 0)' if name == 'planned' else 1}"
+        " ELSE 0 END)"
+        for name, condition in TOTALS.items()
+    )
+    connection.execute(
+        sa.text(
+            f"INSERT INTO run_totals (run_id, tenant, planned_at, started_at, finished_at,"
+            f" {', '.join(TOTALS)}) SELECT run_id, min(tenant),"
+            f" max(CASE WHEN {PLAN} THEN finished_at END), min(started_at), max(finished_at),"
+            f" {sums} FROM run_records GROUP BY run_id"
+        )
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_audit_failed", table_name="audit_log")
-    op.drop_index("ix_run_records_newest_plans", table_name="run_records")
+    op.drop_index("ix_run_totals_tenant_newest", table_name="run_totals")
+    op.drop_index("ix_run_totals_newest", table_name="run_totals")
+    op.drop_table("run_totals")
     op.drop_index("ix_run_records_plans", table_name="run_records")
     op.drop_index("ix_run_records_audit", table_name="run_records")
     op.drop_table("run_records")
