@@ -15,6 +15,7 @@ from connector.ratelimit import (
     LocalRateLimiter,
     RateLimiter,
     RedisRateLimiter,
+    UsageSlot,
     acquire,
 )
 
@@ -136,6 +137,10 @@ class Coordination:
         (`limiter.shared` says which).
         """
         return self.limiter.usage(key, limits)
+
+    def history(self, key: str) -> list[UsageSlot]:
+        """What the limiter granted under `key` per slot over the last day, oldest first."""
+        return self.limiter.history(key)
 
     def close(self) -> None:
         if self.redis is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from connector.cron import CronError, next_run
 from connector.diagnostics.freshness import last_successful_syncs, overdue_by
-from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
+from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom, usage_history
 from connector.diagnostics.status import webhook_status
 from connector.diagnostics.urls import public_url
 from connector.runtime import Runtime
@@ -19,6 +19,7 @@ from connector.storage.models import AuditRecord, WebhookEvent, utcnow
 from connector.storage.runs import RunProgress, recent_runs, runs_progress
 from connector.storage.webhook_events import WebhookEvents
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
+from console.charts import UsageChart, usage_chart
 
 ENTITIES = (CUSTOMER, ORDER)
 PIPEDRIVE_PATHS = {CUSTOMER: "organization", ORDER: "deal"}  # Pipedrive's web UI paths
@@ -45,6 +46,7 @@ class TenantRow:
     failed_waiting: int
     webhook: dict[str, Any]
     headroom: dict[str, dict[str, Any]]
+    usage: dict[str, UsageChart]  # budget usage over the last day, per system
 
     @property
     def overdue(self) -> bool:
@@ -68,6 +70,12 @@ def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
                 headroom={
                     IFS: headroom(runtime.coordination, tenant, IFS),
                     PIPEDRIVE: headroom(runtime.coordination, tenant, PIPEDRIVE),
+                },
+                usage={
+                    system: usage_chart(
+                        usage_history(runtime.coordination, tenant, system), now, unit
+                    )
+                    for system, unit in ((IFS, "requests"), (PIPEDRIVE, "tokens"))
                 },
             )
         )

@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from connector.ratelimit import Limit, LimitUsage, check_limits, check_request
+from connector.ratelimit import (
+    HISTORY_S,
+    HISTORY_SLOT_S,
+    Limit,
+    LimitUsage,
+    UsageSlot,
+    check_limits,
+    check_request,
+)
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -31,6 +39,9 @@ class RedisRateLimiter:
         base = f"{self.prefix}{{{key}}}:{limit.slot}"
         return f"{base}:z", f"{base}:h"
 
+    def _history_key(self, key: str) -> str:
+        return f"{self.prefix}{{{key}}}:history"
+
     def _run(self, mode: str, key: str, cost: int, limits: Sequence[Limit]) -> Any:
         keys: list[str] = []
         args: list[str | int] = [mode]
@@ -40,6 +51,9 @@ class RedisRateLimiter:
             args.extend(
                 [limit.capacity, window_us, max(1000, window_us // SLICES), limit.charge(cost)]
             )
+        # Last: the history hash, its slot and span in seconds, and the acquisition's cost.
+        keys.append(self._history_key(key))
+        args.extend([HISTORY_SLOT_S, HISTORY_S, cost])
         return self._script(keys=keys, args=args)
 
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
@@ -53,4 +67,20 @@ class RedisRateLimiter:
         return [
             LimitUsage(limit, int(answer[2 * i]), int(answer[2 * i + 1]) / 1_000_000)
             for i, limit in enumerate(limits)
+        ]
+
+    def history(self, key: str) -> list[UsageSlot]:
+        # Fields "<slot start>:c" (cost) and "<slot start>:n" (requests); Redis' clock, as
+        # the script books them.
+        fields = self.client.hgetall(self._history_key(key))
+        now_s, _ = self.client.time()
+        found: dict[int, list[int]] = {}
+        for name, value in fields.items():
+            text = name.decode() if isinstance(name, bytes) else str(name)
+            start, kind = text.split(":")
+            found.setdefault(int(start), [0, 0])[0 if kind == "c" else 1] = int(value)
+        return [
+            UsageSlot(start, cost, requests)
+            for start, (cost, requests) in sorted(found.items())
+            if start + HISTORY_SLOT_S > int(now_s) - HISTORY_S
         ]

@@ -10,10 +10,14 @@
 -- (nothing booked).
 -- Mode "usage" writes nothing and returns, per limit, the live cost and the microseconds
 -- until its cost would fit (0 when it fits now): {used_1, wait_1, used_2, wait_2, ...}.
+-- The last key is the usage history, a hash {"<slot start s>:c" -> cost, "<slot start s>:n"
+-- -> acquisitions}; the last three ARGV are its slot and span in seconds and the
+-- acquisition's cost. A grant is booked there too; slots older than the span are dropped
+-- when a new slot begins, and the hash expires a span after its last grant.
 -- The clock is Redis' own (TIME), so the clocks of worker hosts do not matter.
 
 local mode = ARGV[1]
-local nlimits = #KEYS / 2
+local nlimits = (#KEYS - 1) / 2
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
@@ -95,4 +99,23 @@ for i = 1, nlimits do
   redis.call('PEXPIRE', zkey, ttl_ms)
   redis.call('PEXPIRE', hkey, ttl_ms)
 end
+
+local history = KEYS[#KEYS]
+local slot_s = tonumber(ARGV[2 + 4 * nlimits])
+local span_s = tonumber(ARGV[3 + 4 * nlimits])
+local cost = tonumber(ARGV[4 + 4 * nlimits])
+local now_s = tonumber(t[1])
+local start = now_s - now_s % slot_s
+if redis.call('HINCRBY', history, start .. ':n', 1) == 1 then
+  -- a new slot: forget the ones that left the history
+  local names = redis.call('HKEYS', history)
+  for j = 1, #names do
+    local slot = tonumber(string.match(names[j], '^(%d+):'))
+    if slot and slot + slot_s <= now_s - span_s then
+      redis.call('HDEL', history, names[j])
+    end
+  end
+end
+redis.call('HINCRBY', history, start .. ':c', cost)
+redis.call('EXPIRE', history, span_s + slot_s)
 return 0
