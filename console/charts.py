@@ -35,13 +35,15 @@ def usage_chart(history: dict[str, Any], now: datetime, unit: str) -> UsageChart
     slot_s, span_s = int(history["slot_s"]), int(history["span_s"])
     count = span_s // slot_s
     newest = int(now.timestamp()) // slot_s
-    slots = history["slots"]
-    peak = max((int(slot["cost"]) for slot in slots), default=0)
+    shown = [
+        (count - 1 - (newest - int(slot["start"]) // slot_s), slot)
+        for slot in history["slots"]
+        if slot["cost"]
+    ]
+    shown = [(position, slot) for position, slot in shown if 0 <= position < count]
+    peak = max((int(slot["cost"]) for _, slot in shown), default=0)
     bars = []
-    for slot in slots:
-        position = count - 1 - (newest - int(slot["start"]) // slot_s)
-        if not 0 <= position < count or not slot["cost"]:
-            continue
+    for position, slot in shown:
         when = datetime.fromtimestamp(int(slot["start"]), UTC).strftime("%H:%M")
         height = max(1, round(HEIGHT * int(slot["cost"]) / peak))
         bars.append(
