@@ -277,7 +277,8 @@ class AuditLog:
 def _waiting_failures(tenant: str | None, since: datetime | None) -> list[Any]:
     """Conditions of a failed row still waiting: no newer attempt of its record since."""
     # NOT EXISTS a newer row of the same record: the failed rows come from ix_audit_failed
-    # and each check from ix_audit_record, so the cost follows the failures, not the log.
+    # and each check from ix_audit_record (both answer from the index alone once vacuumed),
+    # so the cost follows the failures, not the log.
     newer = aliased(AuditRecord)
     fixed_since = (
         select(newer.id)

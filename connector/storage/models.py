@@ -82,13 +82,19 @@ class IdMapEntry(Base):
     tombstone_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+# Rows latest_failed may list (its other condition, no newer row, is not an index's).
+FAILED_WAITING = "status = 'failed' AND replay_task IS NOT NULL AND record_key <> '*'"
+
+
 class AuditRecord(Base):
     """One attempt to move one record, successful or not; failed ones can be replayed."""
 
     __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_tenant_status", "tenant", "status", "started_at"),
-        Index("ix_audit_record", "tenant", "entity", "record_key"),
+        # A record's rows in one direction, by id: its newest row (the writer's fold), and
+        # "is there a newer one" for each waiting failure, answered from the index alone.
+        Index("ix_audit_record", "tenant", "entity", "record_key", "direction", "id"),
         # run_summary and latest_run read a run's rows by correlation id; the console's Runs page
         # and Failures page must not scan the whole log for that.
         Index("ix_audit_correlation", "correlation_id", "entity", "record_key", "id"),
@@ -98,9 +104,12 @@ class AuditRecord(Base):
         Index(
             "ix_audit_failed",
             "tenant",
+            "entity",
+            "record_key",
+            "direction",
             "id",
-            postgresql_where=text("status = 'failed'"),
-            sqlite_where=text("status = 'failed'"),
+            postgresql_where=text(FAILED_WAITING),
+            sqlite_where=text(FAILED_WAITING),
         ),
     )
 

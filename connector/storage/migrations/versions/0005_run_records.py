@@ -1,5 +1,5 @@
-"""Each run's records and totals (run_records, run_totals), kept by the audit writer, and an
-index of the failed audit rows.
+"""Each run's records and totals (run_records, run_totals), kept by the audit writer; an
+index of the failed audit rows and a wider index of each record's rows.
 
 The console's Runs page counted each run's rows in the audit log on every request (tens of
 milliseconds a run with thousands of records); it now reads a row per run. Existing audit
@@ -24,7 +24,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 PLANS = sa.text("record_key = '*'")
-FAILED = sa.text("status = 'failed'")
+FAILED_WAITING = sa.text("status = 'failed' AND replay_task IS NOT NULL AND record_key <> '*'")
 COUNTERS = (
     "plans",
     "entities_planned",
@@ -88,9 +88,14 @@ def upgrade() -> None:
     op.create_index(
         "ix_audit_failed",
         "audit_log",
-        ["tenant", "id"],
-        postgresql_where=FAILED,
-        sqlite_where=FAILED,
+        ["tenant", "entity", "record_key", "direction", "id"],
+        postgresql_where=FAILED_WAITING,
+        sqlite_where=FAILED_WAITING,
+    )
+    # With direction and id, "a newer row of this record?" is one look into the index.
+    op.drop_index("ix_audit_record", table_name="audit_log")
+    op.create_index(
+        "ix_audit_record", "audit_log", ["tenant", "entity", "record_key", "direction", "id"]
     )
     _backfill()
 
@@ -137,6 +142,8 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_record", table_name="audit_log")
+    op.create_index("ix_audit_record", "audit_log", ["tenant", "entity", "record_key"])
     op.drop_index("ix_audit_failed", table_name="audit_log")
     op.drop_index("ix_run_totals_tenant_newest", table_name="run_totals")
     op.drop_index("ix_run_totals_newest", table_name="run_totals")
