@@ -8,7 +8,6 @@ mlc_failed_records_waiting), read from the database at scrape time like the queu
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -59,6 +58,6 @@ def measure_sync_metrics(runtime: Runtime, tenant_ids: list[str]) -> None:
     for (tenant_id, entity), moment in last_completed_plans(runtime.database).items():
         if tenant_id in tenant_ids:
             metrics.set_last_successful_sync(tenant_id, entity, _aware(moment).timestamp())
-    waiting = Counter(row.tenant for row in AuditLog(runtime.database).latest_failed())
+    waiting = AuditLog(runtime.database).failed_waiting()
     for tenant_id in tenant_ids:
         metrics.set_failed_waiting(tenant_id, waiting.get(tenant_id, 0))

@@ -152,16 +152,7 @@ class RunRecord(Base):
 
     __tablename__ = "run_records"
     __table_args__ = (
-        Index("ix_run_records_audit", "audit_id"),
-        # Each entity's newest successful plan: plan entries only.
-        Index(
-            "ix_run_records_plans",
-            "tenant",
-            "entity",
-            "audit_id",
-            postgresql_where=text("record_key = '*'"),
-            sqlite_where=text("record_key = '*'"),
-        ),
+        Index("ix_run_records_audit", "audit_id"),  # the entries of a row whose status moved
     )
 
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -22,8 +22,7 @@ from connector.storage.audit import (
     SUPERSEDED,
 )
 from connector.storage.database import Database
-from connector.storage.models import AuditRecord, RunRecord, RunTotals
-from connector.storage.run_records import PLAN_KEY
+from connector.storage.models import AuditRecord, RunTotals
 
 
 @dataclass
@@ -259,12 +258,16 @@ def last_completed_plans(
     and queued its work (records that then fail are counted as failures waiting, apart).
     """
     query = (
-        select(RunRecord.tenant, RunRecord.entity, func.max(RunRecord.finished_at))
-        .where(RunRecord.record_key == PLAN_KEY, RunRecord.status.in_((SUCCEEDED, SKIPPED)))
-        .group_by(RunRecord.tenant, RunRecord.entity)
+        select(AuditRecord.tenant, AuditRecord.entity, func.max(AuditRecord.finished_at))
+        .where(
+            AuditRecord.record_key == "*",
+            AuditRecord.operation == "plan",
+            AuditRecord.status.in_((SUCCEEDED, SKIPPED)),
+        )
+        .group_by(AuditRecord.tenant, AuditRecord.entity)
     )
     if tenant is not None:
-        query = query.where(RunRecord.tenant == tenant)
+        query = query.where(AuditRecord.tenant == tenant)
     with database.session() as session:
         return {
             (row_tenant, entity): finished

@@ -23,7 +23,6 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-PLANS = sa.text("record_key = '*'")
 FAILED_WAITING = sa.text("status = 'failed' AND replay_task IS NOT NULL AND record_key <> '*'")
 COUNTERS = (
     "plans",
@@ -66,13 +65,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("run_id", "entity", "record_key", name="pk_run_records"),
     )
     op.create_index("ix_run_records_audit", "run_records", ["audit_id"])
-    op.create_index(
-        "ix_run_records_plans",
-        "run_records",
-        ["tenant", "entity", "audit_id"],
-        postgresql_where=PLANS,
-        sqlite_where=PLANS,
-    )
     op.create_table(
         "run_totals",
         sa.Column("run_id", sa.String(length=64), nullable=False),
@@ -148,6 +140,5 @@ def downgrade() -> None:
     op.drop_index("ix_run_totals_tenant_newest", table_name="run_totals")
     op.drop_index("ix_run_totals_newest", table_name="run_totals")
     op.drop_table("run_totals")
-    op.drop_index("ix_run_records_plans", table_name="run_records")
     op.drop_index("ix_run_records_audit", table_name="run_records")
     op.drop_table("run_records")
