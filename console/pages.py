@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector.cron import CronError, next_run
-from connector.diagnostics.freshness import last_successful_syncs, overdue_by
+from connector.diagnostics.freshness import last_successful_syncs_by_tenant, overdue_by
 from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom, usage_history
 from connector.diagnostics.status import webhook_status
 from connector.diagnostics.urls import public_url
@@ -56,9 +56,10 @@ class TenantRow:
 def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
     now = utcnow()
     waiting = AuditLog(runtime.database).failed_waiting()
+    last_successes = last_successful_syncs_by_tenant(runtime)
     rows = []
     for tenant_id, tenant in sorted(reading.tenants.items()):
-        successes = last_successful_syncs(runtime, tenant_id)
+        successes = last_successes.get(tenant_id, {})
         syncs = [_entity_sync(tenant, entity, successes.get(entity), now) for entity in ENTITIES]
         rows.append(
             TenantRow(

@@ -37,6 +37,15 @@ def last_successful_syncs(runtime: Runtime, tenant_id: str) -> dict[str, datetim
     return {entity: _aware(moment) for (_, entity), moment in found.items()}
 
 
+def last_successful_syncs_by_tenant(runtime: Runtime) -> dict[str, dict[str, datetime]]:
+    """Tenant → entity → when its newest plan that read IFS to the end finished (one query
+    for every tenant, as the console's Tenants page needs them)."""
+    found: dict[str, dict[str, datetime]] = {}
+    for (tenant_id, entity), moment in last_completed_plans(runtime.database).items():
+        found.setdefault(tenant_id, {})[entity] = _aware(moment)
+    return found
+
+
 def overdue_by(
     tenant: TenantConfig,
     last_success: datetime,
