@@ -57,17 +57,28 @@ class RequestClock:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.stamps: list[float] = []
+        self.methods: list[str] = []
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if not environ.get("PATH_INFO", "").startswith("/_sim"):
             with self._lock:
                 self.stamps.append(time.monotonic())
+                self.methods.append(str(environ.get("REQUEST_METHOD", "")))
         return self.app(environ, start_response)
 
     def since(self, start: float) -> list[float]:
         with self._lock:
             return [stamp for stamp in self.stamps if stamp >= start]
+
+    def writes_since(self, start: float) -> list[float]:
+        """Arrival times of the POST, PATCH, PUT and DELETE requests since `start`."""
+        with self._lock:
+            return [
+                stamp
+                for stamp, method in zip(self.stamps, self.methods, strict=True)
+                if stamp >= start and method in ("POST", "PATCH", "PUT", "DELETE")
+            ]
 
 
 def peak_in_window(stamps: Iterable[float], window_s: float) -> int:

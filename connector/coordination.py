@@ -1,9 +1,11 @@
-"""What workers share: rate limiters and per-record locks, in Redis or in-process."""
+"""What workers share: rate limiters, per-record locks and each process's last configuration
+check, in Redis or in-process."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -73,6 +75,7 @@ class Coordination:
         self.redis = redis
         self.prefix = prefix
         self._local_locks = _LocalLocks()
+        self._local_checks: dict[str, dict[str, tuple[float, str]]] = {}
 
     @classmethod
     def from_url(cls, redis_url: str | None, *, prefix: str = "mlc:") -> Coordination:
@@ -141,6 +144,41 @@ class Coordination:
     def history(self, key: str) -> list[UsageSlot]:
         """What the limiter granted under `key` per slot over the last day, oldest first."""
         return self.limiter.history(key)
+
+    def publish_config_check(self, scope: str, process: str, report: str, ttl_s: float) -> None:
+        """Store one process's last configuration check (`report`, JSON) under `scope` (the
+        deployment); it counts as current for `ttl_s` seconds unless published again."""
+        expires = time.time() + ttl_s
+        if self.redis is None:
+            self._local_checks.setdefault(scope, {})[process] = (expires, report)
+            return
+        key = f"{self.prefix}config-checks:{scope}"
+        # One hash per deployment: readers get every process's report with one command,
+        # never a scan of the keyspace. Fields carry their own expiry; the hash expires
+        # with its newest report, so a stopped deployment leaves nothing behind.
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, process, f"{expires:.3f} {report}")
+            pipe.expire(key, max(1, int(ttl_s) + 1))
+            pipe.execute()
+
+    def config_checks(self, scope: str) -> list[str]:
+        """The current reports of every process of `scope` (expired ones are dropped)."""
+        now = time.time()
+        if self.redis is None:
+            held = self._local_checks.get(scope, {})
+            return [report for expires, report in held.values() if expires > now]
+        key = f"{self.prefix}config-checks:{scope}"
+        current, expired = [], []
+        for process, value in self.redis.hgetall(key).items():
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            expires, _, report = text.partition(" ")
+            if float(expires) > now:
+                current.append(report)
+            else:
+                expired.append(process)
+        if expired:
+            self.redis.hdel(key, *expired)
+        return current
 
     def close(self) -> None:
         if self.redis is not None:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(
         default=None, description="Port of a worker's /metrics endpoint; unset = none."
     )
+    beat_metrics_port: int | None = Field(
+        default=None, description="Port of beat's /metrics endpoint; unset = none."
+    )
     metrics_dir: Path | None = Field(
         default=None,
         description=(

@@ -14,15 +14,18 @@ from connector.diagnostics.status import webhook_status
 from connector.diagnostics.urls import public_url
 from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
-from connector.storage.idmap import CUSTOMER, ORDER, IdMap
-from connector.storage.models import AuditRecord, WebhookEvent, utcnow
+from connector.storage.idmap import CUSTOMER, ORDER
+from connector.storage.models import AuditRecord, WebhookEvent, WebhookRefusal, utcnow
 from connector.storage.runs import RunProgress, recent_runs, runs_progress
+from connector.storage.story import RecordStory, record_story
 from connector.storage.webhook_events import WebhookEvents
+from connector.storage.webhook_refusals import WebhookRefusals
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
 from console.charts import UsageChart, usage_chart
 
 ENTITIES = (CUSTOMER, ORDER)
 PIPEDRIVE_PATHS = {CUSTOMER: "organization", ORDER: "deal"}  # Pipedrive's web UI paths
+RECENT_REFUSALS = timedelta(hours=24)  # the tenants page's "refused" count
 
 
 def tenants_reading(runtime: Runtime) -> TenantsReading:
@@ -47,6 +50,7 @@ class TenantRow:
     webhook: dict[str, Any]
     headroom: dict[str, dict[str, Any]]
     usage: dict[str, UsageChart]  # budget usage over the last day, per system
+    refused_recently: int = 0  # webhook deliveries refused within RECENT_REFUSALS
 
     @property
     def overdue(self) -> bool:
@@ -57,6 +61,7 @@ def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
     now = utcnow()
     waiting = AuditLog(runtime.database).failed_waiting()
     last_successes = last_successful_syncs_by_tenant(runtime)
+    refused = WebhookRefusals(runtime.database).counts_since(now - RECENT_REFUSALS)
     rows = []
     for tenant_id, tenant in sorted(reading.tenants.items()):
         successes = last_successes.get(tenant_id, {})
@@ -78,6 +83,7 @@ def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
                     )
                     for system, unit in ((IFS, "requests"), (PIPEDRIVE, "tokens"))
                 },
+                refused_recently=refused.get(tenant_id, 0),
             )
         )
     return rows
@@ -159,34 +165,21 @@ def rows_of_group(runtime: Runtime, tenant: str, group: str) -> list[AuditRecord
 
 
 @dataclass
-class RecordStory:
-    tenant: str
-    entity: str
-    key: str
-    pipedrive_id: int | None
+class RecordPage:
+    """The record page: the record's story (connector.storage.story) and its Pipedrive link."""
+
+    story: RecordStory
     pipedrive_url: str | None
-    attempts: list[AuditRecord]
-    events: list[WebhookEvent]
 
 
-def record_story(runtime: Runtime, tenant: TenantConfig, entity: str, key: str) -> RecordStory:
+def record_page(runtime: Runtime, tenant: TenantConfig, entity: str, key: str) -> RecordPage:
     """One record across both directions: sync attempts, stage pushes, webhook events."""
-    link = IdMap(runtime.database).get(tenant.id, entity, key)
-    pipedrive_id = link.pipedrive_id if link is not None else None
-    keys = [key]
-    events: list[WebhookEvent] = []
+    story = record_story(runtime.database, tenant.id, entity, key)
     url = None
-    if pipedrive_id is not None:
-        if entity == ORDER:
-            # A stage push that failed before it found the order is keyed by its deal.
-            keys.append(f"deal:{pipedrive_id}")
-        events = WebhookEvents(runtime.database).of_record(
-            tenant.id, "deal" if entity == ORDER else "organization", pipedrive_id
-        )
+    if story.pipedrive_id is not None:
         base = public_url(str(tenant.pipedrive.api_domain)).rstrip("/")
-        url = f"{base}/{PIPEDRIVE_PATHS[entity]}/{pipedrive_id}"
-    attempts = AuditLog(runtime.database).story(tenant.id, entity, keys)
-    return RecordStory(tenant.id, entity, key, pipedrive_id, url, attempts, events)
+        url = f"{base}/{PIPEDRIVE_PATHS[entity]}/{story.pipedrive_id}"
+    return RecordPage(story, url)
 
 
 @dataclass
@@ -215,3 +208,8 @@ def replay_outcomes(runtime: Runtime, audit_ids: list[int]) -> list[ReplayOutcom
 
 def recent_events(runtime: Runtime, tenant: str | None, limit: int = 100) -> list[WebhookEvent]:
     return WebhookEvents(runtime.database).recent(tenant, limit)
+
+
+def recent_refusals(runtime: Runtime, tenant: str | None, limit: int = 50) -> list[WebhookRefusal]:
+    """Refused deliveries, newest first: of one tenant, or of all (unknown tenants too)."""
+    return WebhookRefusals(runtime.database).recent(tenant, limit)

@@ -76,9 +76,13 @@ class Stack:
         )
 
     def start_workers(
-        self, count: int = 2, concurrency: int = 2, queue: str | None = None
+        self,
+        count: int = 2,
+        concurrency: int = 2,
+        queue: str | None = None,
+        include: tuple[str, ...] = (),
     ) -> list[subprocess.Popen[bytes]]:
-        return self.workers.start(count, concurrency, queue)
+        return self.workers.start(count, concurrency, queue, include)
 
     def wait_for_pool(self, process: subprocess.Popen[bytes], size: int, timeout: float) -> None:
         self.workers.wait_for_pool(process, size, timeout)

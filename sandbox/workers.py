@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -29,8 +29,13 @@ class WorkerProcesses:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, count: int, concurrency: int, queue: str | None = None
+        self,
+        count: int,
+        concurrency: int,
+        queue: str | None = None,
+        include: tuple[str, ...] = (),
     ) -> list[subprocess.Popen[bytes]]:
+        """`include`: more task modules for the workers to import (a benchmark's own)."""
         started = []
         for _ in range(count):
             number = len(self.processes)
@@ -41,6 +46,7 @@ class WorkerProcesses:
                 *("-n", f"w{number}-{self.name}@%h", "-l", "WARNING"),
                 # Each worker works alone: no cluster chatter to wait for at start or stop.
                 *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+                *(("-I", ",".join(include)) if include else ()),
             ]
             process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
             self.processes.append(process)

@@ -116,7 +116,11 @@ def _worker_start(**_: Any) -> None:
 
 
 @signals.worker_process_init.connect
-def _pool_process_metrics(**_: Any) -> None:
+def _pool_process_start(**_: Any) -> None:
     from connector import metrics
+    from workers.runtime import get_runtime
 
     metrics.install_remote_observer()
+    # Each pool process follows the configuration from its start, idle or not, and
+    # publishes its checks (workers/runtime.py): no I/O here, the checks run in a thread.
+    get_runtime()

@@ -33,7 +33,7 @@ from connector import metrics
 from connector.errors import is_transient, retry_after_s
 from connector.http import RetryPolicy
 from connector.logs import log_context
-from connector.storage.audit import FAILED, AuditLog
+from connector.storage.audit import DEFERRED, FAILED, AuditLog
 from workers.app import VISIBILITY_TIMEOUT_S
 from workers.runtime import get_runtime
 
@@ -73,8 +73,7 @@ class ConnectorTask(Task):
                 if not (self.transient_retries and is_transient(error)):
                     self.observe(kwargs, FAILED, time.monotonic() - started)
                     raise
-                self.retry_transient(error)
-                outcome = FAILED
+                outcome = self.retry_transient(error)
             self.observe(kwargs, outcome, time.monotonic() - started)
             return outcome
 
@@ -84,12 +83,13 @@ class ConnectorTask(Task):
         *,
         audit_id: int | None = None,
         kwargs: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str:
         """Run this task again later because of a transient `error` (raises Celery's Retry).
 
-        Returns only when no retry is left, after marking the attempt's "retrying" audit row
-        (`audit_id`, else the error's) failed. `kwargs` replaces the task's arguments for the
-        retry (a plan retries only what it has still to plan).
+        Returns the run's outcome when it is not retried: "deferred" when the wait is too
+        long to sleep in a message, "failed" when no retry is left, after marking the
+        attempt's "retrying" audit row (`audit_id`, else the error's) so. `kwargs` replaces
+        the task's arguments for the retry (a plan retries only what it has still to plan).
         """
         retries = self.request.retries or 0
         row_id = audit_id if audit_id is not None else getattr(error, "audit_id", None)
@@ -102,13 +102,14 @@ class ConnectorTask(Task):
             log.warning("%s: %s: %s", self.name, reason, error)
             if row_id is not None:
                 AuditLog(get_runtime().database).mark_deferred(row_id, reason)
-            return
+            return DEFERRED
         if retries < self.max_retries:
             countdown = min(TASK_RETRY_POLICY.delay_s(retries, wait), MAX_COUNTDOWN_S)
             raise self.retry(exc=error, countdown=countdown, kwargs=kwargs)
         log.warning("%s: no retry left after %d: %s", self.name, retries, error)
         if row_id is not None:
             AuditLog(get_runtime().database).mark_failed(row_id)
+        return FAILED
 
     def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
         """Record the metrics of one run that ended with `outcome`; none by default."""

@@ -78,7 +78,7 @@ def _plan(sync: TenantSync, plan: Plan, full: bool) -> dict[str, int]:
                 {
                     "tenant": plan.tenant,
                     "key": item.key,
-                    "snapshot": {"etag": item.etag, "data": item.data},
+                    "snapshot": item.snapshot,
                     "hint": item.hint,
                     "full": full,
                     "run_id": plan.run_id,

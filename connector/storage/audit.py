@@ -80,59 +80,73 @@ class AuditLog:
         finally:
             self.write(attempt, duration_ms=int((time.perf_counter() - started) * 1000))
 
-    def write(self, attempt: Attempt, *, duration_ms: int | None = None) -> int:
+    def write(
+        self,
+        attempt: Attempt,
+        *,
+        duration_ms: int | None = None,
+        session: Session | None = None,
+    ) -> int:
         """Write the attempt's row and return its id.
 
         A failure identical to the record's newest row (same operation and error, that row
         still failed or retrying) is folded into that row: its `occurrences` grows and its
         finished_at moves on, so a record failing on every schedule keeps one row. A success
-        marks the record's earlier failed and retrying rows superseded.
+        marks the record's earlier failed and retrying rows superseded. `session`: join the
+        caller's transaction (a record's id-map change commits with its audit row).
         """
-        with self.database.session() as session:
-            if attempt.status in _FIXED_BY_SUCCESS and attempt.replay_of is None:
-                folded = self._fold(session, attempt, duration_ms)
-                if folded is not None:
-                    attempt.audit_id = folded
-                    return folded
-            row = AuditRecord(
-                tenant=attempt.tenant,
-                direction=attempt.direction,
-                entity=attempt.entity,
-                record_key=attempt.record_key,
-                operation=attempt.operation,
-                status=attempt.status,
-                attempt=attempt.attempt,
-                error=attempt.error,
-                request_summary=attempt.request_summary,
-                response_summary=attempt.response_summary,
-                replay_task=attempt.replay_task,
-                replay_args=attempt.replay_args,
-                replay_of=attempt.replay_of,
-                correlation_id=attempt.correlation_id,
-                started_at=attempt.started_at,
-                finished_at=utcnow(),
-                duration_ms=duration_ms,
+        if session is not None:
+            return self._write(session, attempt, duration_ms)
+        with self.database.session() as own:
+            return self._write(own, attempt, duration_ms)
+
+    def _write(self, session: Session, attempt: Attempt, duration_ms: int | None) -> int:
+        if attempt.status in _FIXED_BY_SUCCESS and attempt.replay_of is None:
+            folded = self._fold(session, attempt, duration_ms)
+            if folded is not None:
+                attempt.audit_id = folded
+                return folded
+        row = AuditRecord(
+            tenant=attempt.tenant,
+            direction=attempt.direction,
+            entity=attempt.entity,
+            record_key=attempt.record_key,
+            operation=attempt.operation,
+            status=attempt.status,
+            attempt=attempt.attempt,
+            error=attempt.error,
+            request_summary=attempt.request_summary,
+            response_summary=attempt.response_summary,
+            replay_task=attempt.replay_task,
+            replay_args=attempt.replay_args,
+            replay_of=attempt.replay_of,
+            correlation_id=attempt.correlation_id,
+            started_at=attempt.started_at,
+            finished_at=utcnow(),
+            duration_ms=duration_ms,
+        )
+        session.add(row)
+        session.flush()
+        # A success closes the record's earlier failures; any new attempt takes the place
+        # of an earlier retrying row (its retry is this attempt, or was given up), so no
+        # row stays "retrying" once the record has moved on.
+        closed = _SUPERSEDED_BY_SUCCESS if _fixes_record(attempt) else (RETRYING,)
+        superseded = session.scalars(
+            update(AuditRecord)
+            .where(
+                *_same_record(attempt),
+                AuditRecord.id < row.id,
+                AuditRecord.status.in_(closed),
             )
-            session.add(row)
-            session.flush()
-            # A success closes the record's earlier failures; any new attempt takes the place
-            # of an earlier retrying row (its retry is this attempt, or was given up), so no
-            # row stays "retrying" once the record has moved on.
-            closed = _SUPERSEDED_BY_SUCCESS if _fixes_record(attempt) else (RETRYING,)
-            superseded = session.scalars(
-                update(AuditRecord)
-                .where(
-                    *_same_record(attempt),
-                    AuditRecord.id < row.id,
-                    AuditRecord.status.in_(closed),
-                )
-                .values(status=SUPERSEDED)
-                .returning(AuditRecord.id)
-            ).all()
-            run_records.restate(session, superseded, SUPERSEDED)
-            run_records.enter(session, row)
-            attempt.audit_id = row.id
-            return row.id
+            .values(status=SUPERSEDED)
+            .returning(AuditRecord.id)
+        ).all()
+        # The run tables change in this same transaction: a run's totals never count a row
+        # that was rolled back, nor miss one that was committed.
+        run_records.restate(session, superseded, SUPERSEDED)
+        run_records.enter(session, row)
+        attempt.audit_id = row.id
+        return row.id
 
     @staticmethod
     def _fold(session: Session, attempt: Attempt, duration_ms: int | None) -> int | None:

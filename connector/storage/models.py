@@ -1,4 +1,5 @@
-"""The connector's tables: vault, id map, audit log, webhook events, watermarks, tenant state."""
+"""The connector's tables: vault, id map, audit log, webhook events and refusals, watermarks,
+tenant state."""
 
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class IdMapEntry(Base):
     # Deleted in Pipedrive under lifecycle policy "respect": no writes until relinked.
     tombstoned_at: Mapped[datetime | None] = mapped_column(nullable=True)
     tombstone_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Gone from IFS reads and handled by lifecycle policy on_ifs_missing; cleared on return.
+    ifs_missing_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 # Rows latest_failed may list (its other condition, no newer row, is not an index's).
@@ -217,6 +220,26 @@ class WebhookEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebhookRefusal(Base):
+    """A refused webhook delivery (bad credentials, unknown tenant, invalid payload, too
+    large): when, whose (None: no such tenant), why, from where; never the body or a credential.
+    `count` > 1: refusals of the same tenant and reason that came too fast to keep one by one."""
+
+    __tablename__ = "webhook_refusals"
+    __table_args__ = (
+        Index("ix_webhook_refusals_tenant", "tenant", "refused_at"),
+        Index("ix_webhook_refusals_refused_at", "refused_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    refused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    tenant: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    http_status: Mapped[int] = mapped_column(Integer)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class SyncWatermark(Base):

@@ -120,10 +120,12 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
         newest[(row.entity, row.record_key)] = row
         if (
             row.status == SUCCEEDED
-            and row.operation in ("create", "update")
+            and row.operation in ("create", "update", "close")
             and wrote.get((row.entity, row.record_key)) != "create"
         ):
-            wrote[(row.entity, row.record_key)] = row.operation
+            # A deal closed because IFS no longer has its order (on_ifs_missing) was updated.
+            written = "create" if row.operation == "create" else "update"
+            wrote[(row.entity, row.record_key)] = written
     for (entity, key), row in sorted(newest.items(), key=lambda item: item[1].id):
         if entity not in planned:
             continue

@@ -23,8 +23,8 @@ _KEY = ("tenant", "event_id")
 
 
 class WebhookEventStatus(StrEnum):
-    RECEIVED = "received"  # persisted, not yet handed to the broker
-    ENQUEUED = "enqueued"  # handed to the broker
+    RECEIVED = "received"  # persisted, not handed to the broker (its enqueue failed)
+    ENQUEUED = "enqueued"  # committed to be handed to the broker, which follows the commit
     APPLIED = "applied"  # IFS was changed for this event
     IGNORED = "ignored"  # nothing to do (echo, stale, unmapped, not linked…); `detail` says why
     FAILED = "failed"  # IFS refused or could not be reached; a retry or replay may succeed
@@ -140,6 +140,18 @@ class WebhookEvents:
                 .values(status=WebhookEventStatus.ENQUEUED.value)
             )
 
+    def mark_received(self, row_id: int) -> None:
+        """Enqueued → received, after its enqueue failed; only from enqueued (as above)."""
+        with self.database.session() as session:
+            session.execute(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.id == row_id,
+                    WebhookEvent.status == WebhookEventStatus.ENQUEUED.value,
+                )
+                .values(status=WebhookEventStatus.RECEIVED.value)
+            )
+
     def get(self, tenant: str, row_id: int) -> WebhookEvent | None:
         """The event row, if it exists and belongs to `tenant`."""
         with self.database.session() as session:
@@ -219,6 +231,12 @@ class WebhookEvents:
 
     def of_record(self, tenant: str, entity: str, entity_id: int) -> list[WebhookEvent]:
         """Every event about one Pipedrive record (e.g. "deal", 42), oldest first."""
+        return self.of_records(tenant, entity, [entity_id])
+
+    def of_records(self, tenant: str, entity: str, entity_ids: list[int]) -> list[WebhookEvent]:
+        """Every event about any of these Pipedrive records of one kind, oldest first."""
+        if not entity_ids:
+            return []
         with self.database.session() as session:
             return list(
                 session.scalars(
@@ -226,7 +244,7 @@ class WebhookEvents:
                     .where(
                         WebhookEvent.tenant == tenant,
                         WebhookEvent.entity == entity,
-                        WebhookEvent.entity_id == entity_id,
+                        WebhookEvent.entity_id.in_(entity_ids),
                     )
                     .order_by(WebhookEvent.id)
                 )

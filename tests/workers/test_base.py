@@ -193,12 +193,16 @@ def test_a_daily_budget_wait_defers_the_record_to_the_next_plan_instead_of_sleep
         error = RateLimited(f"pipedrive:{tenant}:daily", 86_400)
         raise TransientError(str(error), error.retry_after_s, audit_id=audit_id)
 
-    assert sync.apply(kwargs={"tenant": tenant, "key": "C1"}).get() == "failed"
+    assert sync.apply(kwargs={"tenant": tenant, "key": "C1"}).get() == DEFERRED
 
     assert countdowns == []  # no message sleeps for a day
     (row,) = audit.list(tenant=tenant)
     assert row.status == DEFERRED and "next scheduled plan" in (row.error or "")
     assert audit.latest_failed(tenant) == []
+    # Counted as deferred, not as a failure (alerts fire on failed).
+    name = "mlc_records_synced_total"
+    assert _value(name, tenant=tenant, entity="customer", outcome="deferred") == 1
+    assert _value(name, tenant=tenant, entity="customer", outcome="failed") == 0
 
 
 # -- the stage push metric ------------------------------------------------------------------

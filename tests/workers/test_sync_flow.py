@@ -225,7 +225,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing_anywhere(stack_factory) -> N
     result = stack.cli("sync", stack.tenant, "--dry-run", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["counts"] == {"create": 7, "update": 0, "unchanged": 0, "failed": 0}
+    assert report["counts"] == {
+        "create": 7,
+        "update": 0,
+        "close": 0,
+        "unchanged": 0,
+        "tombstoned": 0,
+        "ifs_missing": 0,
+        "failed": 0,
+    }
     customers = {r["key"] for r in report["records"] if r["entity"] == "customer"}
     assert customers == set(stack.ifs.keys(customer_info()))
     writes = stack.pipedrive.stats()["writes"]

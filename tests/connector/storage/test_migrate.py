@@ -239,8 +239,28 @@ def test_0004_counts_existing_audit_rows_as_one_occurrence_and_downgrades_cleanl
         engine.dispose()
 
 
-def test_0005_enters_existing_runs_in_run_records_and_downgrades_cleanly(empty_url):
-    upgrade(empty_url, "0004")
+def test_0006_adds_the_webhook_refusals_table_and_downgrades_cleanly(empty_url):
+    assert upgrade(empty_url, "0005") == "0005"
+    engine = sa.create_engine(empty_url)
+    try:
+        assert "webhook_refusals" not in sa.inspect(engine).get_table_names()
+        assert upgrade(empty_url, "0006") == "0006"
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO webhook_refusals (refused_at, tenant, reason, http_status)"
+                    " VALUES (CURRENT_TIMESTAMP, NULL, 'unknown_tenant', 401)"
+                )
+            )
+            assert connection.execute(sa.text("SELECT count FROM webhook_refusals")).scalar() == 1
+        command.downgrade(alembic_config(empty_url), "0005")
+        assert "webhook_refusals" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_0007_enters_existing_runs_in_run_records_and_downgrades_cleanly(empty_url):
+    upgrade(empty_url, "0006")
     engine = sa.create_engine(empty_url)
     insert = sa.text(
         "INSERT INTO audit_log (tenant, direction, entity, record_key, operation, status,"
@@ -265,7 +285,7 @@ def test_0005_enters_existing_runs_in_run_records_and_downgrades_cleanly(empty_u
                 row("O4", "succeeded", run=None),  # a replay outside any run
             ):
                 connection.execute(insert, values)
-        assert upgrade(empty_url, "0005") == "0005"
+        assert upgrade(empty_url, "0007") == "0007"
 
         database = Database(empty_url)
         try:
@@ -278,7 +298,7 @@ def test_0005_enters_existing_runs_in_run_records_and_downgrades_cleanly(empty_u
         assert upgrade(empty_url) == head_revision()
         assert _schema_differences(empty_url) == []
 
-        command.downgrade(alembic_config(empty_url), "0004")
+        command.downgrade(alembic_config(empty_url), "0006")
         assert "run_records" not in sa.inspect(engine).get_table_names()
         indexes = {index["name"] for index in sa.inspect(engine).get_indexes("audit_log")}
         assert "ix_audit_failed" not in indexes

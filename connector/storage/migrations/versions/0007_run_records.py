@@ -5,8 +5,8 @@ The console's Runs page counted each run's rows in the audit log on every reques
 milliseconds a run with thousands of records); it now reads a row per run. Existing audit
 rows are entered here: per run and record its newest row, as the old count read them.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01 14:00:00
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
