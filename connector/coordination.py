@@ -17,6 +17,7 @@ from connector.ratelimit import (
     LocalRateLimiter,
     RateLimiter,
     RedisRateLimiter,
+    UsageSlot,
     acquire,
 )
 
@@ -193,6 +194,10 @@ class Coordination:
         (`limiter.shared` says which).
         """
         return self.limiter.usage(key, limits)
+
+    def history(self, key: str) -> list[UsageSlot]:
+        """What the limiter granted under `key` per slot over the last day, oldest first."""
+        return self.limiter.history(key)
 
     def publish_config_check(self, scope: str, process: str, report: str, ttl_s: float) -> None:
         """Store one process's last configuration check (`report`, JSON) under `scope` (the

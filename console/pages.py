@@ -8,19 +8,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector.cron import CronError, next_run
-from connector.diagnostics.freshness import last_successful_syncs, overdue_by
-from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
+from connector.diagnostics.freshness import last_successful_syncs_by_tenant, overdue_by
+from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom, usage_history
 from connector.diagnostics.status import webhook_status
 from connector.diagnostics.urls import public_url
 from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord, WebhookEvent, WebhookRefusal, utcnow
-from connector.storage.runs import RunProgress, recent_runs, run_progress
+from connector.storage.runs import RunProgress, recent_runs, runs_progress
 from connector.storage.story import RecordStory, record_story
 from connector.storage.webhook_events import WebhookEvents
 from connector.storage.webhook_refusals import WebhookRefusals
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
+from console.charts import UsageChart, usage_chart
 
 ENTITIES = (CUSTOMER, ORDER)
 PIPEDRIVE_PATHS = {CUSTOMER: "organization", ORDER: "deal"}  # Pipedrive's web UI paths
@@ -48,6 +49,7 @@ class TenantRow:
     failed_waiting: int
     webhook: dict[str, Any]
     headroom: dict[str, dict[str, Any]]
+    usage: dict[str, UsageChart]  # budget usage over the last day, per system
     refused_recently: int = 0  # webhook deliveries refused within RECENT_REFUSALS
 
     @property
@@ -57,22 +59,29 @@ class TenantRow:
 
 def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
     now = utcnow()
-    audit = AuditLog(runtime.database)
+    waiting = AuditLog(runtime.database).failed_waiting()
+    last_successes = last_successful_syncs_by_tenant(runtime)
     refused = WebhookRefusals(runtime.database).counts_since(now - RECENT_REFUSALS)
     rows = []
     for tenant_id, tenant in sorted(reading.tenants.items()):
-        successes = last_successful_syncs(runtime, tenant_id)
+        successes = last_successes.get(tenant_id, {})
         syncs = [_entity_sync(tenant, entity, successes.get(entity), now) for entity in ENTITIES]
         rows.append(
             TenantRow(
                 tenant=tenant_id,
                 schedule=tenant.schedule,
                 syncs=syncs,
-                failed_waiting=len(audit.latest_failed(tenant_id)),
+                failed_waiting=waiting.get(tenant_id, 0),
                 webhook=webhook_status(runtime, tenant_id),
                 headroom={
                     IFS: headroom(runtime.coordination, tenant, IFS),
                     PIPEDRIVE: headroom(runtime.coordination, tenant, PIPEDRIVE),
+                },
+                usage={
+                    system: usage_chart(
+                        usage_history(runtime.coordination, tenant, system), now, unit
+                    )
+                    for system, unit in ((IFS, "requests"), (PIPEDRIVE, "tokens"))
                 },
                 refused_recently=refused.get(tenant_id, 0),
             )
@@ -105,11 +114,8 @@ class RunRow:
 
 
 def run_rows(runtime: Runtime, tenant: str | None, limit: int = 10) -> list[RunRow]:
-    found = (
-        run_progress(runtime.database, run_id)
-        for run_id in recent_runs(runtime.database, tenant, limit)
-    )
-    return [RunRow(progress) for progress in found if progress is not None]
+    found = runs_progress(runtime.database, recent_runs(runtime.database, tenant, limit))
+    return [RunRow(progress) for progress in found]
 
 
 def group_id(tenant: str, error: str | None) -> str:

@@ -97,6 +97,21 @@ class LimitUsage:
         return max(0, self.limit.available - self.used)
 
 
+# The usage history: what each key was granted per slot of this many seconds, kept this long.
+HISTORY_SLOT_S = 300
+HISTORY_S = 86_400
+
+
+@dataclass(frozen=True)
+class UsageSlot:
+    """What a key was granted in one slot of the history: cost units (Pipedrive tokens, IFS
+    requests) and acquisitions, from `start` (Unix seconds) for HISTORY_SLOT_S seconds."""
+
+    start: int
+    cost: int
+    requests: int
+
+
 class RateLimiter(Protocol):
     # True when every process that uses the same backend shares the counters (Redis); an
     # in-process limiter knows only the grants of its own process.
@@ -108,6 +123,11 @@ class RateLimiter(Protocol):
 
     def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
         """What is spent of each of `limits` under `key`, in their order; books nothing."""
+        ...
+
+    def history(self, key: str) -> list[UsageSlot]:
+        """What was granted under `key` per slot over the last HISTORY_S, oldest first (slots
+        without a grant left out); each grant is booked there as it is taken."""
         ...
 
     def align(self, key: str, limit: Limit, used: int) -> None:
@@ -187,12 +207,15 @@ from connector.ratelimit.local import LocalRateLimiter  # noqa: E402
 from connector.ratelimit.redis import RedisRateLimiter  # noqa: E402
 
 __all__ = [
+    "HISTORY_S",
+    "HISTORY_SLOT_S",
     "Limit",
     "LimitUsage",
     "LocalRateLimiter",
     "RateLimited",
     "RateLimiter",
     "RedisRateLimiter",
+    "UsageSlot",
     "acquire",
     "check_limits",
     "check_request",

@@ -8,7 +8,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from connector.ratelimit import Limit, LimitUsage, check_limits, check_request
+from connector.ratelimit import (
+    HISTORY_S,
+    HISTORY_SLOT_S,
+    Limit,
+    LimitUsage,
+    UsageSlot,
+    check_limits,
+    check_request,
+)
 
 
 class _Log:
@@ -38,10 +46,16 @@ class LocalRateLimiter:
 
     shared = False
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._wall_clock = wall_clock  # the history's slots are times of day
         self._lock = threading.Lock()
         self._logs: dict[tuple[str, str], _Log] = {}
+        self._history: dict[str, dict[int, list[int]]] = {}  # key -> slot -> [cost, requests]
         self._paused_until: dict[str, float] = {}
         self._grants = threading.local()  # key -> clock time of this thread's newest grant
 
@@ -63,8 +77,29 @@ class LocalRateLimiter:
             for log, charge in logs:
                 log.entries.append((now, charge))
                 log.total += charge
+            self._book(key, cost)
             self._granted()[key] = now
             return 0.0
+
+    def _book(self, key: str, cost: int) -> None:
+        wall = self._wall_clock()
+        slots = self._history.setdefault(key, {})
+        start = int(wall // HISTORY_SLOT_S) * HISTORY_SLOT_S
+        if start not in slots:  # a new slot: forget those out of the history
+            for old in [slot for slot in slots if slot < wall - HISTORY_S - HISTORY_SLOT_S]:
+                del slots[old]
+            slots[start] = [0, 0]
+        slots[start][0] += cost
+        slots[start][1] += 1
+
+    def history(self, key: str) -> list[UsageSlot]:
+        with self._lock:
+            since = self._wall_clock() - HISTORY_S
+            return [
+                UsageSlot(start, cost, requests)
+                for start, (cost, requests) in sorted(self._history.get(key, {}).items())
+                if start + HISTORY_SLOT_S > since
+            ]
 
     def _granted(self) -> dict[str, float]:
         grants: dict[str, float] | None = getattr(self._grants, "by_key", None)

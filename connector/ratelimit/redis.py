@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from connector.ratelimit import Limit, LimitUsage, check_limits, check_request
+from connector.ratelimit import (
+    HISTORY_S,
+    HISTORY_SLOT_S,
+    Limit,
+    LimitUsage,
+    UsageSlot,
+    check_limits,
+    check_request,
+)
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -34,6 +42,9 @@ class RedisRateLimiter:
         base = f"{self.prefix}{{{key}}}:{limit.slot}"
         return f"{base}:z", f"{base}:h"
 
+    def _history_key(self, key: str) -> str:
+        return f"{self.prefix}{{{key}}}:history"
+
     def _pause_key(self, key: str) -> str:
         return f"{self.prefix}{{{key}}}:pause"
 
@@ -53,7 +64,10 @@ class RedisRateLimiter:
                     limit.charge(cost) if charge is None else charge,
                 ]
             )
-        keys.append(self._pause_key(key))
+        # Then the history hash (its slot and span in seconds, and the acquisition's cost, which
+        # only a granted "acquire" books there) and last the pause, as the script expects.
+        keys.extend([self._history_key(key), self._pause_key(key)])
+        args.extend([HISTORY_SLOT_S, HISTORY_S, cost])
         return self._script(keys=keys, args=args)
 
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
@@ -81,6 +95,22 @@ class RedisRateLimiter:
         return [
             LimitUsage(limit, int(answer[2 * i]), int(answer[2 * i + 1]) / 1_000_000)
             for i, limit in enumerate(limits)
+        ]
+
+    def history(self, key: str) -> list[UsageSlot]:
+        # Fields "<slot start>:c" (cost) and "<slot start>:n" (requests); Redis' clock, as
+        # the script books them.
+        fields = self.client.hgetall(self._history_key(key))
+        now_s, _ = self.client.time()
+        found: dict[int, list[int]] = {}
+        for name, value in fields.items():
+            text = name.decode() if isinstance(name, bytes) else str(name)
+            start, kind = text.split(":")
+            found.setdefault(int(start), [0, 0])[0 if kind == "c" else 1] = int(value)
+        return [
+            UsageSlot(start, cost, requests)
+            for start, (cost, requests) in sorted(found.items())
+            if start + HISTORY_SLOT_S > int(now_s) - HISTORY_S
         ]
 
     def align(self, key: str, limit: Limit, used: int) -> None:

@@ -17,7 +17,13 @@
 -- Mode "settle" takes, per limit, a grant's time as "cost", and moves one unit of that grant
 -- from the bucket it was booked in to the bucket of now: the request was answered, so the
 -- remote saw it at the latest now, and it counts a full window from then.
--- Mode "pause" (ARGV[2] = milliseconds, no limits) extends the pause to at least that long.
+-- Mode "pause" (ARGV[2] = milliseconds, no limits, KEYS = the pause alone) extends the pause
+-- to at least that long.
+-- The KEY before the pause is the usage history, a hash {"<slot start s>:c" -> cost,
+-- "<slot start s>:n" -> acquisitions}; the last three ARGV are its slot and span in seconds
+-- and the acquisition's cost. Only a granted "acquire" books there (align and settle correct
+-- the window's counters, not what was asked for); slots older than the span are dropped when
+-- a new slot begins, and the hash expires a span after its last grant.
 -- The clock is Redis' own (TIME), so the clocks of worker hosts do not matter.
 
 local mode = ARGV[1]
@@ -29,7 +35,8 @@ if mode == 'pause' then
   end
   return 0
 end
-local nlimits = (#KEYS - 1) / 2
+local nlimits = (#KEYS - 2) / 2
+local history = KEYS[#KEYS - 1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local pause_us = math.max(0, redis.call('PTTL', pause_key)) * 1000
@@ -151,6 +158,23 @@ for i = 1, nlimits do
   end
 end
 if mode == 'acquire' then
+  local slot_s = tonumber(ARGV[2 + 4 * nlimits])
+  local span_s = tonumber(ARGV[3 + 4 * nlimits])
+  local cost = tonumber(ARGV[4 + 4 * nlimits])
+  local now_s = tonumber(t[1])
+  local start = now_s - now_s % slot_s
+  if redis.call('HINCRBY', history, start .. ':n', 1) == 1 then
+    -- a new slot: forget the ones that left the history
+    local names = redis.call('HKEYS', history)
+    for j = 1, #names do
+      local slot = tonumber(string.match(names[j], '^(%d+):'))
+      if slot and slot + slot_s <= now_s - span_s then
+        redis.call('HDEL', history, names[j])
+      end
+    end
+  end
+  redis.call('HINCRBY', history, start .. ':c', cost)
+  redis.call('EXPIRE', history, span_s + slot_s)
   return -now
 end
 return 0

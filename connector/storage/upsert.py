@@ -23,6 +23,11 @@ def _insert(session: Session, model: type[Base] | Any) -> Any:
     )
 
 
+def dialect_insert(session: Session, model: type[Base]) -> Any:
+    """The backend's INSERT of `model`, for an ON CONFLICT clause of the caller's own."""
+    return _insert(session, model)
+
+
 def upsert(
     session: Session,
     model: type[Base],
