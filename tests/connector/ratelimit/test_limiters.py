@@ -183,7 +183,9 @@ def test_usage_of_a_full_limit_says_when_one_more_fits(limiter: RateLimiter):
     assert (short.used, short.remaining) == (2, 0) and 0.5 < short.retry_after_s <= 1.01
     assert (long.used, long.remaining, long.retry_after_s) == (2, 8, 0.0)
     time.sleep(short.retry_after_s)
-    assert limiter.usage("t", [full])[0].used == 0  # both grants left the window
+    # The oldest grant has left the window; the second may be booked a bucket later (two
+    # calls need not land in one millisecond), so it may still count.
+    assert limiter.usage("t", [full])[0].used <= 1
     assert limiter.try_acquire("t", 1, [full]) == 0
 
 
