@@ -680,8 +680,16 @@ def test_after_keys_rotate_a_receiver_without_the_new_key_answers_503_saying_why
 
     tenant_id = tenants["basic"]
     new_key = Fernet.generate_key().decode()
-    # `keys rotate` with a new key first: every credential is re-encrypted with it.
-    Vault(runtime.database, [new_key, KEY]).rotate()
+    # What `keys rotate` with a new key first leaves for this tenant: its credentials
+    # re-encrypted with that key. (Vault.rotate itself re-encrypts every tenant of the shared
+    # test database, other tests' tenants under other keys included.)
+    rotated = Vault(runtime.database, [new_key, KEY])
+    for name, value in (
+        ("basic_user", USER),
+        ("basic_password", PASSWORD),
+        ("hmac_secret", HMAC_SECRET),
+    ):
+        rotated.set(tenant_id, "webhook", name, value)
     client = create_app(runtime, broker.enqueue, check_broker=broker.check).test_client()
     body = encode(v2_deal_event(5))
 
