@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class Stack:
     tenants_file: Path
     tenant_config: dict[str, Any]
     workers: WorkerProcesses
+    # Tenants of other stacks that this stack's processes serve too (serve_tenant_of).
+    other_tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ifs(self) -> IfsSim:
@@ -56,11 +58,29 @@ class Stack:
 
     @property
     def queue(self) -> str:
+        """The bulk queue (plans, and the records the dispatcher releases)."""
         return self.runtime.settings.queue
+
+    @property
+    def interactive_queue(self) -> str:
+        """Stage pushes and replays of single records."""
+        return self.runtime.settings.effective_interactive_queue
 
     def write_tenants(self, **overrides: Any) -> None:
         """Rewrite the tenants file with `overrides` merged into this tenant's section."""
-        write_tenants_file(self.tenants_file, self.tenant, merge(self.tenant_config, overrides))
+        write_tenants_file(
+            self.tenants_file,
+            self.tenant,
+            merge(self.tenant_config, overrides),
+            self.other_tenants,
+        )
+
+    def serve_tenant_of(self, other: Stack) -> None:
+        """Serve `other`'s tenant (on its simulators) from this stack's processes too: one
+        deployment with two tenants, as production has many. Start the workers after it."""
+        self.other_tenants[other.tenant] = other.tenant_config
+        store_credentials(self.runtime.vault, other.tenant, other.simulators)
+        self.write_tenants()
 
     def cli(
         self, *args: str, timeout: float = 600, input: str | None = None
@@ -78,6 +98,7 @@ class Stack:
     def start_workers(
         self, count: int = 2, concurrency: int = 2, queue: str | None = None
     ) -> list[subprocess.Popen[bytes]]:
+        """Worker processes consuming `queue`, by default the bulk and interactive queues."""
         return self.workers.start(count, concurrency, queue)
 
     def wait_for_pool(self, process: subprocess.Popen[bytes], size: int, timeout: float) -> None:
@@ -95,7 +116,9 @@ class Stack:
         self.runtime.close()
         self.simulators.stop()
         if self.runtime.settings.redis_url:
-            forget_redis_keys(self.runtime.settings.redis_url, self.tenant, self.queue)
+            forget_redis_keys(
+                self.runtime.settings.redis_url, self.tenant, self.queue, self.interactive_queue
+            )
 
 
 def forget_queues(client: Any, *queues: str) -> None:

@@ -24,22 +24,27 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
 
 from connector import metrics
 from connector.errors import is_transient, retry_after_s
 from connector.http import RetryPolicy
 from connector.logs import log_context
 from connector.storage.audit import FAILED, AuditLog
+from connector.storage.models import utcnow
 from workers.app import VISIBILITY_TIMEOUT_S
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 10
+# The longest a released record's task sleeps for rate-limit tokens (the dispatcher released
+# it within budget; when they are not there, it is handed back instead).
+DISPATCHED_TOKEN_WAIT_S = 0.25
 MAX_COUNTDOWN_S = VISIBILITY_TIMEOUT_S / 2
 # Task-level waits are longer than HTTP-level ones: these follow a failure that the HTTP
 # policy already retried, or a limiter that said how long to wait.
@@ -115,12 +120,67 @@ class ConnectorTask(Task):
 
 
 class RecordSyncTask(ConnectorTask):
-    """Upserts one IFS record of `entity`; counts it in mlc_records_synced_total."""
+    """Upserts one IFS record of `entity`; counts it in mlc_records_synced_total.
+
+    A record the dispatcher released (kwargs `work_item`, `attempt`) is retried through its
+    stored item, not a countdown message: a transient ending gives the item back with the
+    retry policy's delay (a limiter's wait alone, uncounted, when only tokens were missing),
+    and the dispatcher releases it again when it is due and the budget has room.
+    """
 
     entity = ""  # set by the task decorator (customer, order)
 
+    @property
+    def attempt(self) -> int:
+        given = (self.request.kwargs or {}).get("attempt")
+        return int(given) if given else super().attempt
+
+    def retry_transient(
+        self,
+        error: Exception,
+        *,
+        audit_id: int | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        item = (self.request.kwargs or {}).get("work_item")
+        if item is None:
+            super().retry_transient(error, audit_id=audit_id, kwargs=kwargs)
+            return
+        from connector.storage.work_items import WorkItems
+
+        items = WorkItems(get_runtime().database)
+        row_id = audit_id if audit_id is not None else getattr(error, "audit_id", None)
+        wait = retry_after_s(error)
+        retries = self.attempt - 1
+        if wait is not None and wait > MAX_COUNTDOWN_S:
+            # A spent day: deferred with its reason, as a queued task is (ConnectorTask).
+            super().retry_transient(error, audit_id=audit_id)
+            items.finish(int(item))
+            return
+        if _only_tokens_missing(error):
+            delay, attempts = wait or 0.0, retries  # the dispatcher's pacing, not a failure
+        elif retries < self.max_retries:
+            delay, attempts = TASK_RETRY_POLICY.delay_s(retries, wait), retries + 1
+        else:
+            log.warning("%s: no retry left after %d: %s", self.name, retries, error)
+            if row_id is not None:
+                AuditLog(get_runtime().database).mark_failed(row_id)
+            items.finish(int(item))
+            return
+        not_before = utcnow() + timedelta(seconds=delay)
+        items.give_back(int(item), not_before=not_before, attempts=attempts)
+        # Acknowledged and done with: the stored item is the retry.
+        raise Ignore()
+
     def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
         metrics.record_sync(str(kwargs.get("tenant")), self.entity, str(outcome))
+
+
+def _only_tokens_missing(error: BaseException) -> bool:
+    """The attempt stopped because our own limiter had no tokens within the short wait."""
+    from connector.ratelimit import RateLimited
+
+    return isinstance(error, RateLimited) or isinstance(error.__cause__, RateLimited)
 
 
 class StagePushTask(ConnectorTask):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -100,6 +102,21 @@ def check_request(cost: int, limits: Sequence[Limit]) -> None:
             raise ValueError(f"cost {cost} exceeds the capacity of {limit}")
 
 
+# The longest any acquire() in this context may sleep, whatever its caller allows.
+_wait_cap: ContextVar[float | None] = ContextVar("rate_limit_wait_cap", default=None)
+
+
+@contextmanager
+def waits_at_most(seconds: float) -> Iterator[None]:
+    """Inside the block, no acquisition sleeps longer than `seconds` for tokens: it raises
+    RateLimited instead (work that can be handed back rather than hold a worker asleep)."""
+    token = _wait_cap.set(seconds)
+    try:
+        yield
+    finally:
+        _wait_cap.reset(token)
+
+
 def acquire(
     limiter: RateLimiter,
     key: str,
@@ -111,8 +128,12 @@ def acquire(
 ) -> float:
     """Take `cost` from every limit, sleeping up to `max_wait_s` in total; return seconds waited.
 
-    Raises RateLimited (with the wait still needed) when the tokens would come later than that.
+    Raises RateLimited (with the wait still needed) when the tokens would come later than that
+    (or than the cap of an enclosing `waits_at_most`).
     """
+    cap = _wait_cap.get()
+    if cap is not None:
+        max_wait_s = min(max_wait_s, cap)
     waited = 0.0
     while True:
         wait = limiter.try_acquire(key, cost, limits)
@@ -146,4 +167,5 @@ __all__ = [
     "acquire",
     "check_limits",
     "check_request",
+    "waits_at_most",
 ]
