@@ -113,6 +113,10 @@ class Stack:
     def close(self) -> None:
         """Stop the workers and simulators; forget this stack's queue and tenant keys."""
         self.stop_workers()
+        from connector.storage.work_items import WorkItems
+
+        # The session's database outlives the stack: no backlog of its tenant stays behind.
+        WorkItems(self.runtime.database).forget(self.tenant)
         self.runtime.close()
         self.simulators.stop()
         if self.runtime.settings.redis_url:

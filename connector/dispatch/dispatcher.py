@@ -91,7 +91,9 @@ class Dispatcher:
         if not tenants:
             return done
         in_flight = self.items.in_flight()
-        room = self.in_flight_cap - sum(in_flight.values())
+        served = self.runtime.tenants
+        # Items of tenants this deployment does not serve (removed from the file) take no room.
+        room = self.in_flight_cap - sum(n for t, n in in_flight.items() if t in served)
         backlogs = []
         for tenant in tenants:
             budget = self._allowance(tenant)

@@ -200,3 +200,11 @@ class WorkItems:
             ).all()
         counts = {bool(waiting): int(count) for waiting, count in rows}
         return counts.get(True, 0), counts.get(False, 0)
+
+    def forget(self, tenant: str) -> int:
+        """Remove every item of `tenant` (a tenant taken out of service); how many there were."""
+        with self.database.session() as session:
+            result: Any = session.execute(
+                delete(WorkItemRecord).where(WorkItemRecord.tenant == tenant)
+            )
+        return int(result.rowcount or 0)
