@@ -39,6 +39,7 @@ class Stack:
     workers: WorkerProcesses
     # Tenants of other stacks that this stack's processes serve too (serve_tenant_of).
     other_tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _sender: Any = None  # the Celery app `enqueue` sends with, made on first use
 
     @property
     def ifs(self) -> IfsSim:
@@ -75,10 +76,20 @@ class Stack:
             self.other_tenants,
         )
 
-    def serve_tenant_of(self, other: Stack) -> None:
-        """Serve `other`'s tenant (on its simulators) from this stack's processes too: one
-        deployment with two tenants, as production has many. Start the workers after it."""
-        self.other_tenants[other.tenant] = other.tenant_config
+    def enqueue(self, job: str, kwargs: dict[str, Any]) -> None:
+        """Send a job as this stack's processes would: the app's routes choose the queue
+        (interactive jobs to the interactive queue). A receiver in the test process uses it."""
+        if self._sender is None:
+            from workers.app import create_celery_app
+
+            self._sender = create_celery_app(self.runtime.settings)
+        self._sender.send_task(job, kwargs=kwargs)
+
+    def serve_tenant_of(self, other: Stack, **overrides: Any) -> None:
+        """Serve `other`'s tenant (on its simulators, with `overrides` merged into its section)
+        from this stack's processes too: one deployment with two tenants, as production has
+        many. Start the workers after it."""
+        self.other_tenants[other.tenant] = merge(other.tenant_config, overrides)
         store_credentials(self.runtime.vault, other.tenant, other.simulators)
         self.write_tenants()
 
@@ -113,6 +124,8 @@ class Stack:
     def close(self) -> None:
         """Stop the workers and simulators; forget this stack's queue and tenant keys."""
         self.stop_workers()
+        if self._sender is not None:
+            self._sender.close()
         from connector.storage.work_items import WorkItems
 
         # The session's database outlives the stack: no backlog of its tenant stays behind.
@@ -187,6 +200,8 @@ def start_stack(
         "CONNECTOR_REDIS_URL": redis_url,
         "CONNECTOR_BROKER_URL": redis_url,
         "CONNECTOR_QUEUE": queue,
+        # Named outright: a Procfile or compose default cannot derive it from CONNECTOR_QUEUE.
+        "CONNECTOR_INTERACTIVE_QUEUE": f"{queue}-interactive",
         "CONNECTOR_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "CONNECTOR_TENANTS_FILE": str(tenants_file),
         "CONNECTOR_LOG_LEVEL": "WARNING",
@@ -196,6 +211,7 @@ def start_stack(
         redis_url=redis_url,
         broker_url=redis_url,
         queue=queue,
+        interactive_queue=env["CONNECTOR_INTERACTIVE_QUEUE"],
         encryption_keys=env["CONNECTOR_ENCRYPTION_KEYS"],
         tenants_file=tenants_file,
     )
