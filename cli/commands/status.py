@@ -116,7 +116,8 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
         _broken_tenant(each, found) for each, found in broken.items() if tenant_id in (None, each)
     ]
     file_problems = [_config_problem(found) for found in reading.problems.get(None, [])]
-    queue = queue_status(obj.settings.effective_broker_url, [obj.settings.queue])
+    queues = [obj.settings.queue, obj.settings.effective_interactive_queue]
+    queue = queue_status(obj.settings.effective_broker_url, queues)
     if as_json:
         document = {
             "tenants": [each.as_dict() for each in statuses],
