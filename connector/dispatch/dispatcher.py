@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-HORIZON_S = 2.0  # "the next few seconds": one Pipedrive burst window
+# How far ahead a tick releases: two ticks, so a record released now has its tokens by the time
+# a worker takes it. Longer would release records whose tokens are a window away, and they
+# would only come back (a whole window of them in flight at 2 s, half a window at 1 s).
+HORIZON_S = 1.0
 LEASE_TTL_S = 5.0
 SWEEP_EVERY_S = 5.0
 # A released item not finished after this long lost its message: released again. Longer than
