@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 10
 # The longest a released record's task sleeps for rate-limit tokens (the dispatcher released
 # it within budget; when they are not there, it is handed back instead).
-DISPATCHED_TOKEN_WAIT_S = 0.25
+DISPATCHED_TOKEN_WAIT_S = 0.5
 MAX_COUNTDOWN_S = VISIBILITY_TIMEOUT_S / 2
 # Task-level waits are longer than HTTP-level ones: these follow a failure that the HTTP
 # policy already retried, or a limiter that said how long to wait.
@@ -180,7 +180,13 @@ def _only_tokens_missing(error: BaseException) -> bool:
     """The attempt stopped because our own limiter had no tokens within the short wait."""
     from connector.ratelimit import RateLimited
 
-    return isinstance(error, RateLimited) or isinstance(error.__cause__, RateLimited)
+    # The engine wraps it (a record's parent synced first wraps it twice): follow the causes.
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, RateLimited):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 class StagePushTask(ConnectorTask):

@@ -6,8 +6,9 @@ taken over by another worker within seconds when its holder dies). A tick:
 1. every few seconds, puts back items released so long ago that their message must be lost
    (a worker killed mid-task, a broker that lost its queue): the sweep of stale releases;
 2. lists the tenants with stored records and asks the limiter (`usage`, through
-   Coordination: never its keys) how many records each tenant's budget takes within the
-   horizon; a tenant whose budget is spent is passed over and holds no place in the queue;
+   Coordination: never its keys) how many records each tenant's budget takes now, less what
+   it has on its way; a tenant whose budget is spent is passed over and holds no place in
+   the queue (a tick every 0.5 s keeps up with a budget that frees as its window rolls);
 3. hands out the room left under the deployment's in-flight cap round-robin (pacing.py),
    marks those items released (one transaction), then sends them, alternating tenants.
 """
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-# How far ahead a tick releases: two ticks, so a record released now has its tokens by the time
-# a worker takes it. Longer would release records whose tokens are a window away, and they
-# would only come back (a whole window of them in flight at 2 s, half a window at 1 s).
-HORIZON_S = 1.0
 LEASE_TTL_S = 5.0
 SWEEP_EVERY_S = 5.0
 # A released item not finished after this long lost its message: released again. Longer than
@@ -70,7 +67,6 @@ class Dispatcher:
         enqueue: Enqueue,
         *,
         in_flight_cap: int | None = None,
-        horizon_s: float = HORIZON_S,
         stale_after_s: float = STALE_AFTER_S,
         cost: ItemCost | None = None,
     ) -> None:
@@ -78,7 +74,6 @@ class Dispatcher:
         self.enqueue = enqueue
         self.items = WorkItems(runtime.database)
         self.in_flight_cap = in_flight_cap or runtime.settings.dispatch_in_flight
-        self.horizon_s = horizon_s
         self.stale_after_s = stale_after_s
         self.cost = cost or ItemCost()
         self._turn = 0
@@ -118,7 +113,7 @@ class Dispatcher:
         return done
 
     def _allowance(self, tenant: str) -> int | None:
-        """Records the tenant's Pipedrive budget takes within the horizon; None for a tenant
+        """Records the tenant's Pipedrive budget takes now; None for a tenant
         this deployment does not serve (left alone: not ours, or removed from the file)."""
         try:
             config = self.runtime.tenant(tenant)
@@ -130,7 +125,7 @@ class Dispatcher:
         except RedisError as error:
             log.warning("dispatch: limiter of %s unreadable, nothing released: %s", tenant, error)
             return 0
-        return allowance(usages, self.horizon_s, self.cost)
+        return allowance(usages, self.cost)
 
     def _send(self, items: list[ReleasedItem]) -> int:
         for position, item in enumerate(items):

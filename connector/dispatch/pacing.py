@@ -1,9 +1,9 @@
 """What the dispatcher releases: pure arithmetic over budgets, backlogs and queue room.
 
-Two questions, answered without any I/O so that they can be tested on their own:
-how many of a tenant's records its remaining budget can take within the horizon
-(`allowance`), and which tenants' records go out, in which order, when the shared room
-on the bulk queue is smaller than what the tenants could take (`releases`: round-robin).
+Two questions, answered without any I/O so that they can be tested on their own: how many
+of a tenant's records its remaining budget can take now (`allowance`), and which tenants'
+records go out, in which order, when the shared room on the bulk queue is smaller than what
+the tenants could take (`releases`: round-robin).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Backlog:
     tenant: str
     waiting: int  # items stored and due (bounded by what the tick asked for)
     in_flight: int  # released, not yet finished
-    allowance: int  # items the tenant's budget can take within the horizon
+    allowance: int  # items the tenant's budget can take now
 
     @property
     def quota(self) -> int:
@@ -49,24 +49,20 @@ class Backlog:
         return max(0, min(self.waiting, self.allowance - self.in_flight))
 
 
-def allowance(usages: Sequence[LimitUsage], horizon_s: float, cost: ItemCost) -> int:
-    """Items the tenant's limits can grant within `horizon_s`, as the limiter reports them.
+def allowance(usages: Sequence[LimitUsage], cost: ItemCost) -> int:
+    """Items the tenant's limits can grant now, as the limiter reports them: per limit what is
+    left divided by the item's charge, the smallest over all limits.
 
-    Per limit: what is left now plus what leaves the rolling window within the horizon (at
-    most what is used, all of it once the horizon is a whole window), divided by the item's
-    charge; the smallest over all limits. A limit that would make even one request wait
-    longer than the horizon (a spent day) allows nothing.
+    Only what is left now, never tokens still to come: a record released ahead of its tokens
+    would find none within its short wait and go back, and a record that needs several
+    requests (an order whose customer is new) would spend some of them each time.
     """
     items = math.inf
     for usage in usages:
         charge = cost.charge(usage.limit)
         if charge <= 0:
             continue
-        if usage.retry_after_s > horizon_s:
-            return 0
-        share = min(1.0, horizon_s / usage.limit.window_s)
-        freed = math.floor(usage.used * share)
-        items = min(items, (usage.remaining + freed) // charge)
+        items = min(items, usage.remaining // charge)
     return 0 if items == math.inf else int(items)
 
 

@@ -86,13 +86,15 @@ def test_a_throttled_backlog_does_not_delay_another_tenants_stage_push_or_small_
         assert wait_until(pushed, 60), a.worker_logs()
 
         # All of that while A's backlog is still there, and A never had more on its way than
-        # its budget takes within the dispatcher's horizon (one 2 s window).
+        # its budget takes at once. (That A keeps its own share meanwhile is the dispatcher's
+        # round-robin: tests/connector/dispatch. Here A's budget goes first to reading its
+        # Pipedrive layout in each worker process, so how far it gets is not asserted.)
         waiting, _ = backlog_of_a()
         assert waiting > 0
         run = latest_run(database, a.tenant)
         assert run is not None
         progress = run_progress(database, run[0])
         assert progress is not None and progress.running
-        assert 0 < most_in_flight <= A_BURST
+        assert most_in_flight <= A_BURST
         a.stop_workers()
     receiving.close()

@@ -76,8 +76,7 @@ def test_each_tenant_gets_what_its_budget_takes_and_the_queue_alternates(
     dispatcher.tick()
     assert len(queue.sent) == 10
 
-    # Its workers spend the window just now and finish: none of it leaves the window within
-    # the dispatcher's horizon (the limiter's wait says so), so nothing more goes out yet.
+    # Its workers spend the window and finish: nothing more goes out until tokens are back.
     limiter = runtime.coordination.limiter
     key, limits = tenant_limits(runtime.tenant(slow), PIPEDRIVE)
     for _ in range(4):

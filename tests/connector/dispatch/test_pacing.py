@@ -19,14 +19,12 @@ DAY = Limit(30_000, 86_400.0, "daily")
 
 def test_a_fresh_budget_takes_a_whole_window_of_records():
     usages = [LimitUsage(BURST, 0), LimitUsage(SEARCH, 0), LimitUsage(DAY, 0)]
-    assert allowance(usages, 2.0, ItemCost()) == 20
+    assert allowance(usages, ItemCost()) == 20
 
 
-def test_what_leaves_the_window_within_the_horizon_counts_again():
-    # 15 used of 20: 5 left now, and over a whole window the 15 used leave too.
-    assert allowance([LimitUsage(BURST, 15)], 2.0, ItemCost()) == 20
-    # Over half a window, about half of what is used comes back.
-    assert allowance([LimitUsage(BURST, 16)], 1.0, ItemCost()) == 4 + 8
+def test_only_what_is_left_now_counts_never_tokens_still_to_come():
+    assert allowance([LimitUsage(BURST, 15)], ItemCost()) == 5
+    assert allowance([LimitUsage(BURST, 20, retry_after_s=0.1)], ItemCost()) == 0
 
 
 def test_the_tightest_limit_decides_and_searches_are_not_counted():
@@ -36,12 +34,12 @@ def test_the_tightest_limit_decides_and_searches_are_not_counted():
         LimitUsage(DAY, 30_000 - 25),
     ]
     # 25 tokens left today, 5 per write: 5 records, whatever the burst window allows.
-    assert allowance(usages, 2.0, ItemCost(requests=1, tokens=5)) == 5
+    assert allowance(usages, ItemCost(requests=1, tokens=5)) == 5
 
 
 def test_a_spent_day_allows_nothing():
     usages = [LimitUsage(BURST, 0), LimitUsage(DAY, 30_000, retry_after_s=3_600.0)]
-    assert allowance(usages, 2.0, ItemCost()) == 0
+    assert allowance(usages, ItemCost()) == 0
 
 
 def test_quota_is_the_allowance_less_what_is_in_flight():
