@@ -117,6 +117,21 @@ def _timeline(deployment: Stack, run_id: str, started: float) -> dict[str, float
     return timeline
 
 
+def _statuses(deployment: Stack) -> dict[str, int]:
+    """The deployment's own tenant's audit rows by status (retrying: attempts handed back)."""
+    from sqlalchemy import func
+
+    from connector.storage.models import AuditRecord
+
+    with deployment.runtime.database.session() as session:
+        rows = session.execute(
+            select(AuditRecord.status, func.count())
+            .where(AuditRecord.tenant == deployment.tenant)
+            .group_by(AuditRecord.status)
+        ).all()
+    return {str(status): int(count) for status, count in rows}
+
+
 def _planned(deployment: Stack) -> bool:
     """The deployment's own tenant has planned both entities of its newest run: its backlog
     is stored whole (and its plan no longer takes a worker)."""
@@ -179,8 +194,11 @@ def run(args: argparse.Namespace) -> int:
             if not wait_until(lambda: _planned(a), 600):
                 sys.exit(f"A's backlog was never stored\n{a.worker_logs()}")
             a_waiting_before = items.backlog(a.tenant)[0]
+            measured_from = time.monotonic()
             behind = _measure(a, b, args, 1)
             a_waiting_after = items.backlog(a.tenant)[0]
+            a_rate = (a_waiting_before - a_waiting_after) / (time.monotonic() - measured_from)
+            a_rows = _statuses(a)
             a.stop_workers()
         receiving.close()
 
@@ -189,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
         "a_orders": args.a_orders,
         "a_burst": f"{A_BURST}/2s",
         "a_waiting_during_b": [a_waiting_before, a_waiting_after],
+        "a_records_per_s_during_b": round(a_rate, 2),
+        "a_audit_rows_by_status": a_rows,
         "alone": alone,
         "behind_a_backlog": behind,
         "ratio_behind_over_alone": ratio,
@@ -198,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"tenant A: {args.a_orders} orders at {A_BURST} requests / 2 s")
     print(f"A's records waiting while B was measured: {a_waiting_before} -> {a_waiting_after}")
+    print(f"A meanwhile: {a_rate:.2f} records/s; A's audit rows by status: {a_rows}")
     print(f"B's small sync: {alone['small_sync_records']} / {behind['small_sync_records']} records")
     for name, shown in (("alone", alone), ("behind A", behind)):
         print(f"  {name}: seconds from the command's start {shown['small_sync_timeline']}")

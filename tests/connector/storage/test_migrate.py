@@ -236,3 +236,26 @@ def test_0004_counts_existing_audit_rows_as_one_occurrence_and_downgrades_cleanl
             assert connection.execute(sa.text("SELECT count(*) FROM audit_log")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_0005_adds_the_work_items_table_with_its_indexes_and_downgrades_cleanly(empty_url):
+    assert upgrade(empty_url, "0004") == "0004"
+    engine = sa.create_engine(empty_url)
+    try:
+        assert "work_items" not in sa.inspect(engine).get_table_names()
+        assert upgrade(empty_url, "0005") == "0005"
+        if engine.dialect.name == "sqlite":  # SQLAlchemy's inspector leaves partial indexes out
+            with engine.connect() as connection:
+                names = set(
+                    connection.execute(
+                        sa.text("SELECT name FROM sqlite_master WHERE tbl_name = 'work_items'")
+                    ).scalars()
+                )
+        else:
+            names = {index["name"] for index in sa.inspect(engine).get_indexes("work_items")}
+        assert {"ix_work_items_waiting", "ix_work_items_released"} <= names
+        assert _schema_differences(empty_url) == []
+        command.downgrade(alembic_config(empty_url), "0004")
+        assert "work_items" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
