@@ -24,8 +24,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy connector workers webhook_receiver simulators cli sandbox console
 
+# Two test processes (pytest-xdist); TEST_PROCESSES=1 runs the suite in one.
+TEST_PROCESSES ?= 2
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -5,8 +5,9 @@
 Makes a throw-away database, migrates it, fills it with runs of five tenants (plan rows,
 record attempts with 1% failures, replays, webhook events), then asks every page through the
 real Flask app (in-process WSGI, signed in by the trusted header) and prints the median of
-several requests. The rows are written in bulk straight through the model (a benchmark's
-fixture), not through the audit writer one by one.
+several requests. The rows are written in bulk straight through the models (a benchmark's
+fixture), not through the audit writer one by one: so are the run entries and totals that
+the writer keeps with them (connector.storage.run_records).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from sqlalchemy import insert
 from connector.runtime import Runtime
 from connector.settings import Settings
 from connector.storage.migrate import upgrade
-from connector.storage.models import AuditRecord, IdMapEntry, WebhookEvent
+from connector.storage.models import AuditRecord, IdMapEntry, RunRecord, RunTotals, WebhookEvent
+from connector.storage.run_records import COUNTERS
 from console.app import create_app
 
 TENANTS = 5
@@ -49,12 +52,44 @@ def _audit_row(**values: object) -> dict[str, object]:
     return {**_AUDIT_DEFAULTS, **values}
 
 
+def _entry(row: dict[str, object], queued: int | None = None) -> dict[str, object]:
+    """The run entry the audit writer keeps for `row` (its audit id filled in on insert)."""
+    return {
+        "run_id": row["correlation_id"],
+        "entity": row["entity"],
+        "record_key": row["record_key"],
+        "tenant": row["tenant"],
+        "status": row["status"],
+        "queued": queued,
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+    }
+
+
+def _insert(
+    connection: sa.Connection, batch: list[dict[str, object]], entries: list[dict[str, object]]
+) -> None:
+    if not batch:
+        return
+    ids = connection.execute(
+        insert(AuditRecord).returning(AuditRecord.id, sort_by_parameter_order=True), batch
+    ).scalars()
+    for entry, audit_id in zip(entries, ids, strict=True):
+        entry["audit_id"] = audit_id
+    connection.execute(insert(RunRecord), entries)
+    batch.clear()
+    entries.clear()
+
+
 def _fill(database_url: str, rows: int) -> dict[str, str]:
     """Insert about `rows` audit rows; a failed key per tenant to open its record page."""
     engine = sa.create_engine(database_url)
     start = datetime.now(UTC) - timedelta(days=3)
     failed_key: dict[str, str] = {}
     batch: list[dict[str, object]] = []
+    entries: list[dict[str, object]] = []
+    totals: dict[str, dict[str, object]] = {}
+    counts: dict[str, Counter[str]] = {}
     written = 0
     run_number = 0
     with engine.begin() as connection:
@@ -63,6 +98,16 @@ def _fill(database_url: str, rows: int) -> dict[str, str]:
             tenant = f"bench{run_number % TENANTS}"
             run_id = uuid.uuid4().hex
             moment = start + timedelta(minutes=15 * run_number)
+            run: Counter[str] = Counter()
+            totals[run_id] = {
+                "run_id": run_id,
+                "tenant": tenant,
+                "planned_at": moment,
+                "started_at": moment,
+                "finished_at": moment + timedelta(seconds=1),
+                **dict.fromkeys(COUNTERS, 0),
+            }
+            counts[run_id] = run
             for entity in ("customer", "order"):
                 batch.append(
                     _audit_row(
@@ -79,6 +124,8 @@ def _fill(database_url: str, rows: int) -> dict[str, str]:
                         finished_at=moment,
                     )
                 )
+                entries.append(_entry(batch[-1], queued=RUN_SIZE))
+                run.update(plans=1, entities_planned=1, planned=RUN_SIZE)
                 for number in range(RUN_SIZE):
                     key = f"{entity[0].upper()}{number:07d}"
                     failed = number % 100 == 7
@@ -103,14 +150,17 @@ def _fill(database_url: str, rows: int) -> dict[str, str]:
                             duration_ms=40,
                         )
                     )
+                    entries.append(_entry(batch[-1]))
+                    run["records_failed" if failed else "done"] += 1
                     if failed:
                         failed_key.setdefault(tenant, key)
                 written += RUN_SIZE + 1
                 if len(batch) >= 5_000:
-                    connection.execute(insert(AuditRecord), batch)
-                    batch.clear()
-        if batch:
-            connection.execute(insert(AuditRecord), batch)
+                    _insert(connection, batch, entries)
+        _insert(connection, batch, entries)
+        connection.execute(
+            insert(RunTotals), [{**totals[run_id], **counts[run_id]} for run_id in totals]
+        )
         events = [
             dict(
                 tenant=f"bench{number % TENANTS}",
@@ -167,8 +217,9 @@ def main() -> None:
         upgrade(url)
         began = time.perf_counter()
         failed_key = _fill(url, options.rows)
-        with sa.create_engine(url).begin() as connection:
-            connection.execute(sa.text("ANALYZE"))
+        # As autovacuum leaves a database in use: statistics and the visibility map.
+        with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as connection:
+            connection.execute(sa.text("VACUUM ANALYZE"))
             count = connection.execute(sa.text("SELECT count(*) FROM audit_log")).scalar()
         print(f"filled {count:,} audit rows in {time.perf_counter() - began:.1f} s")
         with tempfile.TemporaryDirectory() as folder:

@@ -29,6 +29,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 HIGH = 1_000_000  # a limit that never binds
 
 
@@ -57,17 +58,28 @@ class RequestClock:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.stamps: list[float] = []
+        self.methods: list[str] = []
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if not environ.get("PATH_INFO", "").startswith("/_sim"):
             with self._lock:
                 self.stamps.append(time.monotonic())
+                self.methods.append(str(environ.get("REQUEST_METHOD", "")))
         return self.app(environ, start_response)
 
     def since(self, start: float) -> list[float]:
         with self._lock:
             return [stamp for stamp in self.stamps if stamp >= start]
+
+    def writes_since(self, start: float) -> list[float]:
+        """Arrival times of the POST, PATCH, PUT and DELETE requests since `start`."""
+        with self._lock:
+            return [
+                stamp
+                for stamp, method in zip(self.stamps, self.methods, strict=True)
+                if stamp >= start and method in ("POST", "PATCH", "PUT", "DELETE")
+            ]
 
 
 def peak_in_window(stamps: Iterable[float], window_s: float) -> int:
@@ -119,9 +131,13 @@ def bench_stack(
     search_burst: int | None = None,
     seed: int = 11,
     ifs_page_size: int | None = None,
+    broker_url: str | None = None,
+    settings_env: dict[str, str] | None = None,
 ) -> Iterator[BenchStack]:
     """One tenant wired to its own simulators; the Pipedrive plan's burst limit is `burst` on
-    both sides (tenant config and simulator), so a too-generous limiter would show as 429s."""
+    both sides (tenant config and simulator), so a too-generous limiter would show as 429s.
+    The broker is Redis unless `broker_url` names another; `settings_env` adds CONNECTOR_*
+    settings for the stack's processes."""
     tenant = f"b{uuid.uuid4().hex[:10]}"
     search = search_burst if search_burst is not None else max(10, burst // 2)
     pipedrive = fast_pipedrive_settings()
@@ -139,6 +155,8 @@ def bench_stack(
             queue=f"mlc-bench-{tenant}",
             ifs=IfsSimSettings(requests_per_minute=HIGH),
             pipedrive=pipedrive,
+            broker_url=broker_url,
+            settings_env=settings_env,
             tenant_overrides={
                 "ifs": ifs_config,
                 "pipedrive": {

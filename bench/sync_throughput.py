@@ -1,7 +1,8 @@
 """Benchmark: throughput of a full initial IFS → Pipedrive sync through real Celery workers.
 
-Then a no-change re-sync; prints records/s, request and token counts, and the peak Pipedrive
-burst against the configured limit.
+Then a no-change re-sync, then as many bare Celery no-op tasks (bench.noop) through the same
+workers, broker and settings; prints records/s and its ratio to no-op tasks/s, request and
+token counts, and the peak Pipedrive burst against the configured limit.
 
     python -m bench.sync_throughput [--customers 500] [--orders 2000] [--burst 1000]
                                     [--workers 2] [--concurrency 2]
@@ -13,14 +14,26 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from typing import Any
 
-from bench.harness import BenchStack, bench_database, bench_stack, benchmark_parser, peak_in_window
+import redis
 
-PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (the limiter counts 2.5 s, see client.py)
+from bench.harness import (
+    REDIS_URL,
+    BenchStack,
+    bench_database,
+    bench_stack,
+    benchmark_parser,
+    peak_in_window,
+)
+from bench.noop import NOOP
+from sandbox.polling import wait_until
+
+PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (see BURST_WINDOW_S in client.py)
 
 
-def _sync(bench: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float, float]:
+def run_sync(bench: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float, float]:
     """Run `ml-connector sync --wait --json`; (summary, wall seconds, monotonic start)."""
     stack = bench.stack
     started = time.monotonic()
@@ -40,6 +53,29 @@ def _sync(bench: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float, f
     return summary, ended - started, started
 
 
+def run_noops(bench: BenchStack, count: int, timeout_s: float) -> float:
+    """Seconds from sending the first of `count` bare no-op tasks to the last one done."""
+    from workers.app import create_celery_app
+
+    stack = bench.stack
+    app = create_celery_app(stack.runtime.settings)
+    counter = f"mlc-bench-noop:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        started = time.monotonic()
+        with app.producer_or_acquire() as producer:
+            for _ in range(count):
+                app.send_task(NOOP, kwargs={"counter": counter}, producer=producer)
+        if not wait_until(
+            lambda: int(client.get(counter) or 0) >= count, timeout=timeout_s, interval=0.01
+        ):
+            sys.exit(f"no-op tasks: {client.get(counter)!r} of {count} ran\n{stack.worker_logs()}")
+        return time.monotonic() - started
+    finally:
+        client.delete(counter)
+        client.close()
+
+
 def run(args: argparse.Namespace) -> int:
     records = args.customers + args.orders
     problems: list[str] = []
@@ -50,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
         ) as bench,
     ):
         stack = bench.stack
-        for process in stack.start_workers(args.workers, args.concurrency):
+        for process in stack.start_workers(args.workers, args.concurrency, include=("bench.noop",)):
             stack.wait_for_pool(process, args.concurrency, timeout=60)
 
-        first, wall, started = _sync(bench, args.timeout)
+        first, wall, started = run_sync(bench, args.timeout)
         pd = stack.pipedrive.stats()
         ifs_requests = bench.ifs_requests()
         stamps = bench.pipedrive_clock.since(started)
@@ -75,11 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
         writes_before = bench.pipedrive_writes()
         pd_requests_before = pd["requests_total"]
-        second, resync_wall, _ = _sync(bench, args.timeout)
+        second, resync_wall, _ = run_sync(bench, args.timeout)
         resync_writes = bench.pipedrive_writes() - writes_before
         resync_pd_requests = stack.pipedrive.stats()["requests_total"] - pd_requests_before
         if resync_writes or second["created"] or second["updated"] or second["failed"]:
             problems.append(f"no-change re-sync wrote {resync_writes} times: {second}")
+        noop_seconds = run_noops(bench, records, args.timeout)
 
     cli_seconds = float(first.get("seconds", wall))
     print(
@@ -90,7 +127,13 @@ def run(args: argparse.Namespace) -> int:
         f"  total seconds         {cli_seconds:8.1f}  (CLI's own count; {wall:.1f} incl. "
         "CLI start-up)"
     )
-    print(f"  records/s             {records / cli_seconds:8.1f}")
+    records_per_s, noops_per_s = records / cli_seconds, records / noop_seconds
+    print(f"  records/s             {records_per_s:8.1f}")
+    print(
+        f"  bare no-op tasks/s    {noops_per_s:8.1f}  ({records} tasks, same workers, broker "
+        "and settings)"
+    )
+    print(f"  records/s / no-op/s   {records_per_s / noops_per_s:8.3f}")
     print(
         f"  pipedrive requests    {pd['requests_total']:8d}  ({pd['requests_total'] / records:.2f}"
         " per record)"
@@ -120,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
                 {
                     "records": records,
                     "seconds": cli_seconds,
-                    "records_per_s": records / cli_seconds,
+                    "records_per_s": records_per_s,
+                    "noop_tasks_per_s": noops_per_s,
+                    "ratio": records_per_s / noops_per_s,
                     "pipedrive_requests": pd["requests_total"],
                     "pipedrive_tokens": pd["tokens_spent"],
                     "pipedrive_429": pd["rate_limited_429"],

@@ -224,7 +224,7 @@ class Story:
 
     def _wait(self, progress: Callable[[], int], label: str, total: int) -> None:
         """Wait until `progress()` reaches `total`, with a progress bar on stderr."""
-        from sandbox.polling import wait_until
+        from connector.polling import wait_until
 
         with ExitStack() as cleanup:
             bar = None

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlalchemy.exc
+
 
 class ConnectorError(Exception):
     """Base of every error the connector raises on purpose."""
@@ -90,11 +95,72 @@ class RecordError(ConnectorError):
 
 
 def is_transient(error: BaseException) -> bool:
-    """Worth another attempt later: a TransientError, or a remote's retryable error (429, 5xx,
-    connection). Everything else is final until replayed."""
+    """Worth another attempt later: a TransientError, a remote's retryable error (429, 5xx,
+    connection), or a lost connection to our own infrastructure (`is_connection_loss`).
+    Everything else is final until replayed."""
     if isinstance(error, RemoteError):
         return error.retryable
-    return isinstance(error, TransientError)
+    return isinstance(error, TransientError | BrokerUnavailableError) or is_connection_loss(error)
+
+
+def is_connection_loss(error: BaseException) -> bool:
+    """The database, Redis or the broker could not be reached or dropped the connection.
+
+    Such an error says nothing about the record: the same attempt succeeds once the service
+    is back, so it is retried, never recorded as the record's failure (measured: a 30 s
+    Postgres outage killed 1,052 tasks with OperationalError and left no audit row).
+    A wrapper is judged by what it was raised `from`.
+    """
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DBAPIError):
+            if _database_unreachable(current):
+                return True
+        elif isinstance(
+            current,
+            # DisconnectionError: the pool found a dead connection; TimeoutError: no pooled
+            # connection came free in time.
+            sqlalchemy.exc.DisconnectionError
+            | sqlalchemy.exc.TimeoutError
+            | redis.exceptions.ConnectionError
+            | redis.exceptions.TimeoutError
+            # A socket that a broker client (or anything else) lost: refused, reset, timed out.
+            | ConnectionError
+            | TimeoutError,
+        ):
+            return True
+        current = current.__cause__
+    return False
+
+
+# SQLSTATE classes a retry outlives: 08 connection exception, 40 transaction rollback
+# (deadlock, serialization failure), 53 insufficient resources (too many connections),
+# 57 operator intervention (the server shutting down or starting).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
+def _database_unreachable(error: sqlalchemy.exc.DBAPIError) -> bool:
+    import sqlalchemy.exc
+
+    if error.connection_invalidated or isinstance(error, sqlalchemy.exc.InterfaceError):
+        return True  # psycopg2's "connection already closed" is an InterfaceError
+    if not isinstance(error, sqlalchemy.exc.OperationalError):
+        return False  # integrity, data, programming errors: about the statement, not the link
+    driver_error = error.orig
+    code = getattr(driver_error, "pgcode", None)
+    if code:
+        return str(code)[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    if type(driver_error).__module__.startswith("sqlite3"):
+        # SQLite's OperationalError also means "no such table": only a busy file is transient.
+        return "locked" in str(driver_error) or "busy" in str(driver_error)
+    # psycopg2 raises connection failures (refused, server closed the connection) without a
+    # SQLSTATE.
+    return True
 
 
 def retry_after_s(error: BaseException) -> float | None:

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 Acquire = Callable[[str, int], None]
 """(bucket, cost): blocks briefly for rate-limit tokens, or raises RateLimited."""
 
+ResponseHook = Callable[[requests.Response], float | None]
+"""Told about every response of one remote before it is judged (what the remote says about its
+limits); a number it returns is a pause the remote imposed on all of our work: the error answer
+is raised at once as retryable with that wait, not retried here."""
+
 Observer = Callable[[str, str, int | None, float], None]
 """(system, method, status or None for a transport error, seconds) after every attempt."""
 
@@ -164,7 +169,8 @@ class RemoteSession:
     5xx and connection errors with exponential backoff and full jitter, never waiting less
     than the server's Retry-After / x-ratelimit-reset. Other 4xx are raised at once as
     RemoteError carrying the remote's error text; 412 as PreconditionFailed. A 401 may be
-    retried once when `on_unauthorized()` says it refreshed the credentials.
+    retried once when `on_unauthorized()` says it refreshed the credentials. `on_response`
+    (a ResponseHook) reads what the remote reports about its limits.
     """
 
     def __init__(
@@ -179,8 +185,10 @@ class RemoteSession:
         session: requests.Session | None = None,
         on_unauthorized: Callable[[], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_response: ResponseHook | None = None,
     ) -> None:
         self.system = system
+        self.on_response = on_response
         self.base_url = base_url.rstrip("/")
         self.auth = auth
         self.acquire = acquire
@@ -279,10 +287,16 @@ class RemoteSession:
         status = response.status_code
         with self._lock:
             self.responses[status] += 1
+        pause = self.on_response(response) if self.on_response is not None else None
         if status < 400:
             return response
         text = remote_error_text(response)
         body = response.text[:2000] if response.text else None
+        if pause is not None:
+            # Every worker's requests wait out the pause (the hook shared it): this one too.
+            raise RemoteError(
+                self.system, text, status=status, retryable=True, retry_after_s=pause, body=body
+            )
         if status in RETRYABLE_STATUS:
             wait = retry_after_seconds(response)
             raise _Retryable(

@@ -20,6 +20,7 @@ RECONCILE_STAGES = "ml_connector.reconcile_stages"
 ENSURE_WEBHOOK = "ml_connector.ensure_webhook"
 REPLAY = "ml_connector.replay"
 REPLAY_FAILED = "ml_connector.replay_failed"
+SWEEP_WEBHOOK_EVENTS = "ml_connector.sweep_webhook_events"
 
 RECORD_JOBS = frozenset({SYNC_CUSTOMER, SYNC_ORDER})
 

@@ -38,7 +38,8 @@ from prometheus_client import multiprocess as _multiprocess
 
 from connector import http
 
-SYNC_OUTCOMES = frozenset({"created", "updated", "unchanged", "failed"})
+# deferred: a wait longer than a queued task may sleep; the next scheduled plan syncs it.
+SYNC_OUTCOMES = frozenset({"created", "updated", "unchanged", "failed", "deferred"})
 WEBHOOK_RESULTS = frozenset({"accepted", "rejected", "duplicate"})
 
 RECORDS_SYNCED = Counter(
@@ -116,7 +117,7 @@ def multiprocess_dir() -> str | None:
 
 
 def record_sync(tenant: str, entity: str, outcome: str) -> None:
-    """Count one record a sync handled; outcome is created|updated|unchanged|failed."""
+    """Count one record a sync handled; outcome is created|updated|unchanged|failed|deferred."""
     if outcome not in SYNC_OUTCOMES:
         raise ValueError(f"sync outcome must be one of {sorted(SYNC_OUTCOMES)}, not {outcome!r}")
     RECORDS_SYNCED.labels(tenant=tenant, entity=entity, outcome=outcome).inc()

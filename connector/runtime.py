@@ -3,7 +3,7 @@
 Workers, the webhook receiver and the CLI each build one Runtime per process and ask it
 for what they need; nothing else reads environment variables or constructs clients. The
 Runtime also owns the process's caches (tenants, per-tenant syncs) and their one
-invalidation point, `invalidate`. A long-running role calls `go_live` once: from then on
+replacement point, `serve_tenants`. A long-running role calls `go_live` once: from then on
 its tenants come from a LiveConfig (connector.live_config) that follows the tenants file and
 the vault, leniently, and `refresh_if_stale` before each piece of work picks changes up.
 """
@@ -44,15 +44,20 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self._tenants_path = tenants_path or settings.tenants_file
-        # Tenants given here have no file behind them: `invalidate` keeps them.
+        # Tenants given here (or served by a LiveConfig) have no file to re-read behind them.
         self._given_tenants = tenants
         self._tenants = tenants
         self._syncs: dict[str, TenantSync] = {}
+        # Moves on with every `serve_tenants`: a sync built across one is not kept.
+        self._served = 0
         self._lock = threading.Lock()
         self.live: LiveConfig | None = None
 
-    def go_live(self, *, interval_s: float | None = None) -> LiveConfig | None:
-        """Follow the tenants file and the vault from now on (workers, beat, receiver).
+    def go_live(
+        self, *, interval_s: float | None = None, role: str | None = None
+    ) -> LiveConfig | None:
+        """Follow the tenants file and the vault from now on (workers, beat, receiver); a
+        `role` publishes each check for `status` and /readyz.
 
         Tenants given to the constructor have no file to follow: None then.
         """
@@ -65,6 +70,7 @@ class Runtime:
                 self,
                 self._tenants_path,
                 interval_s=DEFAULT_INTERVAL_S if interval_s is None else interval_s,
+                role=role,
             )
         return self.live
 
@@ -80,6 +86,7 @@ class Runtime:
         with self._lock:
             self._given_tenants = dict(tenants)
             self._tenants = self._given_tenants
+            self._served += 1
             if changed is None:
                 self._syncs.clear()
             else:
@@ -108,9 +115,13 @@ class Runtime:
 
     def tenant_sync(self, tenant_id: str) -> TenantSync:
         """This process's TenantSync of one tenant, kept so that its clients and token caches
-        serve every task until `invalidate`."""
+        serve every task until its configuration or credentials change (`serve_tenants`)."""
+        # A live runtime's first check serves the tenants: let it run before the build below
+        # reads them, or that first serving would count as a change made during the build.
+        self.tenants  # noqa: B018
         with self._lock:
             sync = self._syncs.get(tenant_id)
+            served = self._served
         if sync is not None:
             return sync
         from connector.sync.engine import TenantSync
@@ -118,17 +129,11 @@ class Runtime:
         # Built outside the lock: it reads the tenants (which takes the lock) and the vault.
         sync = TenantSync(self, tenant_id)
         with self._lock:
+            if self._served != served:
+                # The configuration was replaced while this one was built from the old: it
+                # serves the task that asked (which began before the change), and no other.
+                return sync
             return self._syncs.setdefault(tenant_id, sync)
-
-    def invalidate(self, tenant_id: str | None = None) -> None:
-        """Forget cached state: one tenant's sync, or every tenant's; the tenants file is read
-        again on the next use either way. The one place to call when configuration changed."""
-        with self._lock:
-            if tenant_id is None:
-                self._syncs.clear()
-            else:
-                self._syncs.pop(tenant_id, None)
-            self._tenants = self._given_tenants
 
     @cached_property
     def database(self) -> Database:

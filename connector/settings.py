@@ -53,6 +53,28 @@ class Settings(BaseSettings):
             "about 4 x the bulk workers' total concurrency keeps them busy without a long queue."
         ),
     )
+    broker_visibility_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "Redis broker only: a message a worker took and did not acknowledge within this "
+            "time (its worker died) is delivered again. Longer than any task runs; task "
+            "countdowns stay below half of it (workers/base.py)."
+        ),
+    )
+    sweep_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often beat runs the sweeper of webhook events left unfinished.",
+    )
+    sweep_grace_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "A webhook event still received/enqueued this long after it arrived (or after "
+            "the sweeper last queued it) is queued again."
+        ),
+    )
     encryption_keys: str = Field(
         default="",
         description="Comma-separated Fernet keys, newest first (MultiFernet).",
@@ -64,6 +86,9 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", description="json or text")
     worker_metrics_port: int | None = Field(
         default=None, description="Port of a worker's /metrics endpoint; unset = none."
+    )
+    beat_metrics_port: int | None = Field(
+        default=None, description="Port of beat's /metrics endpoint; unset = none."
     )
     metrics_dir: Path | None = Field(
         default=None,
@@ -129,6 +154,14 @@ class Settings(BaseSettings):
     @property
     def key_list(self) -> list[str]:
         return [key.strip() for key in self.encryption_keys.split(",") if key.strip()]
+
+
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def is_amqp(broker_url: str) -> bool:
+    """A RabbitMQ broker URL (the other production broker is Redis)."""
+    return broker_url.startswith(AMQP_SCHEMES)
 
 
 @lru_cache(maxsize=1)

@@ -118,6 +118,64 @@ class CustomFieldNames(_Strict):
     region: str = "Region"
 
 
+ExtraFieldType = Literal["text", "number", "monetary", "date", "enum"]
+EXTRA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+
+
+class ExtraField(_Strict):
+    """Any further IFS property, mapped to a named Pipedrive custom field of a given type."""
+
+    property: str = Field(description="the IFS property, e.g. DeliveryTerms or Cf_Segment")
+    field: str = Field(description="display name of the Pipedrive custom field")
+    type: ExtraFieldType = "text"
+    options: dict[str, str] | None = Field(
+        default=None, description="enum only: IFS value → Pipedrive option label"
+    )
+    currency: str | None = Field(
+        default=None,
+        description="monetary only: a fixed ISO currency code (orders default to theirs)",
+    )
+
+    @field_validator("field")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the Pipedrive field needs a name")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _iso(cls, value: str | None) -> str | None:
+        if value is not None and not CURRENCY_CODE.match(value):
+            raise ValueError(f"{value!r} is not an ISO currency code such as EUR")
+        return value
+
+    @model_validator(mode="after")
+    def _options_for_enum(self) -> ExtraField:
+        if self.type == "enum" and not self.options:
+            raise ValueError("an enum needs options: {IFS value: Pipedrive option label, ...}")
+        if self.type != "enum" and self.options is not None:
+            raise ValueError(f"options belong to an enum, not to a {self.type} field")
+        if self.type != "monetary" and self.currency is not None:
+            raise ValueError(f"currency belongs to a monetary field, not to a {self.type} field")
+        return self
+
+    def labels(self) -> tuple[str, ...]:
+        """The enum's Pipedrive option labels, each once, in the order of the option map."""
+        return tuple(dict.fromkeys((self.options or {}).values()))
+
+
+def _check_extra_names(extra: dict[str, ExtraField]) -> dict[str, ExtraField]:
+    bad = [name for name in extra if not EXTRA_NAME.match(name)]
+    if bad:
+        raise ValueError(
+            f"extra field name(s) {', '.join(map(repr, bad))}: use lowercase letters, digits "
+            "and underscores, starting with a letter (e.g. delivery_terms)"
+        )
+    return extra
+
+
 class CustomerMapping(_Strict):
     """IFS CustomerInfo properties that feed a Pipedrive organization."""
 
@@ -127,6 +185,11 @@ class CustomerMapping(_Strict):
     cost_center: str = "Cf_Cost_Center"
     profit_center: str = "Cf_Profit_Center"
     region: str = "Cf_Region"
+    extra: dict[str, ExtraField] = Field(
+        default_factory=dict, description="name → further property mapped to its own field"
+    )
+
+    _extra_names = field_validator("extra")(classmethod(lambda cls, v: _check_extra_names(v)))
 
 
 class OrderMapping(_Strict):
@@ -143,6 +206,11 @@ class OrderMapping(_Strict):
     cost_center: str = "Cf_Cost_Center"
     profit_center: str = "Cf_Profit_Center"
     region: str = "RegionCode"
+    extra: dict[str, ExtraField] = Field(
+        default_factory=dict, description="name → further property mapped to its own field"
+    )
+
+    _extra_names = field_validator("extra")(classmethod(lambda cls, v: _check_extra_names(v)))
 
 
 class IfsChange(_Strict):
@@ -231,6 +299,17 @@ class LifecycleConfig(_Strict):
             "(IFS is the master), or respect the delete (tombstone: no further writes)"
         ),
     )
+    on_ifs_missing: Literal["ignore", "close"] = Field(
+        default="ignore",
+        description=(
+            "a linked customer/order that IFS no longer returns: ignore it (nothing written), "
+            "or close its deal (marked lost with ifs_missing_lost_reason; organizations are "
+            "left alone)"
+        ),
+    )
+    ifs_missing_lost_reason: str = Field(
+        default="Removed from IFS", min_length=1, max_length=255, description="with close"
+    )
 
 
 class TenantConfig(_Strict):
@@ -266,6 +345,38 @@ class TenantConfig(_Strict):
             raise ValueError(f"IFS state listed twice: {', '.join(duplicates)}")
         return rules
 
+    @model_validator(mode="after")
+    def _extra_fields_fit(self) -> TenantConfig:
+        # The custom fields of organizations and of deals (connector.sync.mapping).
+        builtin = {
+            "customer_mapping": ("ifs_customer_id", "cost_center", "profit_center", "region"),
+            "order_mapping": (
+                "ifs_order_no", "order_status", "cost_center", "profit_center", "region"
+            ),
+        }  # fmt: skip
+        for where, mapping in (
+            ("customer_mapping", self.customer_mapping),
+            ("order_mapping", self.order_mapping),
+        ):
+            taken = {
+                " ".join(getattr(self.fields, logical).split()).casefold(): f"fields.{logical}"
+                for logical in builtin[where]
+            }
+            for name, extra in mapping.extra.items():
+                display = " ".join(extra.field.split()).casefold()
+                if display in taken:
+                    raise ValueError(
+                        f"{where}.extra.{name}.field {extra.field!r} is already the name of "
+                        f"{taken[display]}: give it a name of its own"
+                    )
+                taken[display] = f"{where}.extra.{name}"
+                if extra.type == "monetary" and extra.currency is None and where != "order_mapping":
+                    raise ValueError(
+                        f"{where}.extra.{name}: a monetary field of an organization needs "
+                        "currency: (an ISO code such as EUR); only orders carry their own"
+                    )
+        return self
+
     def rule_for_state(self, ifs_state: str) -> StageRule | None:
         return next((rule for rule in self.stage_map if rule.ifs_state == ifs_state), None)
 
@@ -282,10 +393,14 @@ class TenantConfig(_Strict):
 def _keys_at(location: tuple[Any, ...]) -> list[str]:
     """The keys the tenant model accepts where `location` (minus its last part) points."""
     model: Any = TenantConfig
+    keyed = False
     for part in location[:-1]:
-        if isinstance(part, int):
-            continue  # an item of a list (stage_map): same model as the list's items
+        if isinstance(part, int) or keyed:
+            # An item of a list (stage_map) or a value of a mapping (extra): same model.
+            keyed = False
+            continue
         annotation = model.model_fields[part].annotation
+        keyed = getattr(annotation, "__origin__", None) is dict
         inner = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not Ellipsis]
         model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if model is None:
@@ -309,7 +424,9 @@ def _describe(error: dict[str, Any]) -> str:
             message += f"; expected one of: {', '.join(known)}"
     elif error["type"] == "missing":
         message = "required key is missing"
-    return f"key {location!r}: {message.removeprefix('Value error, ')}"
+    message = message.removeprefix("Value error, ")
+    # A check across keys (the tenant as a whole) names its keys in the message itself.
+    return f"key {location!r}: {message}" if location else message
 
 
 @dataclass(frozen=True)

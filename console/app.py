@@ -239,8 +239,14 @@ def failures() -> str:
 
 @views.get("/webhooks")
 def webhooks() -> str:
-    events = pages.recent_events(_context().runtime, _tenant_filter())
-    return render_template("webhooks.html", user=_user(), events=events, tenant=_tenant_filter())
+    runtime, tenant = _context().runtime, _tenant_filter()
+    return render_template(
+        "webhooks.html",
+        user=_user(),
+        events=pages.recent_events(runtime, tenant),
+        refusals=pages.recent_refusals(runtime, tenant),
+        tenant=tenant,
+    )
 
 
 def _tenant(tenant_id: str) -> TenantConfig:
@@ -254,8 +260,8 @@ def _tenant(tenant_id: str) -> TenantConfig:
 def record(tenant_id: str, entity: str, key: str) -> str:
     if entity not in pages.ENTITIES:
         abort(404, description=f"no entity {entity!r}: customer or order")
-    story = pages.record_story(_context().runtime, _tenant(tenant_id), entity, key)
-    return render_template("record.html", user=_user(), story=story)
+    page = pages.record_page(_context().runtime, _tenant(tenant_id), entity, key)
+    return render_template("record.html", user=_user(), story=page.story, page=page)
 
 
 def _replay_rows(scope: str, values: Any) -> list[Any]:

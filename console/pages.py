@@ -8,20 +8,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector.cron import CronError, next_run
-from connector.diagnostics.freshness import last_successful_syncs, overdue_by
-from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
+from connector.diagnostics.freshness import last_successful_syncs_by_tenant, overdue_by
+from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom, usage_history
 from connector.diagnostics.status import webhook_status
 from connector.diagnostics.urls import public_url
 from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
-from connector.storage.idmap import CUSTOMER, ORDER, IdMap
-from connector.storage.models import AuditRecord, WebhookEvent, utcnow
-from connector.storage.runs import RunProgress, recent_runs, run_progress
+from connector.storage.idmap import CUSTOMER, ORDER
+from connector.storage.models import AuditRecord, WebhookEvent, WebhookRefusal, utcnow
+from connector.storage.runs import RunProgress, recent_runs, runs_progress
+from connector.storage.story import RecordStory, record_story
 from connector.storage.webhook_events import WebhookEvents
+from connector.storage.webhook_refusals import WebhookRefusals
 from connector.tenants import TenantConfig, TenantsReading, read_tenants
+from console.charts import UsageChart, usage_chart
 
 ENTITIES = (CUSTOMER, ORDER)
 PIPEDRIVE_PATHS = {CUSTOMER: "organization", ORDER: "deal"}  # Pipedrive's web UI paths
+RECENT_REFUSALS = timedelta(hours=24)  # the tenants page's "refused" count
 
 
 def tenants_reading(runtime: Runtime) -> TenantsReading:
@@ -45,6 +49,8 @@ class TenantRow:
     failed_waiting: int
     webhook: dict[str, Any]
     headroom: dict[str, dict[str, Any]]
+    usage: dict[str, UsageChart]  # budget usage over the last day, per system
+    refused_recently: int = 0  # webhook deliveries refused within RECENT_REFUSALS
 
     @property
     def overdue(self) -> bool:
@@ -53,22 +59,31 @@ class TenantRow:
 
 def tenant_rows(runtime: Runtime, reading: TenantsReading) -> list[TenantRow]:
     now = utcnow()
-    audit = AuditLog(runtime.database)
+    waiting = AuditLog(runtime.database).failed_waiting()
+    last_successes = last_successful_syncs_by_tenant(runtime)
+    refused = WebhookRefusals(runtime.database).counts_since(now - RECENT_REFUSALS)
     rows = []
     for tenant_id, tenant in sorted(reading.tenants.items()):
-        successes = last_successful_syncs(runtime, tenant_id)
+        successes = last_successes.get(tenant_id, {})
         syncs = [_entity_sync(tenant, entity, successes.get(entity), now) for entity in ENTITIES]
         rows.append(
             TenantRow(
                 tenant=tenant_id,
                 schedule=tenant.schedule,
                 syncs=syncs,
-                failed_waiting=len(audit.latest_failed(tenant_id)),
+                failed_waiting=waiting.get(tenant_id, 0),
                 webhook=webhook_status(runtime, tenant_id),
                 headroom={
                     IFS: headroom(runtime.coordination, tenant, IFS),
                     PIPEDRIVE: headroom(runtime.coordination, tenant, PIPEDRIVE),
                 },
+                usage={
+                    system: usage_chart(
+                        usage_history(runtime.coordination, tenant, system), now, unit
+                    )
+                    for system, unit in ((IFS, "requests"), (PIPEDRIVE, "tokens"))
+                },
+                refused_recently=refused.get(tenant_id, 0),
             )
         )
     return rows
@@ -99,11 +114,8 @@ class RunRow:
 
 
 def run_rows(runtime: Runtime, tenant: str | None, limit: int = 10) -> list[RunRow]:
-    found = (
-        run_progress(runtime.database, run_id)
-        for run_id in recent_runs(runtime.database, tenant, limit)
-    )
-    return [RunRow(progress) for progress in found if progress is not None]
+    found = runs_progress(runtime.database, recent_runs(runtime.database, tenant, limit))
+    return [RunRow(progress) for progress in found]
 
 
 def group_id(tenant: str, error: str | None) -> str:
@@ -153,34 +165,21 @@ def rows_of_group(runtime: Runtime, tenant: str, group: str) -> list[AuditRecord
 
 
 @dataclass
-class RecordStory:
-    tenant: str
-    entity: str
-    key: str
-    pipedrive_id: int | None
+class RecordPage:
+    """The record page: the record's story (connector.storage.story) and its Pipedrive link."""
+
+    story: RecordStory
     pipedrive_url: str | None
-    attempts: list[AuditRecord]
-    events: list[WebhookEvent]
 
 
-def record_story(runtime: Runtime, tenant: TenantConfig, entity: str, key: str) -> RecordStory:
+def record_page(runtime: Runtime, tenant: TenantConfig, entity: str, key: str) -> RecordPage:
     """One record across both directions: sync attempts, stage pushes, webhook events."""
-    link = IdMap(runtime.database).get(tenant.id, entity, key)
-    pipedrive_id = link.pipedrive_id if link is not None else None
-    keys = [key]
-    events: list[WebhookEvent] = []
+    story = record_story(runtime.database, tenant.id, entity, key)
     url = None
-    if pipedrive_id is not None:
-        if entity == ORDER:
-            # A stage push that failed before it found the order is keyed by its deal.
-            keys.append(f"deal:{pipedrive_id}")
-        events = WebhookEvents(runtime.database).of_record(
-            tenant.id, "deal" if entity == ORDER else "organization", pipedrive_id
-        )
+    if story.pipedrive_id is not None:
         base = public_url(str(tenant.pipedrive.api_domain)).rstrip("/")
-        url = f"{base}/{PIPEDRIVE_PATHS[entity]}/{pipedrive_id}"
-    attempts = AuditLog(runtime.database).story(tenant.id, entity, keys)
-    return RecordStory(tenant.id, entity, key, pipedrive_id, url, attempts, events)
+        url = f"{base}/{PIPEDRIVE_PATHS[entity]}/{story.pipedrive_id}"
+    return RecordPage(story, url)
 
 
 @dataclass
@@ -209,3 +208,8 @@ def replay_outcomes(runtime: Runtime, audit_ids: list[int]) -> list[ReplayOutcom
 
 def recent_events(runtime: Runtime, tenant: str | None, limit: int = 100) -> list[WebhookEvent]:
     return WebhookEvents(runtime.database).recent(tenant, limit)
+
+
+def recent_refusals(runtime: Runtime, tenant: str | None, limit: int = 50) -> list[WebhookRefusal]:
+    """Refused deliveries, newest first: of one tenant, or of all (unknown tenants too)."""
+    return WebhookRefusals(runtime.database).recent(tenant, limit)

@@ -1,23 +1,6 @@
-"""Poll until something is done: the one waiting loop of tests, benchmarks, the demo and the CLI."""
+"""`wait_until` for the assembly's users: its one home is connector.polling (the CLI uses it
+too, and the CLI must not depend on this test and demo assembly)."""
 
-from __future__ import annotations
+from connector.polling import wait_until
 
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
-
-
-def wait_until(condition: Callable[[], T], timeout: float = 120.0, interval: float = 0.2) -> T:
-    """Call `condition` until it returns something truthy or `timeout` seconds have passed.
-
-    Returns its last value, so the caller both tests the outcome and can say what it was.
-    The condition is asked once more after the deadline: a slow last poll still counts.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+__all__ = ["wait_until"]

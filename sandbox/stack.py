@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from connector.runtime import Runtime
-from connector.settings import Settings
+from connector.settings import Settings, is_amqp
 from sandbox.simulators import Simulators
 from sandbox.tenant import merge, store_credentials, tenant_config, write_tenants_file
 from sandbox.workers import BIN, WorkerProcesses
@@ -107,10 +107,14 @@ class Stack:
         )
 
     def start_workers(
-        self, count: int = 2, concurrency: int = 2, queue: str | None = None
+        self,
+        count: int = 2,
+        concurrency: int = 2,
+        queue: str | None = None,
+        include: tuple[str, ...] = (),
     ) -> list[subprocess.Popen[bytes]]:
         """Worker processes consuming `queue`, by default the bulk and interactive queues."""
-        return self.workers.start(count, concurrency, queue)
+        return self.workers.start(count, concurrency, queue, include)
 
     def wait_for_pool(self, process: subprocess.Popen[bytes], size: int, timeout: float) -> None:
         self.workers.wait_for_pool(process, size, timeout)
@@ -136,12 +140,27 @@ class Stack:
             forget_redis_keys(
                 self.runtime.settings.redis_url, self.tenant, self.queue, self.interactive_queue
             )
+        if is_amqp(self.broker_url):
+            forget_amqp_queues(self.broker_url, self.queue, self.interactive_queue)
+
+    @property
+    def broker_url(self) -> str:
+        return self.runtime.settings.effective_broker_url
 
 
 def forget_queues(client: Any, *queues: str) -> None:
     """Delete Celery queues and the binding sets kombu keeps for them."""
     for queue in queues:
         client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+
+def forget_amqp_queues(broker_url: str, *queues: str) -> None:
+    """Delete these (this stack's own) queues on a RabbitMQ broker shared with others."""
+    from kombu import Connection, Queue
+
+    with Connection(broker_url, connect_timeout=5) as connection:
+        for queue in queues:
+            Queue(queue).bind(connection.default_channel).delete()
 
 
 def forget_redis_keys(redis_url: str, tenant: str, *queues: str) -> None:
@@ -190,15 +209,23 @@ def start_stack(
     ifs: IfsSimSettings,
     pipedrive: PipedriveSimSettings,
     tenant_overrides: dict[str, Any],
+    broker_url: str | None = None,
+    settings_env: dict[str, str] | None = None,
 ) -> Stack:
     """A stack on a migrated Postgres database and Redis, for `celery worker` processes that
-    consume `queue`; `folder` holds the tenants file and the worker logs. Call `close()`."""
+    consume `queue`; `folder` holds the tenants file and the worker logs. Call `close()`.
+
+    The broker is Redis unless `broker_url` names another (RabbitMQ: amqp://…);
+    `settings_env` adds CONNECTOR_* settings for every process (e.g. a short visibility
+    timeout)."""
     tenants_file = folder / "tenants.yaml"
+    broker_url = broker_url or redis_url
     env = {
         **os.environ,
+        **(settings_env or {}),
         "CONNECTOR_DATABASE_URL": database_url,
         "CONNECTOR_REDIS_URL": redis_url,
-        "CONNECTOR_BROKER_URL": redis_url,
+        "CONNECTOR_BROKER_URL": broker_url,
         "CONNECTOR_QUEUE": queue,
         # Named outright: a Procfile or compose default cannot derive it from CONNECTOR_QUEUE.
         "CONNECTOR_INTERACTIVE_QUEUE": f"{queue}-interactive",
@@ -209,7 +236,7 @@ def start_stack(
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,
-        broker_url=redis_url,
+        broker_url=broker_url,
         queue=queue,
         interactive_queue=env["CONNECTOR_INTERACTIVE_QUEUE"],
         encryption_keys=env["CONNECTOR_ENCRYPTION_KEYS"],

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -35,11 +35,16 @@ class WorkerProcesses:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, count: int, concurrency: int, queue: str | None = None
+        self,
+        count: int,
+        concurrency: int,
+        queue: str | None = None,
+        include: tuple[str, ...] = (),
     ) -> list[subprocess.Popen[bytes]]:
         """`count` workers of `concurrency` processes consuming `queue` (comma-separated
         names), by default both the bulk and the interactive queue of the env's settings.
-        Each also runs a dispatcher thread (one of them ticks at a time)."""
+        Each also runs a dispatcher thread (one of them ticks at a time). `include`: more
+        task modules for the workers to import (a benchmark's own)."""
         queues = queue or ",".join(queues_of(self.env))
         started = []
         for _ in range(count):
@@ -51,6 +56,7 @@ class WorkerProcesses:
                 *("-n", f"w{number}-{self.name}@%h", "-l", "WARNING"),
                 # Each worker works alone: no cluster chatter to wait for at start or stop.
                 *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+                *(("-I", ",".join(include)) if include else ()),
             ]
             process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
             self.processes.append(process)

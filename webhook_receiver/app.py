@@ -1,8 +1,11 @@
 """The Flask application factory of the webhook receiver: webhook, health and metrics routes.
 
-A delivery is authenticated, size-checked, parsed, persisted (the unique (tenant, event_id)
+A delivery is authenticated (an unknown tenant through the same checks, against stand-in
+secrets), size-checked, parsed and shape-checked (connector.webhooks.shape: 400 for what
+could not be stored or used), persisted in one transaction (the unique (tenant, event_id)
 key drops duplicates), committed, and only then enqueued; the answer comes fast. Anything
-that would lose an accepted event (database or broker down) answers 503 so Pipedrive retries.
+that would lose an accepted event (database or broker down) answers 503 so Pipedrive
+retries. Refusals are kept (connector.storage.webhook_refusals) for the console.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from connector import metrics
 from connector.diagnostics.freshness import measure_sync_metrics
 from connector.diagnostics.queues import queue_status
-from connector.errors import ConfigError, MissingCredentialError, VaultError
+from connector.errors import ConfigError, VaultError
 from connector.jobs import PUSH_STAGE, Enqueue
+from connector.live_config import config_checks
 from connector.runtime import Runtime
 from connector.settings import get_settings
 from connector.storage.migrate import require_migrated
 from connector.storage.webhook_events import StoredEvent, WebhookEvents, WebhookEventStatus
+from connector.storage.webhook_refusals import Refusal, WebhookRefusals
 from connector.tenants import TenantConfig, WebhookConfig
 from connector.webhooks.auth import verify_basic, verify_hmac
+from connector.webhooks.credentials import WebhookCredentialCache, WebhookSecrets
 from connector.webhooks.events import PayloadError, WebhookEventData, parse_body
 
 log = logging.getLogger("webhook_receiver")
@@ -37,6 +43,8 @@ CheckBroker = Callable[[], None]  # returns when the broker answers, raises when
 EXTENSION = "ml_connector_receiver"
 UNAUTHORIZED_BODY = {"error": "unauthorized"}  # one body for every 401: no hint what failed
 READ_CHUNK = 64 * 1024
+# What an unknown tenant is checked with: the defaults, as most tenants have them.
+UNKNOWN_TENANT_WEBHOOK = WebhookConfig()
 
 
 def celery_enqueue(job: str, kwargs: dict[str, Any]) -> None:
@@ -61,6 +69,8 @@ class ReceiverContext:
     runtime: Runtime
     enqueue: Enqueue
     check_broker: CheckBroker
+    credentials: WebhookCredentialCache
+    refusals: WebhookRefusals
 
 
 class Rejection(Exception):
@@ -87,9 +97,10 @@ def create_app(
     # the settings can serve several processes (no memory:// broker, no implicit SQLite).
     app.config["CHECK_SHARED_SETUP"] = runtime is None
     if runtime is None:
-        # The receiver's own runtime follows the tenants file and the vault (no restart).
+        # The receiver's own runtime follows the tenants file and the vault (no restart)
+        # and publishes its checks for `status` (watch_configuration: also when idle).
         runtime = Runtime(get_settings())
-        runtime.go_live()
+        runtime.go_live(role="receiver")
     app.config["MAX_CONTENT_LENGTH"] = _largest_body_limit(runtime)
     if config:
         app.config.update(config)
@@ -97,11 +108,31 @@ def create_app(
         runtime=runtime,
         enqueue=enqueue if enqueue is not None else celery_enqueue,
         check_broker=check_broker if check_broker is not None else celery_broker_check,
+        credentials=WebhookCredentialCache(runtime.vault, version_of=_credential_version(runtime)),
+        refusals=WebhookRefusals(runtime.database),
     )
     app.register_blueprint(webhooks)
     app.register_blueprint(health)
     app.before_request(_follow_configuration)
     return app
+
+
+def watch_configuration(app: Flask) -> None:
+    """Check the configuration on a timer too, from a thread of this process, so that a
+    receiver that gets no request still follows the file and reports it (a deployed one)."""
+    live = app.extensions[EXTENSION].runtime.live
+    if live is not None:
+        live.watch()
+
+
+def _credential_version(runtime: Runtime) -> Callable[[str], str | None]:
+    """A tenant's credential version stamp as the live configuration last read it."""
+
+    def version_of(tenant_id: str) -> str | None:
+        live = runtime.live
+        return live.credential_version(tenant_id) if live is not None else None
+
+    return version_of
 
 
 def _follow_configuration() -> None:
@@ -142,14 +173,14 @@ webhooks = Blueprint("webhooks", __name__)
 @webhooks.post("/webhooks/pipedrive/<tenant_id>")
 def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
     context = _context()
-    label = tenant_id
     try:
-        try:
-            tenant = context.runtime.tenant(tenant_id, recheck_unknown=True)
-        except ConfigError:
-            label = "unknown"  # attacker-chosen names must not become metric labels
-            raise Rejection(401, "unknown_tenant", UNAUTHORIZED_BODY) from None
-        body = _authenticated_body(context.runtime, tenant)
+        tenant: TenantConfig | None = context.runtime.tenant(tenant_id, recheck_unknown=True)
+    except ConfigError:
+        tenant = None
+    # Attacker-chosen names never become metric labels nor stored refusals.
+    label = tenant.id if tenant is not None else "unknown"
+    try:
+        body = _authenticated_body(context, tenant)
         payload, event = _parse(body)
     except Rejection as rejection:
         log.warning(
@@ -160,40 +191,79 @@ def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
             request.remote_addr,
         )
         _count(label, "rejected", rejection.reason)
+        _keep_refusal(context, tenant.id if tenant is not None else None, rejection)
         return jsonify(rejection.body), rejection.status
+    assert tenant is not None, "only a known tenant's delivery is authenticated"
     return _accept(context, tenant, payload, event)
 
 
-def _authenticated_body(runtime: Runtime, tenant: TenantConfig) -> bytes:
-    """The raw body once size and credentials check out; Rejection otherwise."""
-    settings = tenant.webhook
+def _authenticated_body(context: ReceiverContext, tenant: TenantConfig | None) -> bytes:
+    """The raw body once size and credentials check out; Rejection otherwise.
+
+    An unknown tenant goes through the very same checks, against random secrets and the
+    default webhook settings, so that refusing it costs what refusing a wrong password of a
+    known tenant costs: the time of an answer does not tell which tenant ids exist.
+    """
+    settings = tenant.webhook if tenant is not None else UNKNOWN_TENANT_WEBHOOK
+    dummy = context.credentials.dummy
+    stored = _secrets(context, tenant) if tenant is not None else dummy
+    refused = "unknown_tenant" if tenant is None else None
     limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise Rejection(413, "too_large")
+    if settings.auth in ("basic", "both"):
+        user, password = stored.basic_user, stored.basic_password
+        if tenant is not None and (user is None or password is None):
+            log.error("tenant %s: webhook credential missing: basic_user/basic_password", tenant.id)
+        # Basic needs no body: a wrong password is refused before anything is read.
+        if not verify_basic(
+            request.headers.get("Authorization"),
+            user if user is not None else dummy.basic_user or "",
+            password if password is not None else dummy.basic_password or "",
+        ) or (user is None or password is None):
+            raise Rejection(401, refused or "bad_auth", UNAUTHORIZED_BODY)
+    body = _read_body(limit)
+    if settings.auth in ("hmac", "both"):
+        secret = stored.hmac_secret
+        if tenant is not None and secret is None:
+            log.error("tenant %s: webhook credential missing: hmac_secret", tenant.id)
+        signature = request.headers.get(settings.hmac_header)
+        if not verify_hmac(signature, body, secret or dummy.hmac_secret or "") or secret is None:
+            raise Rejection(401, refused or "bad_signature", UNAUTHORIZED_BODY)
+    if refused:
+        raise Rejection(401, refused, UNAUTHORIZED_BODY)
+    return body
+
+
+def _secrets(context: ReceiverContext, tenant: TenantConfig) -> WebhookSecrets:
     try:
-        if settings.auth in ("basic", "both"):
-            user = runtime.vault.get(tenant.id, "webhook", "basic_user")
-            password = runtime.vault.get(tenant.id, "webhook", "basic_password")
-            # Basic needs no body: a wrong password is refused before anything is read.
-            if not verify_basic(request.headers.get("Authorization"), user, password):
-                raise Rejection(401, "bad_auth", UNAUTHORIZED_BODY)
-        body = _read_body(limit)
-        if settings.auth in ("hmac", "both"):
-            secret = runtime.vault.get(tenant.id, "webhook", "hmac_secret")
-            if not verify_hmac(request.headers.get(settings.hmac_header), body, secret):
-                raise Rejection(401, "bad_signature", UNAUTHORIZED_BODY)
-    except MissingCredentialError as error:
-        log.error("tenant %s: webhook credential missing: %s", tenant.id, error.name)
-        raise Rejection(401, "bad_auth", UNAUTHORIZED_BODY) from None
+        return context.credentials.get(tenant.id)
     except VaultError as error:
         # The vault's messages name the row and the setting, never key material: e.g. keys
         # rotated by `keys rotate` that this process's CONNECTOR_ENCRYPTION_KEYS lacks.
-        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, error)
+        # No "credentials: " before the cause: the log redaction would take its first word
+        # for a secret value.
+        log.error("tenant %s: webhook credentials unreadable (answering 503): %s", tenant.id, error)
         raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
     except SQLAlchemyError as error:
-        log.error("tenant %s: cannot read webhook credentials: %s", tenant.id, type(error).__name__)
+        log.error(
+            "tenant %s: webhook credentials unreadable (answering 503): %s",
+            tenant.id,
+            type(error).__name__,
+        )
         raise Rejection(503, "unavailable", {"error": "unavailable"}) from None
-    return body
+
+
+def _keep_refusal(context: ReceiverContext, tenant_id: str | None, rejection: Rejection) -> None:
+    """Store a refusal for the console; an outage answers 503 and is only counted."""
+    if rejection.status >= 500:
+        return
+    try:
+        context.refusals.record(
+            Refusal(tenant_id, rejection.reason, rejection.status, request.remote_addr)
+        )
+    except Exception as error:  # keeping it must never change the answer
+        log.warning("webhook refusal not stored: %s", type(error).__name__)
 
 
 def _read_body(limit: int) -> bytes:
@@ -227,7 +297,14 @@ def _accept(
     payload: dict[str, Any],
     event: WebhookEventData,
 ) -> tuple[Response, int]:
-    """Persist, commit, then enqueue; a duplicate is enqueued only if it never was."""
+    """Persist and commit (one transaction), then enqueue; a duplicate is enqueued only if
+    it never was.
+
+    A new event to handle is stored as enqueued, so that the one commit is all a delivery
+    costs; a failed enqueue moves it back to received (Pipedrive's retry of the 503 then
+    enqueues it). A crash between the commit and the enqueue leaves it enqueued and not
+    finished, which the sweeper of unfinished events picks up.
+    """
     events = WebhookEvents(context.runtime.database)
     try:
         stored = _persist(events, tenant.id, payload, event)
@@ -238,22 +315,25 @@ def _accept(
     if stored.status == WebhookEventStatus.IGNORED:
         _count(tenant.id, "accepted" if stored.created else "duplicate")
         return jsonify({"status": "ignored" if stored.created else "duplicate"}), 200
-    if stored.status != WebhookEventStatus.RECEIVED:
+    retry = not stored.created and stored.status == WebhookEventStatus.RECEIVED
+    if not stored.created and not retry:
         _count(tenant.id, "duplicate")
         return jsonify({"status": "duplicate"}), 200
     try:
         context.enqueue(PUSH_STAGE, {"tenant": tenant.id, "webhook_event_id": stored.id})
     except Exception as error:
-        # The row stays "received": Pipedrive's retry of this 503 enqueues it then.
         log.error(
             "tenant %s: cannot enqueue webhook event %s: %s",
             tenant.id,
             stored.id,
             type(error).__name__,
         )
+        if stored.created:
+            _set_status(events, stored.id, WebhookEventStatus.RECEIVED)
         _count(tenant.id, "rejected", "unavailable")
         return jsonify({"error": "unavailable"}), 503
-    _mark_enqueued(events, stored.id)
+    if retry:
+        _set_status(events, stored.id, WebhookEventStatus.ENQUEUED)
     _count(tenant.id, "accepted" if stored.created else "duplicate")
     return jsonify({"status": "accepted", "event_id": event.event_id}), 200
 
@@ -264,7 +344,7 @@ def _persist(
     """The event's row, committed; deal events and deletes (merges too) of organizations are
     handled, the others kept as ignored."""
     if event.is_deal or (event.entity == "organization" and event.action == "delete"):
-        return events.add(tenant_id, event, payload, status=WebhookEventStatus.RECEIVED)
+        return events.add(tenant_id, event, payload, status=WebhookEventStatus.ENQUEUED)
     return events.add(
         tenant_id,
         event,
@@ -274,12 +354,17 @@ def _persist(
     )
 
 
-def _mark_enqueued(events: WebhookEvents, row_id: int) -> None:
+def _set_status(events: WebhookEvents, row_id: int, status: WebhookEventStatus) -> None:
+    """Received ↔ enqueued after the enqueue's outcome; only from the other of the two, as a
+    worker may have finished the event already."""
     try:
-        events.mark_enqueued(row_id)
+        if status == WebhookEventStatus.ENQUEUED:
+            events.mark_enqueued(row_id)
+        else:
+            events.mark_received(row_id)
     except SQLAlchemyError as error:
-        # Enqueued all the same; a redelivery would enqueue again, which the task tolerates.
-        log.warning("webhook event %s enqueued but not marked: %s", row_id, type(error).__name__)
+        # Either way the sweeper of unfinished events gets to it; a duplicate task is harmless.
+        log.warning("webhook event %s not marked %s: %s", row_id, status, type(error).__name__)
 
 
 # -- health and metrics -------------------------------------------------------------------
@@ -320,11 +405,26 @@ def readyz() -> tuple[Response, int]:
     detail: dict[str, Any] = {"status": "ready" if ready else "not ready", **checks}
     # A broken tenants file does not make the receiver unready: it still serves every valid
     # tenant (and the last good configuration of a broken one); unready would stop them all.
+    # Every role's last check counts: a file only the workers or beat see broken (another
+    # host's copy, a cron only Celery refuses) shows here too, naming who saw it.
     live = context.runtime.live
     if live is not None:
-        detail["tenants_file"] = "invalid" if live.problems else "ok"
-        if live.problems:
-            detail["tenants_file_problems"] = live.messages()
+        own = live.messages()
+        others = [check for check in config_checks(context.runtime) if check.problems]
+        detail["tenants_file"] = "invalid" if own or others else "ok"
+        if own:
+            detail["tenants_file_problems"] = own
+        if others:
+            detail["tenants_file_reports"] = [
+                {
+                    "role": check.role,
+                    "host": check.host,
+                    "pid": check.pid,
+                    "digest": check.digest,
+                    "problems": check.messages(),
+                }
+                for check in others
+            ]
     return jsonify(detail), 200 if ready else 503
 
 

@@ -7,7 +7,7 @@ import logging
 from connector.errors import ConfigError
 from connector.logs import configure_logging
 from connector.settings import get_settings
-from webhook_receiver.app import create_app
+from webhook_receiver.app import create_app, watch_configuration
 
 _settings = get_settings()
 configure_logging(_settings.log_level, _settings.log_format)
@@ -19,3 +19,6 @@ except ConfigError as error:
     # 3 is gunicorn's "worker failed to boot": the master stops instead of respawning.
     raise SystemExit(3) from error
 app = create_app()
+# gunicorn imports this module in each worker process (the deployment runs it without
+# --preload), so the checking thread runs in the process that serves the requests.
+watch_configuration(app)

@@ -10,13 +10,35 @@ from kombu.exceptions import OperationalError
 
 from connector import jobs
 from connector.errors import BrokerUnavailableError, ConfigError
-from connector.settings import Settings, get_settings
+from connector.settings import Settings, get_settings, is_amqp
 
 log = logging.getLogger(__name__)
 
 # Redis redelivers a message not acknowledged within this time, also one that a worker holds
-# for a countdown: task countdowns stay well below it (workers/base.py).
-VISIBILITY_TIMEOUT_S = 3600
+# for a countdown: task countdowns stay below half of it (workers/base.py). Short, so that a
+# dead worker's message comes back in about this time (tasks take seconds); RabbitMQ needs
+# none: it redelivers what a consumer held as soon as its connection drops.
+VISIBILITY_TIMEOUT_S = get_settings().broker_visibility_timeout_s
+# How often a Redis consumer looks for messages past their visibility timeout (kombu's
+# default scans every 10th tick of 10 s: up to 100 s late).
+UNACKED_RESTORE_INTERVAL_S = 5
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's options for the settings' broker: Redis or RabbitMQ (amqp://)."""
+    url = settings.effective_broker_url
+    if is_amqp(url):
+        # The broker confirms each publish, so an enqueue that returned is stored there: a
+        # connection dropped under a publish raises (the receiver answers 503, a task
+        # retries) instead of losing the message.
+        return {"confirm_publish": True}
+    if not url.startswith(("redis://", "rediss://", "redis+socket://")):
+        return {}
+    return {
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def interactive_router(interactive_queue: str) -> Any:
@@ -56,7 +78,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options=broker_transport_options(settings),
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -151,7 +173,11 @@ def _dispatch_stop(**_: Any) -> None:
 
 
 @signals.worker_process_init.connect
-def _pool_process_metrics(**_: Any) -> None:
+def _pool_process_start(**_: Any) -> None:
     from connector import metrics
+    from workers.runtime import get_runtime
 
     metrics.install_remote_observer()
+    # Each pool process follows the configuration from its start, idle or not, and
+    # publishes its checks (workers/runtime.py): no I/O here, the checks run in a thread.
+    get_runtime()

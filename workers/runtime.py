@@ -2,7 +2,8 @@
 setup, whose worker threads use the runtime of the command that started them).
 
 The runtime a worker builds itself is live (Runtime.go_live): it follows the tenants file
-and the vault, and every task checks for changes first (workers/base.py)."""
+and the vault, every task checks for changes first (workers/base.py), and a timer checks
+too, so an idle process follows them and reports a broken file (connector.live_config)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
-def get_runtime() -> Runtime:
+def get_runtime(role: str = "worker") -> Runtime:
+    """This process's runtime; the first call builds it live for `role` (worker, beat),
+    checking the configuration on a timer too and publishing each check."""
     global _runtime
     with _lock:
         if _runtime is None:
             _runtime = Runtime(get_settings())
-            _runtime.go_live()
+            live = _runtime.go_live(role=role)
+            if live is not None:
+                live.watch()
         return _runtime
 
 

@@ -1,4 +1,5 @@
-"""The beat schedule, derived from the tenants file: sync, reconciliation, webhook check.
+"""The beat schedule, derived from the tenants file: sync, reconciliation, webhook check; and
+the sweeper of unfinished webhook events, every `sweep_interval_s`.
 
 Celery beat reads `beat_schedule` once, at start. `LiveScheduler` (the app's
 `beat_scheduler`) instead follows the tenants file through the process's live runtime
@@ -61,10 +62,12 @@ def build_beat_schedule(
             message = (
                 f"tenant {tenant.id!r}: key 'schedule': Celery refuses {tenant.schedule!r}: {error}"
             )
-            if problems is not None:
-                problems[tenant.id] = message
             log.error("beat: %s; its syncs are not scheduled", message)
-            metrics.count_config_reload_error(tenant.id)
+            if problems is not None:
+                # The caller reports it (a live beat: with every check, counted there).
+                problems[tenant.id] = message
+            else:
+                metrics.count_config_reload_error(tenant.id)
             continue
         schedule[f"{tenant.id}:sync"] = {
             "task": jobs.PLAN_SYNC,
@@ -84,6 +87,14 @@ def build_beat_schedule(
     return schedule
 
 
+def sweeper_entries(interval_s: float) -> dict[str, dict[str, Any]]:
+    """The entries of every deployment, whatever its tenants: the sweeper of webhook events
+    whose message was lost (connector.stage_push.sweep). No ':' in the name: not a tenant's."""
+    return {
+        "sweep-webhook-events": {"task": jobs.SWEEP_WEBHOOK_EVENTS, "schedule": interval_s},
+    }
+
+
 class LiveScheduler(PersistentScheduler):
     """Celery's persistent scheduler, with entries rebuilt whenever the tenants file changes."""
 
@@ -93,12 +104,17 @@ class LiveScheduler(PersistentScheduler):
         # Beat sends to workers elsewhere: a memory:// queue or a private SQLite file would
         # schedule work that no worker ever sees. Refused here, before anything is opened
         # (beat builds its scheduler before its beat_init signal).
-        self._runtime = get_runtime()  # opens nothing yet: its database is made on first use
+        # Opens nothing yet: its database is made on first use.
+        self._runtime = get_runtime(role="beat")
         try:
             self._runtime.settings.require_shared_setup("beat")
         except ConfigError as error:
             log.critical("%s", error)
             raise SystemExit(1) from error
+        port = self._runtime.settings.beat_metrics_port
+        if port is not None:
+            # Beat counts its own configuration problems (mlc_config_reload_errors_total).
+            metrics.start_worker_metrics_server(port)
         live = self._runtime.live
         self._generation = -1
         self.problems: dict[str, str] = {}
@@ -120,7 +136,18 @@ class LiveScheduler(PersistentScheduler):
         self._runtime.refresh_if_stale()
         self._generation = live.generation if live is not None else 0
         self.problems = {}
-        return build_beat_schedule(self._runtime.tenants.values(), self.problems)
+        entries = build_beat_schedule(self._runtime.tenants.values(), self.problems)
+        if live is not None:
+            # Reported, logged and counted with every check until the cron is fixed, and
+            # published for `status` and /readyz like the file's own problems.
+            live.note_role_problems(
+                {
+                    tenant_id: [f"{message} (its syncs are not scheduled)"]
+                    for tenant_id, message in self.problems.items()
+                }
+            )
+        entries.update(sweeper_entries(self._runtime.settings.sweep_interval_s))
+        return entries
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         live = self._runtime.live

@@ -87,7 +87,7 @@ def _plan(sync: TenantSync, plan: Plan, full: bool) -> dict[str, int]:
                     "entity": plan.entity,
                     "tenant": plan.tenant,
                     "key": item.key,
-                    "snapshot": {"etag": item.etag, "data": item.data},
+                    "snapshot": item.snapshot,
                     "hint": item.hint,
                     "full": full,
                     "run_id": plan.run_id,
@@ -144,8 +144,8 @@ def _tenant_sync(tenant: str) -> TenantSync:
 
 def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) -> str:
     # A record the dispatcher released names its stored work item (and which attempt this
-    # is); the item is finished when the attempt ends, or given back when it ends
-    # transiently (RecordSyncTask.retry_transient).
+    # is); the item is deleted in the transaction of the attempt's audit row when it ends,
+    # or given back when it ends transiently (RecordSyncTask.retry_transient).
     item = options.pop("work_item", None)
     options.pop("attempt", None)
     try:
@@ -157,8 +157,7 @@ def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) 
     # Released within the tenant's budget, so tokens are there; if not, the item goes back
     # to the store at once rather than hold the worker asleep.
     with waits_at_most(DISPATCHED_TOKEN_WAIT_S) if item is not None else nullcontext():
-        result = sync.sync_record(task.entity, key, attempt=task.attempt, **options)
-    _finish(item)
+        result = sync.sync_record(task.entity, key, attempt=task.attempt, work_item=item, **options)
     return result.outcome.value
 
 
@@ -209,6 +208,20 @@ def ensure_webhook(self: ConnectorTask, tenant: str) -> dict[str, Any]:
     from connector.webhooks.registration import ensure_webhook as ensure
 
     return _jsonable(asdict(ensure(get_runtime(), tenant)))
+
+
+@celery_app.task(
+    name=jobs.SWEEP_WEBHOOK_EVENTS, bind=True, base=ConnectorTask, transient_retries=False
+)
+def sweep_webhook_events(self: ConnectorTask) -> dict[str, Any]:
+    """Queue again the webhook events that never finished (their message was lost); the
+    next scheduled sweep is the retry of this one."""
+    from connector.stage_push.sweep import sweep_unfinished_events
+    from connector.storage.webhook_events import WebhookEvents
+
+    runtime = get_runtime()
+    events = WebhookEvents(runtime.database)
+    return asdict(sweep_unfinished_events(events, enqueue, grace_s=runtime.settings.sweep_grace_s))
 
 
 # Who a replay sent as a task (from Flower's API or a script) is recorded as, unless it says.

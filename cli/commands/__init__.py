@@ -11,6 +11,7 @@ from cli.commands.credentials import credentials
 from cli.commands.db import db
 from cli.commands.demo import demo
 from cli.commands.keys import keys
+from cli.commands.reconcile import reconcile
 from cli.commands.relink import relink
 from cli.commands.simulate import simulate
 from cli.commands.status import status
@@ -26,6 +27,7 @@ ALL: list[click.Command] = [
     audit,
     replay,
     relink,
+    reconcile,
     tenant,
     credentials,
     keys,

@@ -14,6 +14,7 @@ from cli.context import CliContext, pass_context
 from connector.replay import Requeued
 from connector.storage.audit import FAILED, FINAL_STATUSES, SKIPPED, STATUSES, AuditLog
 from connector.storage.database import Database
+from connector.storage.idmap import CUSTOMER, ORDER
 from connector.storage.models import AuditRecord
 
 
@@ -53,9 +54,10 @@ def parse_since(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@click.group(short_help="List and show audit rows (one per attempt, repeats folded).")
+@click.group(short_help="List and show audit rows, and one record's history.")
 def audit() -> None:
-    """Read the audit trail: one row per attempt to move a record, in either direction.
+    """Read the audit trail: one row per attempt to move a record, in either direction;
+    `history` tells one record's whole story.
 
     Identical failures of one record share a row (OCCURRENCES, first and last time); a
     failed row fixed by a later success of its record is "superseded".
@@ -123,6 +125,48 @@ def audit_show(obj: CliContext, audit_id: int) -> None:
         "replay_args": row.replay_args,
     }
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+@audit.command("history")
+@click.argument("tenant_id", metavar="TENANT")
+@click.argument("entity", type=click.Choice([CUSTOMER, ORDER]))
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the story as one JSON object.")
+@pass_context
+def audit_history(obj: CliContext, tenant_id: str, entity: str, key: str, as_json: bool) -> None:
+    """Tell the story of TENANT's ENTITY (customer or order) with IFS key KEY.
+
+    Every sync attempt (with the fields it changed) and stage push, every webhook event about
+    any Pipedrive record it was ever linked to (deletes, merges, archives), and what its life
+    did to the link (relinked, unlinked, tombstoned, relink, gone from IFS), oldest first;
+    then where it stands now. The exit status is 1 for an unknown tenant or record.
+    """
+    from connector.storage.story import record_story
+
+    with reported_errors():
+        obj.runtime.tenant(tenant_id)
+    database = migrated_database(obj)
+    story = record_story(database, tenant_id, entity, key)
+    if not story.known:
+        raise click.ClickException(
+            f"tenant {tenant_id!r} has no {entity} {key!r}: no id-map entry and no audit row "
+            f"(KEY is the IFS key: a customer id or an order number)"
+        )
+    if as_json:
+        click.echo(json.dumps(story.as_dict(), default=str))
+        return
+    click.echo(f"{tenant_id} {entity} {key}: {story.state}")
+    if story.pipedrive_ids:
+        ids = ", ".join(str(each) for each in story.pipedrive_ids)
+        click.echo(f"Pipedrive {story.pipedrive_object}s it was linked to: {ids}")
+    click.echo(f"{'WHEN':<20} {'SOURCE':<16} {'WHAT':<16} {'STATUS':<10} DETAIL")
+    for chapter in story.chapters():
+        reference = f"#{chapter.audit_id}" if chapter.audit_id else f"event {chapter.event_id}"
+        detail = "; ".join(part for part in (chapter.detail, reference) if part)
+        click.echo(
+            f"{chapter.at:%Y-%m-%d %H:%M:%S}  {chapter.source:<16} {chapter.what:<16} "
+            f"{chapter.status:<10} {detail}"
+        )
 
 
 @click.command()

@@ -83,10 +83,12 @@ def check(obj: CliContext, tenant_id: str, as_json: bool) -> None:
     Pipedrive reports and that of the connector's own limiter. Every failure names the
     system, what was tried, and what to fix.
 
-    Then checks that the tenant's configuration fits: the mapped properties, stage-map
-    actions (and their parameters) and patched properties against each projection's IFS
-    $metadata; the configured Pipedrive fields (name and type), pipeline and stages, the
-    plan's burst limit against pipedrive.burst_limit, and OAuth scopes. Exit status 0 when
+    Then checks that the tenant's configuration fits: the mapped properties (the extra
+    fields' included), stage-map actions (and their parameters) and patched properties
+    against each projection's IFS $metadata; the configured Pipedrive fields (name, type
+    and enum options), pipeline and stages, the plan's burst limit against
+    pipedrive.burst_limit and, when a search answer reports a limit of its own,
+    pipedrive.search_burst_limit (one search is made), and OAuth scopes. Exit status 0 when
     both systems are OK and the configuration fits, else 1.
     """
     with reported_errors():

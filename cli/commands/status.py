@@ -11,7 +11,8 @@ from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
 from connector.diagnostics.queues import QueueStatus, queue_status
 from connector.diagnostics.status import TenantStatus, tenant_status
-from connector.tenants import read_tenants
+from connector.live_config import ConfigCheck, config_checks
+from connector.tenants import TenantsReading, read_tenants
 
 _INDENT = "  "
 
@@ -93,9 +94,11 @@ def _print_queue(queue: QueueStatus) -> None:
 @pass_context
 def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) -> None:
     """Show each tenant's last sync, overdue syncs, failed records waiting, webhook,
-    rate-limit headroom, problems of the tenants file, and the depth of the workers' queue.
+    rate-limit headroom, problems of the tenants file (as read here and as the running
+    workers, beat and receivers last saw it), and the depth of the workers' queue.
 
-    Reads the database and our limiter only (with --remote, also Pipedrive's webhook list).
+    Reads the database, Redis and our limiter only (with --remote, also Pipedrive's
+    webhook list).
     Problems are listed with the command that fixes them; the exit status is 1 only when
     the status cannot be read at all (unknown tenant, database not migrated).
     """
@@ -116,18 +119,22 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
         _broken_tenant(each, found) for each, found in broken.items() if tenant_id in (None, each)
     ]
     file_problems = [_config_problem(found) for found in reading.problems.get(None, [])]
+    checks = config_checks(obj.runtime)
     queues = [obj.settings.queue, obj.settings.effective_interactive_queue]
     queue = queue_status(obj.settings.effective_broker_url, queues)
     if as_json:
         document = {
             "tenants": [each.as_dict() for each in statuses],
             "tenants_file_problems": file_problems,
+            "config_checks": [check.as_dict() for check in checks],
             "queue": queue.as_dict(),
         }
         click.echo(json.dumps(document, default=str))
         return
     for problem in file_problems:
         click.echo(f"! {problem}")
+    for line in _reported_problems(checks, reading):
+        click.echo(f"! {line}")
     if not statuses:
         click.echo(f"no tenants defined in {obj.tenants_path}")
     for each in statuses:
@@ -138,6 +145,23 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
         else:
             _print_tenant(each)
     _print_queue(queue)
+
+
+def _reported_problems(checks: list[ConfigCheck], reading: TenantsReading) -> list[str]:
+    """What the running processes' last checks found, message by message, with who saw it:
+    the workers or beat may see a broken file (another host's copy, a cron only Celery
+    refuses) that this command's own reading does not."""
+    seen: dict[str, list[str]] = {}
+    for check in checks:
+        for message in check.messages():
+            if not message.startswith("("):  # the "(keeping … until fixed)" notes
+                seen.setdefault(message, []).append(check.where)
+    own = {message for found in reading.problems.values() for message in found}
+    lines = []
+    for message, where in seen.items():
+        also = "also " if message in own else ""
+        lines.append(f"tenants file {also}reported by {', '.join(where)}: {message}")
+    return lines
 
 
 def _config_problem(message: str) -> str:

@@ -66,7 +66,7 @@ def wait_for_run(
     """Poll the run's audit rows until every queued record has a final outcome, showing
     progress on stderr (unless not `show_progress`): a bar on a terminal, else a line every
     `every_s` seconds."""
-    from sandbox.polling import wait_until
+    from connector.polling import wait_until
 
     stderr = sys.stderr
     interactive = stderr.isatty() if interactive is None else interactive
@@ -153,16 +153,18 @@ def _dry_run(
     with reported_errors():
         sync = TenantSync(obj.runtime, tenant_id, read_only=True)
         report: list[dict[str, Any]] = []
-        counts: dict[str, int] = {"create": 0, "update": 0, "unchanged": 0, "failed": 0}
+        counts = dict.fromkeys(DRY_RUN_COUNTS, 0)
         for entity in entities:
             plan = sync.plan(entity, full=full)
-            counts["unchanged"] += plan.unchanged
+            counts["unchanged"] += plan.unchanged - plan.tombstoned
+            counts["tombstoned"] += plan.tombstoned
+            report += _tombstoned(sync, entity)
             for item in _checking(plan.items, entity):
                 try:
                     result = sync.sync_record(
                         entity,
                         item.key,
-                        snapshot={"etag": item.etag, "data": item.data},
+                        snapshot=item.snapshot,
                         hint=item.hint,
                         full=full,
                         dry_run=True,
@@ -184,6 +186,9 @@ def _dry_run(
                 entry = {"entity": entity, "key": item.key, "operation": operation}
                 if attempt.error and operation == "failed":
                     entry["error"] = attempt.error
+                reason = _reason(attempt)
+                if reason:
+                    entry["reason"] = reason
                 if attempt.request_summary and "payload" in attempt.request_summary:
                     entry["payload"] = attempt.request_summary["payload"]
                 report.append(entry)
@@ -191,12 +196,42 @@ def _dry_run(
         click.echo(json.dumps({"dry_run": True, "counts": counts, "records": report}, default=str))
         return
     for entry in report:
-        detail = entry.get("error") or ", ".join(sorted(entry.get("payload", {}))) or ""
-        click.echo(f"would {entry['operation']:<9} {entry['entity']:<8} {entry['key']}  {detail}")
+        detail = (
+            entry.get("error")
+            or ", ".join(sorted(entry.get("payload", {})))
+            or entry.get("reason", "")
+        )
+        verb = "would " if entry["operation"] in ("create", "update", "close") else ""
+        click.echo(f"{verb + entry['operation']:<16} {entry['entity']:<8} {entry['key']}  {detail}")
     click.echo(
         f"dry run: {counts['create']} to create, {counts['update']} to update, "
-        f"{counts['unchanged']} unchanged, {counts['failed']} failing; nothing was written"
+        f"{counts['close']} to close (gone from IFS), {counts['unchanged']} unchanged, "
+        f"{counts['tombstoned']} tombstoned, {counts['ifs_missing']} gone from IFS and left, "
+        f"{counts['failed']} failing; nothing was written"
     )
+
+
+# What a dry run counts: operations, a respected delete (tombstoned), a record gone from IFS
+# (closed, or left as it is), and records that would fail.
+DRY_RUN_COUNTS = ("create", "update", "close", "unchanged", "tombstoned", "ifs_missing", "failed")
+
+
+def _reason(attempt: Any) -> str | None:
+    """Why a dry-run record is what it is: a skip's reason, or the lifecycle's decision."""
+    if attempt.status == "skipped" and attempt.error:
+        return str(attempt.error)
+    life = (attempt.request_summary or {}).get("lifecycle")
+    return str(life["reason"]) if isinstance(life, dict) and life.get("reason") else None
+
+
+def _tombstoned(sync: Any, entity: str) -> list[dict[str, Any]]:
+    """The report lines of the entity's tombstoned records (the plan leaves them out)."""
+    lines = []
+    for key in sync.idmap.tombstoned_keys(sync.tenant.id, entity):
+        entry = sync.idmap.get(sync.tenant.id, entity, key)
+        reason = entry.tombstone_reason if entry is not None else None
+        lines.append({"entity": entity, "key": key, "operation": "tombstoned", "reason": reason})
+    return lines
 
 
 def _checking(items: list[Any], entity: str) -> Iterator[Any]:
@@ -223,7 +258,10 @@ def _checking(items: list[Any], entity: str) -> Iterator[Any]:
 )
 @click.option("--full", is_flag=True, help="Re-read everything and repair drift in Pipedrive.")
 @click.option(
-    "--dry-run", is_flag=True, help="Print what would be created or updated; write nothing."
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be created, updated or closed, and what is tombstoned or gone "
+    "from IFS; write nothing.",
 )
 @click.option(
     "--recreate-deleted",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import yaml
@@ -11,9 +12,12 @@ import yaml
 from cli.commands.credentials import as_utc
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
-from connector.errors import ConfigError
+from connector.errors import ConfigError, ConnectorError
 from connector.storage.vault import required_credentials
-from connector.tenants import TenantConfig, load_tenants
+from connector.tenants import TenantConfig, read_tenants
+
+if TYPE_CHECKING:
+    from connector.diagnostics.probe import CheckReport
 
 
 def _tenants(obj: CliContext) -> dict[str, TenantConfig]:
@@ -96,34 +100,95 @@ def tenant_show(obj: CliContext, tenant_id: str) -> None:
     is_flag=True,
     help="Also run `check` (probes and fit report, reads only) for every tenant.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: ok, the file's problems, and with --remote each tenant's "
+    "check report (as `check --json`).",
+)
 @pass_context
-def tenant_validate(obj: CliContext, path: Path | None, remote: bool) -> None:
+def tenant_validate(obj: CliContext, path: Path | None, remote: bool, as_json: bool) -> None:
     """Check a tenants file (PATH, default the --tenants file) and print each problem.
 
     With --remote, also reach every tenant's IFS and Pipedrive as `ml-connector check`
-    does and report whether its configuration fits them; exit 1 when one does not.
+    does and report whether its configuration fits them. Exit status 0 when the file is
+    valid (and, with --remote, every tenant fits), else 1.
     """
     path = path or obj.tenants_path
     try:
-        tenants = load_tenants(path)
+        reading = read_tenants(path)
     except ConfigError as error:
-        click.echo(str(error), err=True)
-        raise SystemExit(1) from error
-    click.echo(f"{path}: {len(tenants)} tenant(s) valid: {', '.join(tenants) or 'none'}")
-    if remote and not _remote_fit(obj, tenants, str(path)):
+        _refuse_file(str(path), [str(error)], as_json)
+    if not reading.ok:
+        _refuse_file(str(path), reading.messages(), as_json, str(reading.error()))
+    tenants = reading.tenants
+    if not as_json:
+        click.echo(f"{path}: {len(tenants)} tenant(s) valid: {', '.join(tenants) or 'none'}")
+    if not remote:
+        if as_json:
+            valid = {tenant_id: {"tenant": tenant_id, "ok": True} for tenant_id in tenants}
+            click.echo(
+                json.dumps({"file": str(path), "ok": True, "problems": [], "tenants": valid})
+            )
+        return
+    reports = _remote_fit(obj, tenants, str(path))
+    all_fit = all(not isinstance(report, str) and report.ok for report in reports.values())
+    if as_json:
+        document = {
+            "file": str(path),
+            "ok": all_fit,
+            "problems": [],
+            "tenants": {
+                tenant_id: (
+                    {"tenant": tenant_id, "ok": False, "error": report}
+                    if isinstance(report, str)
+                    else report.as_dict()
+                )
+                for tenant_id, report in reports.items()
+            },
+        }
+        click.echo(json.dumps(document, default=str))
+    else:
+        _print_fit(reports)
+    if not all_fit:
         raise SystemExit(1)
 
 
-def _remote_fit(obj: CliContext, tenants: dict[str, TenantConfig], path: str) -> bool:
-    """One line per tenant (fits / does not fit), each problem with its fix below it."""
+def _refuse_file(
+    path: str, problems: list[str], as_json: bool, text: str | None = None
+) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"file": path, "ok": False, "problems": problems, "tenants": {}}))
+    else:
+        click.echo(text or "\n".join(problems), err=True)
+    raise SystemExit(1)
+
+
+def _remote_fit(
+    obj: CliContext, tenants: dict[str, TenantConfig], path: str
+) -> dict[str, CheckReport | str]:
+    """Each tenant's `check` report, or why it could not be checked at all (that tenant
+    then does not fit, and the others are still checked)."""
     from connector.diagnostics.probe import check_config
 
     migrated_database(obj)  # the credentials live in the database
-    all_fit = True
+    reports: dict[str, CheckReport | str] = {}
     for tenant_id, config in tenants.items():
-        with reported_errors():
-            report = check_config(obj.runtime, config, tenants_file=path)
-        all_fit = all_fit and report.ok
+        try:
+            reports[tenant_id] = check_config(obj.runtime, config, tenants_file=path)
+        except ConnectorError as error:
+            reports[tenant_id] = str(error)
+    return reports
+
+
+def _print_fit(reports: dict[str, CheckReport | str]) -> None:
+    """One line per tenant (fits / does not fit), each problem with its fix below it."""
+    for tenant_id, report in reports.items():
+        if isinstance(report, str):
+            click.echo(f"{tenant_id}: does not fit")
+            click.echo(f"  could not be checked: {report}")
+            continue
         click.echo(f"{tenant_id}: {'fits' if report.ok else 'does not fit'}")
         for system in report.systems:
             if not system.ok:
@@ -133,4 +198,3 @@ def _remote_fit(obj: CliContext, tenants: dict[str, TenantConfig], path: str) ->
             click.echo(f"  {finding.subject}: {finding.message}")
             if finding.fix:
                 click.echo(f"    fix: {finding.fix}")
-    return all_fit

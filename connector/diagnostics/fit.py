@@ -15,13 +15,13 @@ from connector.errors import ConnectorError
 from connector.ifs.entity_sets import order_set
 from connector.ifs.metadata import EntityType, ProjectionMetadata, Property
 from connector.pipedrive.provisioning import (
-    FIELD_TYPE,
     REQUIRED_OAUTH_SCOPES,
     field_misfit,
+    missing_labels,
     normalise_name,
     wanted_fields,
 )
-from connector.tenants import ParameterValue, StageRule, TenantConfig
+from connector.tenants import ExtraField, ParameterValue, StageRule, TenantConfig
 
 if TYPE_CHECKING:
     from connector.ifs.client import IfsClient
@@ -44,7 +44,16 @@ _SCALAR_TYPES = _NUMBER_TYPES | {
 }
 # What each mapped value must be: "key" the entity's key, "number" numeric, "state" the
 # order state (an enum, or at least a string), "text" anything that renders as text.
-Use = Literal["key", "text", "number", "state"]
+Use = Literal["key", "text", "number", "state", "date", "enum"]
+# What an extra field's type needs of its IFS property.
+_EXTRA_USES: dict[str, Use] = {
+    "text": "text",
+    "number": "number",
+    "monetary": "number",
+    "date": "date",
+    "enum": "enum",
+}
+_DATE_TYPES = frozenset({"Edm.Date", "Edm.DateTimeOffset"})
 _CUSTOMER_USES: dict[str, Use] = {"customer_id": "key"}
 _ORDER_USES: dict[str, Use] = {"order_no": "key", "value": "number", "status": "state"}
 
@@ -125,6 +134,7 @@ class _IfsFit:
         prop_name: str,
         use: Use,
         metadata: ProjectionMetadata,
+        options: Mapping[str, str] | None = None,
     ) -> None:
         prop = entity.properties.get(prop_name)
         if prop is None:
@@ -150,12 +160,30 @@ class _IfsFit:
                 f"map {where} to a plain property",
             )
         elif use == "number" and edm not in _NUMBER_TYPES:
+            what = "the deal value" if where == "order_mapping.value" else f"{where}'s type"
             self.add(
                 where,
                 "error",
-                f"{entity.name}.{prop_name} is {edm}, not a number (the deal value needs one)",
+                f"{entity.name}.{prop_name} is {edm}, not a number ({what} needs one)",
                 f"map {where} to a numeric property such as TotalAmount",
             )
+        elif use == "date" and edm not in _DATE_TYPES:
+            self.add(
+                where,
+                "error",
+                f"{entity.name}.{prop_name} is {edm}, not a date (Edm.Date or Edm.DateTimeOffset)",
+                f"map {where} to a date property, or give it type: text",
+            )
+        elif use == "enum" and enum is not None:
+            unknown = sorted(set(options or {}) - set(enum.members))
+            if unknown:
+                self.add(
+                    where.removesuffix(".property") + ".options",
+                    "error",
+                    f"{', '.join(unknown)} are not values of {entity.name}.{prop_name} "
+                    f"({enum.name}: {', '.join(enum.members)})",
+                    "map the enum's values: " + ", ".join(enum.members),
+                )
         elif use == "key" and entity.key != (prop_name,):
             self.add(
                 where,
@@ -194,6 +222,25 @@ class _IfsFit:
                 f"({', '.join(enum.members)})",
                 "remove their rules from stage_map",
             )
+
+    def extras(
+        self,
+        entity: EntityType,
+        where: str,
+        extras: Mapping[str, ExtraField],
+        metadata: ProjectionMetadata,
+    ) -> set[str]:
+        """Check each `extra` property; the properties they name."""
+        for name, extra in extras.items():
+            self.mapped(
+                entity,
+                f"{where}.extra.{name}.property",
+                extra.property,
+                _EXTRA_USES[extra.type],
+                metadata,
+                extra.options,
+            )
+        return {extra.property for extra in extras.values()}
 
     def custom_attributes(self, entity: EntityType, mapped: set[str], where: str) -> None:
         custom = sorted(name for name in entity.properties if name.startswith("Cf_"))
@@ -336,17 +383,20 @@ def ifs_findings(
             "ifs.customer_entity_set",
         )  # fmt: skip
         if entity is not None:
-            mapping = tenant.customer_mapping.model_dump()
+            mapping = tenant.customer_mapping.model_dump(exclude={"extra"})
             for logical, prop in mapping.items():
                 use = _CUSTOMER_USES.get(logical, "text")
                 fit.mapped(entity, f"customer_mapping.{logical}", prop, use, customers)
-            fit.custom_attributes(entity, set(mapping.values()), "customer_mapping")
+            extras = fit.extras(
+                entity, "customer_mapping", tenant.customer_mapping.extra, customers
+            )
+            fit.custom_attributes(entity, {*mapping.values(), *extras}, "customer_mapping")
     if orders is not None:
         entity = fit.entity(
             orders, config.order_projection, config.order_entity_set, "ifs.order_entity_set"
         )
         if entity is not None:
-            mapping = tenant.order_mapping.model_dump()
+            mapping = tenant.order_mapping.model_dump(exclude={"extra"})
             title = mapping.pop("title")
             for logical, prop in mapping.items():
                 use = _ORDER_USES.get(logical, "text")
@@ -354,7 +404,10 @@ def ifs_findings(
             placeholders = [n for _, n, _, _ in string.Formatter().parse(title) if n]
             for name in placeholders:
                 fit.mapped(entity, "order_mapping.title", name, "text", orders)
-            fit.custom_attributes(entity, {*mapping.values(), *placeholders}, "order_mapping")
+            extras = fit.extras(entity, "order_mapping", tenant.order_mapping.extra, orders)
+            fit.custom_attributes(
+                entity, {*mapping.values(), *placeholders, *extras}, "order_mapping"
+            )
             entity_name = order_set(tenant).name.removesuffix("Set")
             for rule in tenant.stage_map:
                 fit.stage_rule(entity, orders, rule, entity_name)
@@ -383,6 +436,7 @@ def pipedrive_findings(
     stages: Sequence[Mapping[str, Any]] | None,
     plan_burst: str | None,
     scopes: str | None,
+    search_burst: str | None = None,
 ) -> list[Finding]:
     """What Pipedrive's answers say: fields by configured name and type, the pipeline and its
     stages, the plan's burst limit against `pipedrive.burst_limit`, and OAuth scopes."""
@@ -397,28 +451,46 @@ def pipedrive_findings(
             for f in fields.get(entity, ())
             if f.get("key") and f.get("active_flag", True) is not False
         }
-        for logical, display in wanted.items():
-            found = existing.get(normalise_name(display))
-            subject = f"fields.{logical}"
+        for each in wanted:
+            found = existing.get(normalise_name(each.name))
+            subject = each.setting.removesuffix(".field")
+            created = each.field_type + (
+                f" with options {', '.join(each.labels)}" if each.labels else ""
+            )
             if found is None:
-                add(subject, "info", f"{entity} field {display!r} will be created ({FIELD_TYPE})")
+                add(subject, "info", f"{entity} field {each.name!r} will be created ({created})")
                 continue
-            misfit = field_misfit(found)
+            misfit = field_misfit(found, each)
             if misfit is None:
                 add(
                     subject,
                     "info",
-                    f"{entity} field {display!r} exists ({found.get('field_type')}): adopted",
+                    f"{entity} field {each.name!r} exists ({found.get('field_type')}): adopted",
                 )
                 continue
-            free = _free_name(display, set(existing))
+            lacking = missing_labels(found, each)
+            if lacking and found.get("field_type") in each.compatible:
+                fix = (
+                    f"add the option(s) {', '.join(lacking)} to the field in Pipedrive, or map "
+                    f"those IFS values to existing options in {subject}.options"
+                )
+            else:
+                free = _free_name(each.name, set(existing))
+                rename = (
+                    f"fields: {{{each.logical}: {free}}}"
+                    if each.setting.startswith("fields.")
+                    else f"{each.setting}: {free}"
+                )
+                fix = (
+                    f"rename it in the tenants file ({rename}) so the connector creates its "
+                    f"own {each.field_type} field, or rename or delete the existing field in "
+                    "Pipedrive"
+                )
             add(
                 subject,
                 "error",
-                f"Pipedrive already has {_article(entity)} {entity} field {display!r} {misfit}",
-                f"rename it in the tenants file (fields: {{{logical}: {free}}}) so the "
-                f"connector creates its own {FIELD_TYPE} field, or rename or delete the "
-                "existing field in Pipedrive",
+                f"Pipedrive already has {_article(entity)} {entity} field {each.name!r} {misfit}",
+                fix,
             )
 
     name = tenant.pipedrive.pipeline
@@ -464,6 +536,8 @@ def pipedrive_findings(
             f"burst_limit {configured} within the plan's {plan_burst} per 2 s",
         )
 
+    findings.extend(_search_burst(tenant, plan_burst, search_burst))
+
     if tenant.pipedrive.auth == "oauth2":
         if scopes is None:
             add(
@@ -488,6 +562,62 @@ def pipedrive_findings(
     return findings
 
 
+# Pipedrive's documentation gives search endpoints their own burst limit (DESIGN.md).
+DOCUMENTED_SEARCH_BURST = 10
+
+
+def _search_burst(
+    tenant: TenantConfig, plan_burst: str | None, search_burst: str | None
+) -> list[Finding]:
+    """`pipedrive.search_burst_limit` against the x-ratelimit-limit of a search answer, when
+    that differs from a plain read's (then it is the search limit); otherwise say that
+    Pipedrive reported nothing separate for search instead of guessing a figure."""
+    subject = "pipedrive.search_burst_limit"
+    configured = tenant.pipedrive.search_burst_limit
+    reported = search_burst.strip() if search_burst else None
+    if reported and reported.isdigit() and reported != (plan_burst or "").strip():
+        if configured > int(reported):
+            return [
+                Finding(
+                    PIPEDRIVE,
+                    subject,
+                    "error",
+                    f"pipedrive.search_burst_limit {configured} is above the {reported} "
+                    "searches per 2 s Pipedrive reports for search (x-ratelimit-limit of a "
+                    "search answer): the upserts' searches would get 429s, then 403 bans",
+                    f"set pipedrive.search_burst_limit: {reported} (or lower)",
+                )
+            ]
+        return [
+            Finding(
+                PIPEDRIVE,
+                subject,
+                "info",
+                f"search_burst_limit {configured} within the {reported} per 2 s Pipedrive "
+                "reports for search",
+            )
+        ]
+    what = f"the same x-ratelimit-limit ({reported})" if reported else "no x-ratelimit-limit"
+    documented = (
+        f"; Pipedrive documents {DOCUMENTED_SEARCH_BURST} per 2 s for search"
+        if configured > DOCUMENTED_SEARCH_BURST
+        else ""
+    )
+    return [
+        Finding(
+            PIPEDRIVE,
+            subject,
+            "warning" if documented else "info",
+            f"Pipedrive's search answer carried {what} as other reads: it reports no separate "
+            f"search limit, so search_burst_limit {configured} could not be checked{documented}",
+            f"keep pipedrive.search_burst_limit at or below {DOCUMENTED_SEARCH_BURST} unless "
+            "your plan says otherwise"
+            if documented
+            else None,
+        )
+    ]
+
+
 # -- reading the remotes ----------------------------------------------------------------------
 
 
@@ -497,6 +627,9 @@ def _read(findings: list[Finding], system: str, what: str, read: Callable[[], An
     except ConnectorError as error:
         findings.append(Finding(system, what, "error", f"could not read {what}: {error}"))
         return None
+
+
+SEARCH_PROBE_TERM = "ml-connector fit check"
 
 
 def fit_ifs(tenant: TenantConfig, client: IfsClient) -> list[Finding]:
@@ -524,7 +657,8 @@ def fit_ifs(tenant: TenantConfig, client: IfsClient) -> list[Finding]:
 def fit_pipedrive(
     tenant: TenantConfig, client: PipedriveClient, scopes: str | None
 ) -> list[Finding]:
-    """Three or four reads: deal and organization fields, pipelines, the pipeline's stages."""
+    """Four or five reads: deal and organization fields, pipelines, the pipeline's stages,
+    and one organization search (for the search limit's header)."""
     findings: list[Finding] = []
     fields: dict[str, list[dict[str, Any]]] = {}
     entities: tuple[FieldEntity, ...] = ("organization", "deal")
@@ -533,6 +667,17 @@ def fit_pipedrive(
         if found is None:
             return findings
         fields[entity] = found
+    # One search (a read, 20 tokens): whether its answer reports a limit of its own. Before
+    # the plain reads, whose headers the check's headroom line shows.
+    search_burst = None
+    searched = _read(
+        findings,
+        PIPEDRIVE,
+        "organization search",
+        lambda: client.search("organizations", SEARCH_PROBE_TERM, limit=1),
+    )
+    if searched is not None:
+        search_burst = client.http.last_response_headers.get("x-ratelimit-limit")
     pipelines = _read(findings, PIPEDRIVE, "pipelines", client.list_pipelines)
     if pipelines is None:
         return findings
@@ -545,4 +690,6 @@ def fit_pipedrive(
         stages = _read(
             findings, PIPEDRIVE, "stages", lambda: client.list_stages(int(pipeline["id"]))
         )
-    return findings + pipedrive_findings(tenant, fields, pipelines, stages, plan_burst, scopes)
+    return findings + pipedrive_findings(
+        tenant, fields, pipelines, stages, plan_burst, scopes, search_burst
+    )

@@ -8,7 +8,6 @@ mlc_failed_records_waiting), read from the database at scrape time like the queu
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -38,6 +37,15 @@ def last_successful_syncs(runtime: Runtime, tenant_id: str) -> dict[str, datetim
     return {entity: _aware(moment) for (_, entity), moment in found.items()}
 
 
+def last_successful_syncs_by_tenant(runtime: Runtime) -> dict[str, dict[str, datetime]]:
+    """Tenant → entity → when its newest plan that read IFS to the end finished (one query
+    for every tenant, as the console's Tenants page needs them)."""
+    found: dict[str, dict[str, datetime]] = {}
+    for (tenant_id, entity), moment in last_completed_plans(runtime.database).items():
+        found.setdefault(tenant_id, {})[entity] = _aware(moment)
+    return found
+
+
 def overdue_by(
     tenant: TenantConfig,
     last_success: datetime,
@@ -59,6 +67,6 @@ def measure_sync_metrics(runtime: Runtime, tenant_ids: list[str]) -> None:
     for (tenant_id, entity), moment in last_completed_plans(runtime.database).items():
         if tenant_id in tenant_ids:
             metrics.set_last_successful_sync(tenant_id, entity, _aware(moment).timestamp())
-    waiting = Counter(row.tenant for row in AuditLog(runtime.database).latest_failed())
+    waiting = AuditLog(runtime.database).failed_waiting()
     for tenant_id in tenant_ids:
         metrics.set_failed_waiting(tenant_id, waiting.get(tenant_id, 0))

@@ -8,7 +8,7 @@ from redis.exceptions import RedisError
 
 from connector.ifs.client import ifs_limits
 from connector.pipedrive.client import SEARCH_BUCKET, burst_limits, daily_limit, rate_limit_key
-from connector.ratelimit import Limit, LimitUsage
+from connector.ratelimit import HISTORY_S, HISTORY_SLOT_S, Limit, LimitUsage
 
 if TYPE_CHECKING:
     from connector.coordination import Coordination
@@ -50,6 +50,36 @@ def headroom(coordination: Coordination, tenant: TenantConfig, system: str) -> d
     except RedisError as error:
         return {"error": f"Redis (CONNECTOR_REDIS_URL) unreachable: {error}"}
     shown: dict[str, Any] = {"limits": [usage_as_dict(usage) for usage in usages]}
+    if not coordination.limiter.shared:
+        shown["note"] = IN_PROCESS_NOTE
+    return shown
+
+
+def usage_history(coordination: Coordination, tenant: TenantConfig, system: str) -> dict[str, Any]:
+    """What our limiter granted the tenant for `system` per slot over the last day, as JSON:
+    cost units (Pipedrive tokens, IFS requests) and requests per slot, oldest first, with
+    the budget they come out of; or why the history cannot be read."""
+    key, limits = tenant_limits(tenant, system)
+    try:
+        slots = coordination.history(key)
+    except RedisError as error:
+        return {"error": f"Redis (CONNECTOR_REDIS_URL) unreachable: {error}"}
+    # The budget a day of slots is measured against: Pipedrive's daily tokens; IFS's
+    # requests a minute, as many as a slot holds.
+    budget = limits[-1]
+    shown: dict[str, Any] = {
+        "slot_s": HISTORY_SLOT_S,
+        "span_s": HISTORY_S,
+        "budget": {
+            "name": budget.name or "requests",
+            "capacity": budget.capacity,
+            "window_s": budget.window_s,
+        },
+        "slots": [
+            {"start": slot.start, "cost": slot.cost, "requests": slot.requests} for slot in slots
+        ],
+        "cost": sum(slot.cost for slot in slots),
+    }
     if not coordination.limiter.shared:
         shown["note"] = IN_PROCESS_NOTE
     return shown

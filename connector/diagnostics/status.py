@@ -68,6 +68,9 @@ def last_run(runtime: Runtime, tenant_id: str) -> dict[str, Any] | None:
         "failed": summary.failed,
         "read": summary.read,
         "queued": summary.queued,
+        "retrying": summary.retrying,
+        "last_retry_error": summary.last_retry_error,
+        "plan_errors": summary.plan_errors,
     }
 
 
@@ -133,6 +136,23 @@ def _overdue(status: TenantStatus, runtime: Runtime, tenant: TenantConfig, now: 
             )
 
 
+def _last_run_problems(status: TenantStatus, tenant_id: str) -> None:
+    """A newest run that could not plan (a wrong secret: every scheduled sync fails so) or
+    whose records wait on a remote that fails is a problem now, not after it is overdue."""
+    run = status.last_run or {}
+    if run.get("plan_errors"):
+        status.problems.append(
+            f"the last sync could not plan: {'; '.join(run['plan_errors'])}: fix the cause "
+            f"(`ml-connector check {tenant_id}` tests both systems); the next scheduled run, "
+            f"or `ml-connector sync {tenant_id}`, plans again"
+        )
+    if run.get("state") == "running" and run.get("retrying"):
+        status.problems.append(
+            f"{run['retrying']} record(s) of the running sync are retrying: "
+            f"{run.get('last_retry_error') or 'a remote failed'}"
+        )
+
+
 def tenant_status(
     runtime: Runtime, tenant_id: str, *, remote: bool = False, now: datetime | None = None
 ) -> TenantStatus:
@@ -161,6 +181,8 @@ def tenant_status(
     }
     if status.last_run is None:
         status.problems.append(f"never synced: run `ml-connector sync {tenant_id}`")
+    else:
+        _last_run_problems(status, tenant_id)
     if status.failed_waiting:
         status.problems.append(
             f"{status.failed_waiting} record(s) failed and wait for a replay: see "

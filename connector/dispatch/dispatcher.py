@@ -29,6 +29,7 @@ from connector.diagnostics.headroom import PIPEDRIVE, tenant_limits
 from connector.dispatch.pacing import Backlog, ItemCost, allowance, counted, interleave, releases
 from connector.errors import ConnectorError, UnknownTenantError
 from connector.jobs import Enqueue
+from connector.pipedrive.client import SEARCH_BUCKET, burst_limits, daily_limit
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.storage.models import utcnow
 from connector.storage.work_items import ReleasedItem, WorkItems
@@ -119,7 +120,12 @@ class Dispatcher:
             config = self.runtime.tenant(tenant)
         except UnknownTenantError:
             return None
-        key, limits = tenant_limits(config, PIPEDRIVE)
+        key, _ = tenant_limits(config, PIPEDRIVE)
+        # Released records are bulk work: the daily reserve is not theirs to take.
+        limits = [
+            *burst_limits(config.pipedrive, SEARCH_BUCKET),
+            daily_limit(config.pipedrive, bulk=True),
+        ]
         try:
             usages = self.runtime.coordination.usage(key, limits)
         except RedisError as error:

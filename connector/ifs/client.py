@@ -33,6 +33,11 @@ class SecretSource(Protocol):
     def get(self, tenant: str, system: str, name: str) -> str: ...
 
 
+def is_not_found(error: Exception) -> bool:
+    """True when IFS says the addressed record does not exist (removed by an IFS user)."""
+    return isinstance(error, RemoteError) and error.system == "ifs" and error.status == 404
+
+
 def ifs_limits(config: IfsConfig) -> list[Limit]:
     """The tenant's IFS request budget (1,000 a minute by default)."""
     return [Limit(config.requests_per_minute, 60)]

@@ -3,6 +3,8 @@ webhooks."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -12,10 +14,17 @@ import requests
 from requests.auth import AuthBase
 
 from connector.errors import RemoteError
-from connector.http import Acquire, RemoteSession, RetryPolicy, json_body, remote_error_text
+from connector.http import (
+    Acquire,
+    RemoteSession,
+    ResponseHook,
+    RetryPolicy,
+    json_body,
+    remote_error_text,
+)
 from connector.pipedrive.auth import ApiTokenAuth, OAuth2Auth
 from connector.pipedrive.costs import OPERATIONS, Operation
-from connector.ratelimit import Limit, RateLimiter, acquire
+from connector.ratelimit import Limit, RateLimiter, acquire, interactive
 
 if TYPE_CHECKING:
     from connector.coordination import Coordination
@@ -25,11 +34,22 @@ if TYPE_CHECKING:
 SYSTEM = "pipedrive"
 BUCKET = "pipedrive"
 SEARCH_BUCKET = "pipedrive-search"
-# Pipedrive counts a rolling 2 s window at its end; a request granted here reaches it a few
-# milliseconds to a few hundred later (network, retries, thread scheduling). Counting over a
-# slightly longer window keeps two grants 2 s apart from landing in one Pipedrive window.
-BURST_WINDOW_S = 2.5
+log = logging.getLogger(__name__)
+
+# Pipedrive counts arrivals in a rolling 2 s window. A request is granted here before it
+# arrives there, and once answered it counts here from the answer on (RateLimiter.settle),
+# which is after its arrival: two requests granted a window apart never arrive within 2 s,
+# however long either took. The 20 ms cover clock rates, not network times; what Pipedrive
+# reports on each answer (x-ratelimit-remaining, see pipedrive_feedback) corrects the rest.
+BURST_WINDOW_S = 2.02
 DAY_S = 86_400.0
+# The end of the daily budget that bulk work leaves to interactive work (single replays,
+# webhook-driven syncs): a share of the budget, at least one day's worth of a few records.
+DAILY_RESERVE_SHARE = 0.05
+DAILY_RESERVE_MIN = 100
+# How long a tenant's Pipedrive work pauses after Pipedrive's 403 block page (sent to a client
+# that kept going after 429s); Pipedrive does not say how long its block lasts.
+BLOCK_PAUSE_S = 60.0
 DEFAULT_POLICY = RetryPolicy()
 MAX_PAGE = 500  # v2 `limit` maximum; v1 field lists accept it too
 
@@ -52,9 +72,82 @@ def burst_limits(config: PipedriveConfig, bucket: str) -> list[Limit]:
     return limits
 
 
-def daily_limit(config: PipedriveConfig) -> Limit:
-    """The company's daily token budget: one counter, whatever bucket spends it."""
-    return Limit(config.daily_budget, DAY_S, "daily")
+def daily_limit(config: PipedriveConfig, *, bulk: bool = False) -> Limit:
+    """The company's daily token budget: one counter, whatever bucket spends it. `bulk` work
+    leaves the reserve (daily_reserve) unspent, for interactive work."""
+    return Limit(config.daily_budget, DAY_S, "daily", reserve=daily_reserve(config) if bulk else 0)
+
+
+def daily_reserve(config: PipedriveConfig) -> int:
+    """Tokens of the daily budget that only interactive work may spend."""
+    reserve = max(DAILY_RESERVE_MIN, round(config.daily_budget * DAILY_RESERVE_SHARE))
+    return min(reserve, config.daily_budget // 2)
+
+
+def is_block_page(response: requests.Response) -> bool:
+    """Pipedrive's block for clients that kept going after 429s: a 403 HTML page, where
+    Pipedrive's own 403s (permissions) are JSON."""
+    content_type = response.headers.get("Content-Type", "")
+    return response.status_code == 403 and "text/html" in content_type.lower()
+
+
+def _header_int(response: requests.Response, name: str) -> int | None:
+    value = response.headers.get(name)
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return int(float(value))
+    return None
+
+
+def pipedrive_feedback(
+    limiter: RateLimiter, tenant_id: str, config: PipedriveConfig
+) -> ResponseHook:
+    """A ResponseHook that keeps the tenant's limiter in step with what Pipedrive reports.
+
+    - every answer settles the request's burst grant (RateLimiter.settle): it counts a
+      window from the answer on, since Pipedrive saw it at the latest then.
+    - `x-ratelimit-remaining` (every answer): Pipedrive counts `limit - remaining` requests in
+      its 2 s window; the burst counter never counts fewer (the user's UI actions count there
+      too, and a request that took longer than another arrives later than its grant).
+    - `x-daily-requests-left` (POST/PUT answers to an API token): the company's budget left
+      today, shared with every other app; the daily counter never counts less spent.
+    - The 403 block page: every worker's Pipedrive work for the tenant pauses (a pause in the
+      limiter, shared through Redis) for BLOCK_PAUSE_S; the hook returns it, so the request
+      fails as retryable with that wait instead of failing its record.
+    """
+    key = rate_limit_key(tenant_id)
+    burst = Limit(config.burst_limit, BURST_WINDOW_S, "burst", per_request=True)
+    search = Limit(config.search_burst_limit, BURST_WINDOW_S, "search", per_request=True)
+    day = daily_limit(config)
+
+    def observe(response: requests.Response) -> float | None:
+        if is_block_page(response):
+            limiter.pause(key, BLOCK_PAUSE_S)
+            log.warning(
+                "pipedrive blocked tenant %s (403 block page): its Pipedrive work pauses %.0fs",
+                tenant_id,
+                BLOCK_PAUSE_S,
+            )
+            return BLOCK_PAUSE_S
+        searched = "/search" in (response.url or "")
+        limiter.settle(key, [burst, search] if searched else [burst])
+        remaining = _header_int(response, "x-ratelimit-remaining")
+        reported = _header_int(response, "x-ratelimit-limit")
+        if remaining is not None and reported:
+            # A search is answered with the tighter of its two windows: the header's limit
+            # says which.
+            limit = search if searched and reported == search.capacity else burst
+            # Far from the limit a correction could not refuse anything yet: the Redis call
+            # is saved until Pipedrive's count comes near it.
+            if remaining < limit.capacity // 2:
+                limiter.align(key, limit, limit.capacity - remaining)
+        left = _header_int(response, "x-daily-requests-left")
+        if left is not None:
+            limiter.align(key, day, max(0, day.capacity - left))
+        return None
+
+    return observe
 
 
 def pipedrive_acquirer(
@@ -69,17 +162,19 @@ def pipedrive_acquirer(
     all taken in one atomic step (nothing is taken when any of them is exhausted).
 
     Waits up to `max_wait_s` for the burst window; an exhausted day raises RateLimited at
-    once with the hours still to go.
+    once with the hours still to go. Bulk work (anything outside `interactive()`) stops
+    short of the day's reserve (daily_reserve).
     """
     key = rate_limit_key(tenant_id)
     day = daily_limit(config)
+    bulk_day = daily_limit(config, bulk=True)
 
     def take(bucket: str, cost: int) -> None:
         acquire(
             limiter,
             key,
             cost,
-            [*burst_limits(config, bucket), day],
+            [*burst_limits(config, bucket), day if interactive.get() else bulk_day],
             max_wait_s=max_wait_s,
             sleep=sleep,
         )
@@ -121,6 +216,7 @@ class PipedriveClient:
         sleep: Callable[[float], None] = time.sleep,
         tenant_id: str | None = None,
         coordination: Coordination | None = None,
+        on_response: ResponseHook | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.coordination = coordination
@@ -134,6 +230,7 @@ class PipedriveClient:
             session=session,
             on_unauthorized=on_unauthorized,
             sleep=sleep,
+            on_response=on_response,
         )
 
     @classmethod
@@ -149,6 +246,7 @@ class PipedriveClient:
         """The client of `tenant`: its credentials from the vault, its limits shared by workers."""
         config = tenant.pipedrive
         take = pipedrive_acquirer(coordination.limiter, tenant.id, config, max_wait_s=max_wait_s)
+        feedback = pipedrive_feedback(coordination.limiter, tenant.id, config)
         if config.auth == "api_token":
             token = vault.get(tenant.id, SYSTEM, "api_token")
             return cls(
@@ -158,6 +256,7 @@ class PipedriveClient:
                 policy=policy,
                 tenant_id=tenant.id,
                 coordination=coordination,
+                on_response=feedback,
             )
         oauth = OAuth2Auth(tenant.id, config, vault=vault, coordination=coordination)
         return cls(
@@ -168,6 +267,7 @@ class PipedriveClient:
             on_unauthorized=oauth.handle_unauthorized,
             tenant_id=tenant.id,
             coordination=coordination,
+            on_response=feedback,
         )
 
     @property

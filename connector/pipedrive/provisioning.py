@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from connector.errors import ConfigError, RemoteError
 from connector.pipedrive.client import FieldEntity, PipedriveClient
 from connector.storage.tenant_state import TenantStateStore
-from connector.sync.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, PipedriveLayout
+from connector.sync.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, PipedriveLayout, extra_field
 
 if TYPE_CHECKING:
     from connector.coordination import Coordination
@@ -26,6 +26,16 @@ PIPELINE = "pipeline"
 FIELD_TYPE = "varchar"
 # Existing fields the connector can adopt: text it can write, found by exact-match search.
 COMPATIBLE_FIELD_TYPES = ("varchar", "varchar_auto", "text")
+# An extra field's type → (the Pipedrive field_type created, the types that can be adopted).
+# A monetary value is an object in v2 and a double a plain number: neither stands in for the
+# other, and an enum takes option ids.
+EXTRA_FIELD_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "text": (FIELD_TYPE, COMPATIBLE_FIELD_TYPES),
+    "number": ("double", ("double",)),
+    "monetary": ("monetary", ("monetary",)),
+    "date": ("date", ("date",)),
+    "enum": ("enum", ("enum",)),
+}
 # What the connector does over OAuth: deals, organizations (contacts), and the admin
 # scope for custom fields, pipelines, stages and webhooks.
 REQUIRED_OAUTH_SCOPES = ("deals:full", "contacts:full", "admin")
@@ -34,23 +44,59 @@ LOCK_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
+class WantedField:
+    """One custom field the tenant's mapping writes: its name, type and (enum) options."""
+
+    logical: str  # key in FieldKeys / PipedriveLayout
+    name: str  # display name in Pipedrive
+    setting: str  # the tenants-file key that names it
+    field_type: str  # what the connector creates
+    compatible: tuple[str, ...]  # the existing types it can adopt
+    labels: tuple[str, ...] = ()  # enum option labels the mapping needs
+    writes: str = "IFS text"  # what the mapping puts there, for the messages
+
+
+@dataclass(frozen=True)
 class FieldKeys:
-    """Logical field name → the 40-char custom field key in this company, per entity."""
+    """Logical field name → the 40-char custom field key in this company, per entity; and
+    for enum fields, option label → option id."""
 
     organization: dict[str, str] = field(default_factory=dict)
     deal: dict[str, str] = field(default_factory=dict)
+    options: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"organization": dict(self.organization), "deal": dict(self.deal)}
+        return {
+            "organization": dict(self.organization),
+            "deal": dict(self.deal),
+            "options": {entity: dict(found) for entity, found in self.options.items()},
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> FieldKeys:
-        return cls(dict(value.get("organization") or {}), dict(value.get("deal") or {}))
+        options = {
+            str(entity): {
+                str(logical): {str(label): int(i) for label, i in labels.items()}
+                for logical, labels in found.items()
+            }
+            for entity, found in (value.get("options") or {}).items()
+        }
+        return cls(dict(value.get("organization") or {}), dict(value.get("deal") or {}), options)
 
-    def complete(self) -> bool:
-        return set(ORGANIZATION_FIELDS) <= set(self.organization) and set(DEAL_FIELDS) <= set(
-            self.deal
-        )
+    def entity_keys(self, entity: FieldEntity) -> dict[str, str]:
+        return self.organization if entity == "organization" else self.deal
+
+    def complete(self, tenant: TenantConfig) -> bool:
+        """Whether every field (and enum option) the tenant's mapping writes is known."""
+        for entity, wanted in wanted_fields(tenant).items():
+            keys = self.entity_keys(entity)
+            options = self.options.get(entity, {})
+            for each in wanted:
+                if each.logical not in keys:
+                    return False
+                if not set(each.labels) <= set(options.get(each.logical, {})):
+                    return False
+        return True
 
 
 # Id of a pipeline or stage a dry run would create.
@@ -90,26 +136,87 @@ class FieldMisfit(ConfigError):
     """A Pipedrive field with a configured name exists with a type the connector cannot use."""
 
 
-def field_misfit(found: Mapping[str, Any]) -> str | None:
+def field_misfit(found: Mapping[str, Any], wanted: WantedField) -> str | None:
     """Why an existing field with the configured name cannot be adopted (None: it can)."""
     field_type = found.get("field_type")
     if found.get("edit_flag") is False:
         return f"that is a standard Pipedrive field ({field_type}), not a custom one"
-    if field_type not in COMPATIBLE_FIELD_TYPES:
+    if field_type not in wanted.compatible:
         return (
-            f"of type {field_type}; the connector writes IFS text there and needs one of "
-            f"{', '.join(COMPATIBLE_FIELD_TYPES)}"
+            f"of type {field_type}; the connector writes {wanted.writes} there and needs "
+            f"{'one of ' if len(wanted.compatible) > 1 else ''}{', '.join(wanted.compatible)}"
+        )
+    lacking = missing_labels(found, wanted)
+    if lacking:
+        return (
+            f"without the option(s) {', '.join(map(repr, lacking))} that "
+            f"{wanted.setting.removesuffix('.field')}.options maps IFS values to"
         )
     return None
 
 
-def wanted_fields(tenant: TenantConfig) -> dict[FieldEntity, dict[str, str]]:
-    """entity → logical name → display name."""
-    names = tenant.fields
-    return {
-        "organization": {logical: getattr(names, logical) for logical in ORGANIZATION_FIELDS},
-        "deal": {logical: getattr(names, logical) for logical in DEAL_FIELDS},
+def missing_labels(found: Mapping[str, Any], wanted: WantedField) -> list[str]:
+    """The option labels the tenant's enum map names that the existing field lacks."""
+    have = {normalise_name(str(o.get("label", ""))) for o in found.get("options") or ()}
+    return [label for label in wanted.labels if normalise_name(label) not in have]
+
+
+def option_ids(found: Mapping[str, Any], wanted: WantedField) -> dict[str, int]:
+    """Option label (as the tenants file spells it) → Pipedrive's option id."""
+    by_name = {
+        normalise_name(str(o.get("label", ""))): int(o["id"])
+        for o in found.get("options") or ()
+        if o.get("id") is not None
     }
+    return {
+        label: by_name[normalise_name(label)]
+        for label in wanted.labels
+        if normalise_name(label) in by_name
+    }
+
+
+_EXTRA_WRITES = {
+    "text": "IFS text",
+    "number": "a number",
+    "monetary": "an amount with its currency",
+    "date": "a date",
+    "enum": "one option",
+}
+
+
+def wanted_fields(tenant: TenantConfig) -> dict[FieldEntity, list[WantedField]]:
+    """entity → the custom fields the tenant's mapping writes: built-in, then `extra`."""
+    names = tenant.fields
+
+    def builtin(logical: str) -> WantedField:
+        return WantedField(
+            logical, getattr(names, logical), f"fields.{logical}", FIELD_TYPE,
+            COMPATIBLE_FIELD_TYPES,
+        )  # fmt: skip
+
+    wanted: dict[FieldEntity, list[WantedField]] = {
+        "organization": [builtin(logical) for logical in ORGANIZATION_FIELDS],
+        "deal": [builtin(logical) for logical in DEAL_FIELDS],
+    }
+    mappings: tuple[tuple[FieldEntity, str, Any], ...] = (
+        ("organization", "customer_mapping", tenant.customer_mapping),
+        ("deal", "order_mapping", tenant.order_mapping),
+    )
+    for entity, where, mapping in mappings:
+        for name, extra in mapping.extra.items():
+            created, compatible = EXTRA_FIELD_TYPES[extra.type]
+            wanted[entity].append(
+                WantedField(
+                    extra_field(name),
+                    extra.field,
+                    f"{where}.extra.{name}.field",
+                    created,
+                    compatible,
+                    extra.labels(),
+                    _EXTRA_WRITES[extra.type],
+                )
+            )
+    return wanted
 
 
 def normalise_name(name: str) -> str:
@@ -134,45 +241,63 @@ def ensure_custom_fields(
     once do not both create the same field. `create=False` (a dry run) only reads: a missing
     field gets a placeholder key naming it, and nothing is cached.
     """
-    if not refresh:
-        cached = store.get(tenant.id, FIELD_KEYS)
-        if cached is not None and FieldKeys.from_json(cached).complete():
-            return FieldKeys.from_json(cached)
+
+    def cached() -> FieldKeys | None:
+        value = store.get(tenant.id, FIELD_KEYS)
+        keys = FieldKeys.from_json(value) if value is not None else None
+        return keys if keys is not None and keys.complete(tenant) else None
+
+    if not refresh and (keys := cached()) is not None:
+        return keys
     with _provision_lock(client, tenant, coordination):
-        if not refresh:
-            # Another worker may have finished while we waited for the lock.
-            cached = store.get(tenant.id, FIELD_KEYS)
-            if cached is not None and FieldKeys.from_json(cached).complete():
-                return FieldKeys.from_json(cached)
+        # Another worker may have finished while we waited for the lock.
+        if not refresh and (keys := cached()) is not None:
+            return keys
         found: dict[FieldEntity, dict[str, str]] = {"organization": {}, "deal": {}}
+        options: dict[str, dict[str, dict[str, int]]] = {"organization": {}, "deal": {}}
         for entity, wanted in wanted_fields(tenant).items():
             existing = {
                 normalise_name(str(f.get("name", ""))): f
                 for f in client.list_fields(entity)
                 if f.get("key") and f.get("active_flag", True) is not False
             }
-            for logical, display in wanted.items():
-                match = existing.get(normalise_name(display))
-                misfit = field_misfit(match) if match is not None else None
+            for each in wanted:
+                match = existing.get(normalise_name(each.name))
+                misfit = field_misfit(match, each) if match is not None else None
                 if misfit is not None:
                     article = "an" if entity == "organization" else "a"
                     # Adopting it would fail every write with Pipedrive's type error.
                     raise FieldMisfit(
                         f"tenant {tenant.id}: Pipedrive already has {article} {entity} field "
-                        f"{display!r} {misfit}. Fix: give fields.{logical} another name in "
-                        "the tenants file (the connector then creates its own text field), "
-                        "or rename or delete that field in Pipedrive"
+                        f"{each.name!r} {misfit}. Fix: give {each.setting} another name in "
+                        f"the tenants file (the connector then creates its own "
+                        f"{each.field_type} field), or change or delete that field in Pipedrive"
                     )
                 if match is None and not create:
-                    match = {"key": f"(new field {display!r})"}
+                    match = {
+                        "key": f"(new field {each.name!r})",
+                        "options": [{"id": NOT_CREATED, "label": label} for label in each.labels],
+                    }
                 elif match is None:
-                    match = client.create_field(entity, display, FIELD_TYPE)
-                    log.info("tenant %s: created Pipedrive %s field %r", tenant.id, entity, display)
+                    match = client.create_field(
+                        entity, each.name, each.field_type, options=list(each.labels) or None
+                    )
+                    log.info(
+                        "tenant %s: created Pipedrive %s field %r", tenant.id, entity, each.name
+                    )
                 key = match.get("key")
                 if not isinstance(key, str) or not key:
-                    raise RemoteError("pipedrive", f"{entity} field {display!r} has no key")
-                found[entity][logical] = key
-        keys = FieldKeys(found["organization"], found["deal"])
+                    raise RemoteError("pipedrive", f"{entity} field {each.name!r} has no key")
+                found[entity][each.logical] = key
+                if each.labels:
+                    ids = option_ids(match, each)
+                    if set(ids) != set(each.labels):
+                        raise RemoteError(
+                            "pipedrive",
+                            f"{entity} field {each.name!r} lacks options it was made with",
+                        )
+                    options[entity][each.logical] = ids
+        keys = FieldKeys(found["organization"], found["deal"], options)
         if create:
             store.put(tenant.id, FIELD_KEYS, keys.to_json())
         return keys
@@ -256,4 +381,6 @@ def ensure_layout(
         deal_fields=keys.deal,
         pipeline_id=pipeline.pipeline_id,
         stage_ids=pipeline.stage_ids,
+        organization_options=keys.options.get("organization", {}),
+        deal_options=keys.options.get("deal", {}),
     )

@@ -11,6 +11,20 @@ from typing import Protocol
 
 from connector.errors import TransientError
 
+# True while interactive work runs (a stage push, a single replay, webhook-driven work): it
+# may spend the reserves that bulk work leaves (see connector.pipedrive.client.daily_reserve).
+interactive: ContextVar[bool] = ContextVar("interactive", default=False)
+
+
+@contextmanager
+def interactive_work() -> Iterator[None]:
+    """Run the block as interactive work (see `interactive`)."""
+    token = interactive.set(True)
+    try:
+        yield
+    finally:
+        interactive.reset(token)
+
 
 class RateLimited(TransientError):
     """Rate-limit tokens were not available within the allowed wait; try again later."""
@@ -31,16 +45,27 @@ class Limit:
     `per_request` limits count requests: each acquisition takes 1 from them, whatever its
     cost (Pipedrive's burst limit counts requests while its daily budget counts token cost,
     and both must be taken in one atomic step).
+    `reserve` is the part of the capacity this acquisition must leave unspent (bulk work
+    leaves the end of the daily budget to interactive work); it shares the counter of the
+    same limit without a reserve.
     """
 
     capacity: int
     window_s: float
     name: str = ""
     per_request: bool = False
+    reserve: int = 0
 
     def __post_init__(self) -> None:
         if self.capacity <= 0 or self.window_s <= 0:
             raise ValueError(f"a limit needs capacity > 0 and window > 0, got {self}")
+        if not 0 <= self.reserve < self.capacity:
+            raise ValueError(f"a reserve must be >= 0 and below the capacity, got {self}")
+
+    @property
+    def available(self) -> int:
+        """The capacity an acquisition under this limit may spend: less the reserve."""
+        return self.capacity - self.reserve
 
     @property
     def slot(self) -> str:
@@ -68,7 +93,23 @@ class LimitUsage:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.limit.capacity - self.used)
+        """What an acquisition under this limit can still take (its reserve left out)."""
+        return max(0, self.limit.available - self.used)
+
+
+# The usage history: what each key was granted per slot of this many seconds, kept this long.
+HISTORY_SLOT_S = 300
+HISTORY_S = 86_400
+
+
+@dataclass(frozen=True)
+class UsageSlot:
+    """What a key was granted in one slot of the history: cost units (Pipedrive tokens, IFS
+    requests) and acquisitions, from `start` (Unix seconds) for HISTORY_SLOT_S seconds."""
+
+    start: int
+    cost: int
+    requests: int
 
 
 class RateLimiter(Protocol):
@@ -82,6 +123,33 @@ class RateLimiter(Protocol):
 
     def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
         """What is spent of each of `limits` under `key`, in their order; books nothing."""
+        ...
+
+    def history(self, key: str) -> list[UsageSlot]:
+        """What was granted under `key` per slot over the last HISTORY_S, oldest first (slots
+        without a grant left out); each grant is booked there as it is taken."""
+        ...
+
+    def align(self, key: str, limit: Limit, used: int) -> None:
+        """The remote says `used` of `limit` is spent under `key` right now: count at least
+        that much from now on (never less than counted already). A remote's own count
+        includes what others spent (other apps, other hosts, a skewed clock)."""
+        ...
+
+    def settle(self, key: str, limits: Sequence[Limit]) -> None:
+        """The request this thread was granted last under `key` has been answered: one unit of
+        each of `limits` (per-request limits) counts a full window from now instead of from
+        its grant. A remote counts a request from its arrival, somewhere between the two, so
+        two requests granted a window apart can never land in one of the remote's windows,
+        however long either took to get there."""
+        ...
+
+    def pause(self, key: str, seconds: float) -> None:
+        """Grant nothing under `key` for `seconds` (at least; a longer pause stays)."""
+        ...
+
+    def paused_for(self, key: str) -> float:
+        """Seconds left of the pause of `key`; 0.0 when it is not paused."""
         ...
 
 
@@ -98,7 +166,7 @@ def check_request(cost: int, limits: Sequence[Limit]) -> None:
         raise ValueError(f"cost must be positive, got {cost}")
     check_limits(limits)
     for limit in limits:
-        if limit.charge(cost) > limit.capacity:
+        if limit.charge(cost) > limit.available:
             raise ValueError(f"cost {cost} exceeds the capacity of {limit}")
 
 
@@ -158,14 +226,19 @@ from connector.ratelimit.local import LocalRateLimiter  # noqa: E402
 from connector.ratelimit.redis import RedisRateLimiter  # noqa: E402
 
 __all__ = [
+    "HISTORY_S",
+    "HISTORY_SLOT_S",
     "Limit",
     "LimitUsage",
     "LocalRateLimiter",
     "RateLimited",
     "RateLimiter",
     "RedisRateLimiter",
+    "UsageSlot",
     "acquire",
     "check_limits",
     "check_request",
+    "interactive",
+    "interactive_work",
     "waits_at_most",
 ]

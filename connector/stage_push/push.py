@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connector.errors import RemoteError
+from connector.errors import RemoteError, TransientError, is_transient, retry_after_s
+from connector.ifs.client import is_not_found
 from connector.ifs.conflicts import is_conflict
 from connector.jobs import PUSH_STAGE
 from connector.stage_push.stage_map import (
@@ -25,7 +26,7 @@ from connector.stage_push.stage_map import (
     pipeline_stage_names,
     target_rule,
 )
-from connector.storage.audit import PIPEDRIVE_TO_IFS, Attempt, AuditLog
+from connector.storage.audit import PIPEDRIVE_TO_IFS, RETRYING, Attempt, AuditLog
 from connector.storage.idmap import ORDER, IdMap
 from connector.storage.models import IdMapEntry, WebhookEvent
 from connector.storage.webhook_events import (
@@ -105,8 +106,11 @@ def push_stage_to_ifs(
 ) -> PushOutcome:
     """Apply one stored webhook event (or synthetic reconciliation event) to IFS.
 
-    Writes one audit row. Raises RemoteError when IFS fails (its `retryable` tells the
-    caller whether to retry); the event is then marked failed and can be replayed.
+    Writes one audit row. A transient failure (IFS 429/5xx or unreachable, the deal lock
+    not had in time) leaves a "retrying" row and raises TransientError carrying its id
+    (`audit_id`): the caller retries, or marks the row failed. Other failures raise (e.g.
+    RemoteError) and leave a failed row. Either way the event is marked failed and can be
+    replayed.
     `ifs` replaces the tenant's IFS client (tests interleave concurrent edits with it).
     """
     tenant = runtime.tenant(tenant_id)
@@ -135,23 +139,38 @@ def push_stage_to_ifs(
         attempt=attempt,
     )
     outcome = PushOutcome(WebhookEventStatus.IGNORED, "", deal_id=row.entity_id)
+    transient: Exception | None = None
     try:
         with AuditLog(runtime.database).attempt(record):
-            with _deal_lock(runtime, tenant_id, row.entity_id):
-                _process(runtime, tenant, webhook_event_id, ifs, outcome)
+            try:
+                with _deal_lock(runtime, tenant_id, row.entity_id):
+                    _process(runtime, tenant, webhook_event_id, ifs, outcome)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                # The caller may retry it: a "retrying" row, which the task layer marks
+                # failed once no retry is left (the contract of TransientError.audit_id).
+                transient = error
+                record.status, record.error = RETRYING, f"{type(error).__name__}: {error}"
             if outcome.order_no:
                 record.record_key = outcome.order_no
             record.entity = outcome.entity
             record.response_summary = _summary(outcome)
-            if outcome.followed is not None:
+            if transient is None and outcome.followed is not None:
                 record.operation = outcome.followed.change.value
                 record.response_summary["lifecycle"] = outcome.followed.as_dict()
-            elif outcome.writes == 0:
+            elif transient is None and outcome.writes == 0:
                 record.skip("push_stage", outcome.reason)
     except Exception as error:
         outcome.status = WebhookEventStatus.FAILED
         events.finish(webhook_event_id, outcome.status, f"{type(error).__name__}: {error}")
         raise
+    if transient is not None:
+        outcome.status = WebhookEventStatus.FAILED
+        events.finish(webhook_event_id, outcome.status, str(record.error))
+        raise TransientError(
+            str(transient), retry_after_s(transient), audit_id=record.audit_id
+        ) from transient
     outcome.audit_id = record.audit_id
     log.info(
         "stage push %s/%s deal %s: %s (%s)",
@@ -275,6 +294,8 @@ def _check_event(
     entry = IdMap(runtime.database).by_pipedrive_id(tenant.id, ORDER, event.entity_id)
     if entry is None:
         raise _Ignore(f"deal {event.entity_id} is not linked to an IFS order")
+    if entry.ifs_missing_at is not None:
+        raise _Ignore(f"IFS has no order {entry.ifs_key} any more (on_ifs_missing)", newest=True)
     if not synthetic and event.action != "change":
         raise _Ignore(f"a {event.action} event moves no order state")
     if not synthetic and not event.stage_changed:
@@ -371,7 +392,14 @@ def _apply(
     order_no = entry.ifs_key
     state_property = tenant.order_mapping.status
     for try_number in range(MAX_CONFLICT_RETRIES + 1):
-        order = editor.get_order(order_no)
+        try:
+            order = editor.get_order(order_no)
+        except RemoteError as error:
+            if not is_not_found(error):
+                raise
+            # Removed in IFS: no retry or replay could change that; on_ifs_missing follows
+            # it on the next plan.
+            raise _Ignore(f"IFS has no order {order_no} any more (404)", newest=True) from error
         before = order.data.get(state_property)
         if outcome.ifs_state_before is None:
             outcome.ifs_state_before = before

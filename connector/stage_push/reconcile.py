@@ -35,7 +35,10 @@ class ReconcileSummary:
     ignored: int = 0
     already_seen: int = 0
     failed: int = 0
+    # Linked deals listed as deleted (their delete webhook never came), followed in the id map.
+    deleted: int = 0
     errors: list[str] = field(default_factory=list)
+    followed: list[str] = field(default_factory=list)
 
 
 def reconcile_stages(
@@ -62,8 +65,11 @@ def reconcile_stages(
         stored = watermarks.get(tenant_id, WATERMARK_ENTITY)
         since = parse_time(stored.watermark) if stored is not None and stored.watermark else None
     summary = ReconcileSummary(tenant=tenant_id, since=since, watermark=since)
+    deleted: Iterable[dict[str, Any]] = ()
     if deals is None:
-        deals = runtime.pipedrive_client(tenant_id).iter_records("deals", updated_since=since)
+        client = runtime.pipedrive_client(tenant_id)
+        deals = client.iter_records("deals", updated_since=since)
+        deleted = client.iter_records("deals", updated_since=since, status="deleted")
     linked = IdMap(runtime.database).linked_pipedrive_ids(tenant_id, ORDER)
     events = WebhookEvents(runtime.database)
     status = SUCCEEDED
@@ -96,6 +102,7 @@ def reconcile_stages(
                 summary.applied += 1
             else:
                 summary.ignored += 1
+        _follow_deleted(runtime, tenant_id, deleted, summary)
     except Exception:
         status = FAILED
         raise
@@ -115,9 +122,38 @@ def reconcile_stages(
                 "ignored": summary.ignored,
                 "already_seen": summary.already_seen,
                 "failed": summary.failed,
+                "deleted": summary.deleted,
             },
         )
     return summary
+
+
+def _follow_deleted(
+    runtime: Runtime,
+    tenant_id: str,
+    deleted: Iterable[dict[str, Any]],
+    summary: ReconcileSummary,
+) -> None:
+    """Linked deals deleted (or merged away) in Pipedrive whose webhook never came: the id map
+    follows them by the lifecycle policy now, as the webhook would have, instead of at the
+    next write's 404; a deleted deal is never pushed to IFS."""
+    idmap = IdMap(runtime.database)
+    for deal in deleted:
+        deal_id = deal.get("id")
+        if not isinstance(deal_id, int):
+            continue
+        updated = parse_time(deal.get("update_time"))
+        if updated is not None and (summary.watermark is None or updated > summary.watermark):
+            summary.watermark = updated
+        entry = idmap.by_pipedrive_id(tenant_id, ORDER, deal_id)
+        if entry is None or entry.tombstoned_at is not None:
+            continue
+        followed = runtime.tenant_sync(tenant_id).follow_deleted(
+            ORDER, entry.ifs_key, deal_id, how="listed as deleted by reconciliation"
+        )
+        if followed is not None:
+            summary.deleted += 1
+            summary.followed.append(f"order {entry.ifs_key}: {followed.reason}")
 
 
 def _store_synthetic_event(

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from connector.storage import run_records
 from connector.storage.database import Database
 from connector.storage.models import AuditRecord, utcnow
 
@@ -79,56 +80,73 @@ class AuditLog:
         finally:
             self.write(attempt, duration_ms=int((time.perf_counter() - started) * 1000))
 
-    def write(self, attempt: Attempt, *, duration_ms: int | None = None) -> int:
+    def write(
+        self,
+        attempt: Attempt,
+        *,
+        duration_ms: int | None = None,
+        session: Session | None = None,
+    ) -> int:
         """Write the attempt's row and return its id.
 
         A failure identical to the record's newest row (same operation and error, that row
         still failed or retrying) is folded into that row: its `occurrences` grows and its
         finished_at moves on, so a record failing on every schedule keeps one row. A success
-        marks the record's earlier failed and retrying rows superseded.
+        marks the record's earlier failed and retrying rows superseded. `session`: join the
+        caller's transaction (a record's id-map change commits with its audit row).
         """
-        with self.database.session() as session:
-            if attempt.status in _FIXED_BY_SUCCESS and attempt.replay_of is None:
-                folded = self._fold(session, attempt, duration_ms)
-                if folded is not None:
-                    attempt.audit_id = folded
-                    return folded
-            row = AuditRecord(
-                tenant=attempt.tenant,
-                direction=attempt.direction,
-                entity=attempt.entity,
-                record_key=attempt.record_key,
-                operation=attempt.operation,
-                status=attempt.status,
-                attempt=attempt.attempt,
-                error=attempt.error,
-                request_summary=attempt.request_summary,
-                response_summary=attempt.response_summary,
-                replay_task=attempt.replay_task,
-                replay_args=attempt.replay_args,
-                replay_of=attempt.replay_of,
-                correlation_id=attempt.correlation_id,
-                started_at=attempt.started_at,
-                finished_at=utcnow(),
-                duration_ms=duration_ms,
+        if session is not None:
+            return self._write(session, attempt, duration_ms)
+        with self.database.session() as own:
+            return self._write(own, attempt, duration_ms)
+
+    def _write(self, session: Session, attempt: Attempt, duration_ms: int | None) -> int:
+        if attempt.status in _FIXED_BY_SUCCESS and attempt.replay_of is None:
+            folded = self._fold(session, attempt, duration_ms)
+            if folded is not None:
+                attempt.audit_id = folded
+                return folded
+        row = AuditRecord(
+            tenant=attempt.tenant,
+            direction=attempt.direction,
+            entity=attempt.entity,
+            record_key=attempt.record_key,
+            operation=attempt.operation,
+            status=attempt.status,
+            attempt=attempt.attempt,
+            error=attempt.error,
+            request_summary=attempt.request_summary,
+            response_summary=attempt.response_summary,
+            replay_task=attempt.replay_task,
+            replay_args=attempt.replay_args,
+            replay_of=attempt.replay_of,
+            correlation_id=attempt.correlation_id,
+            started_at=attempt.started_at,
+            finished_at=utcnow(),
+            duration_ms=duration_ms,
+        )
+        session.add(row)
+        session.flush()
+        # A success closes the record's earlier failures; any new attempt takes the place
+        # of an earlier retrying row (its retry is this attempt, or was given up), so no
+        # row stays "retrying" once the record has moved on.
+        closed = _SUPERSEDED_BY_SUCCESS if _fixes_record(attempt) else (RETRYING,)
+        superseded = session.scalars(
+            update(AuditRecord)
+            .where(
+                *_same_record(attempt),
+                AuditRecord.id < row.id,
+                AuditRecord.status.in_(closed),
             )
-            session.add(row)
-            session.flush()
-            # A success closes the record's earlier failures; any new attempt takes the place
-            # of an earlier retrying row (its retry is this attempt, or was given up), so no
-            # row stays "retrying" once the record has moved on.
-            closed = _SUPERSEDED_BY_SUCCESS if _fixes_record(attempt) else (RETRYING,)
-            session.execute(
-                update(AuditRecord)
-                .where(
-                    *_same_record(attempt),
-                    AuditRecord.id < row.id,
-                    AuditRecord.status.in_(closed),
-                )
-                .values(status=SUPERSEDED)
-            )
-            attempt.audit_id = row.id
-            return row.id
+            .values(status=SUPERSEDED)
+            .returning(AuditRecord.id)
+        ).all()
+        # The run tables change in this same transaction: a run's totals never count a row
+        # that was rolled back, nor miss one that was committed.
+        run_records.restate(session, superseded, SUPERSEDED)
+        run_records.enter(session, row)
+        attempt.audit_id = row.id
+        return row.id
 
     @staticmethod
     def _fold(session: Session, attempt: Attempt, duration_ms: int | None) -> int | None:
@@ -157,6 +175,10 @@ class AuditLog:
         newest.correlation_id = attempt.correlation_id or newest.correlation_id
         newest.replay_task = attempt.replay_task or newest.replay_task
         newest.replay_args = attempt.replay_args or newest.replay_args
+        session.flush()
+        # It stays the record's failure in the runs where it failed before, and is this one's.
+        run_records.restate(session, [newest.id], newest.status)
+        run_records.enter(session, newest, started_at=attempt.started_at)
         return newest.id
 
     def get(self, audit_id: int) -> AuditRecord | None:
@@ -168,33 +190,19 @@ class AuditLog:
     ) -> list[AuditRecord]:
         """Failed rows that are still the newest attempt for their record (not fixed since),
         oldest first; plan rows (key "*") and rows without a replay task are left out."""
-        # NOT EXISTS a newer row of the same record: the failed rows come from ix_audit_status
-        # and each check from ix_audit_record, so the cost follows the failures, not the log.
-        newer = aliased(AuditRecord)
-        fixed_since = (
-            select(newer.id)
-            .where(
-                newer.tenant == AuditRecord.tenant,
-                newer.entity == AuditRecord.entity,
-                newer.record_key == AuditRecord.record_key,
-                # A stage push and a sync of one order are different stories.
-                newer.direction == AuditRecord.direction,
-                newer.id > AuditRecord.id,
-            )
-            .exists()
-        )
-        query = select(AuditRecord).where(
-            AuditRecord.status == FAILED,
-            AuditRecord.replay_task.is_not(None),
-            AuditRecord.record_key != "*",
-            ~fixed_since,
-        )
-        if tenant:
-            query = query.where(AuditRecord.tenant == tenant)
-        if since:
-            query = query.where(AuditRecord.started_at >= since)
+        query = select(AuditRecord).where(*_waiting_failures(tenant, since))
         with self.database.session() as session:
             return list(session.scalars(query.order_by(AuditRecord.id)))
+
+    def failed_waiting(self, tenant: str | None = None) -> dict[str, int]:
+        """Tenant → how many rows `latest_failed` would list, counted in the database."""
+        query = (
+            select(AuditRecord.tenant, func.count())
+            .where(*_waiting_failures(tenant, None))
+            .group_by(AuditRecord.tenant)
+        )
+        with self.database.session() as session:
+            return {row_tenant: int(count) for row_tenant, count in session.execute(query)}
 
     def story(self, tenant: str, entity: str, record_keys: Sequence[str]) -> list[AuditRecord]:
         """Every attempt on one record (under any of its keys, e.g. the order number and the
@@ -252,6 +260,7 @@ class AuditLog:
             if row is None or row.status != RETRYING:
                 return False
             row.status = FAILED
+            run_records.restate(session, [row.id], FAILED)
             return True
 
     def mark_deferred(self, audit_id: int, reason: str) -> bool:
@@ -262,6 +271,7 @@ class AuditLog:
             if row is None or row.status != RETRYING:
                 return False
             row.status, row.error = DEFERRED, f"{reason} (was: {row.error})"
+            run_records.restate(session, [row.id], DEFERRED)
             return True
 
     def mark_replayed(self, audit_id: int, requested_by: str | None = None) -> bool:
@@ -274,7 +284,39 @@ class AuditLog:
             row.status = REPLAYED
             row.replayed_by = requested_by[:128] if requested_by else None
             row.replayed_at = utcnow()
+            run_records.restate(session, [row.id], REPLAYED)
             return True
+
+
+def _waiting_failures(tenant: str | None, since: datetime | None) -> list[Any]:
+    """Conditions of a failed row still waiting: no newer attempt of its record since."""
+    # NOT EXISTS a newer row of the same record: the failed rows come from ix_audit_failed
+    # and each check from ix_audit_record (both answer from the index alone once vacuumed),
+    # so the cost follows the failures, not the log.
+    newer = aliased(AuditRecord)
+    fixed_since = (
+        select(newer.id)
+        .where(
+            newer.tenant == AuditRecord.tenant,
+            newer.entity == AuditRecord.entity,
+            newer.record_key == AuditRecord.record_key,
+            # A stage push and a sync of one order are different stories.
+            newer.direction == AuditRecord.direction,
+            newer.id > AuditRecord.id,
+        )
+        .exists()
+    )
+    conditions = [
+        AuditRecord.status == FAILED,
+        AuditRecord.replay_task.is_not(None),
+        AuditRecord.record_key != "*",
+        ~fixed_since,
+    ]
+    if tenant:
+        conditions.append(AuditRecord.tenant == tenant)
+    if since:
+        conditions.append(AuditRecord.started_at >= since)
+    return conditions
 
 
 def _same_record(attempt: Attempt) -> tuple[Any, ...]:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from connector.errors import ConfigError
 
 SETTING = "CONNECTOR_DATABASE_URL"
+# Pooled connections are replaced after this long, before a server or proxy idle timeout
+# closes them under us; a connection found dead anyway is replaced on the error (see
+# Database.transaction), instead of a `SELECT 1` before every checkout.
+POOL_RECYCLE_S = 600
+T = TypeVar("T")
 # Drivers of the Postgres dialect and the module each needs, for the message when it is absent.
 _DRIVER_MODULES = {"psycopg": "psycopg (v3)", "psycopg2": "psycopg2", "asyncpg": "asyncpg"}
 
@@ -53,7 +59,7 @@ class Database:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
                 self.engine = create_engine(
-                    parsed, pool_pre_ping=True, pool_size=5, max_overflow=10
+                    parsed, pool_recycle=POOL_RECYCLE_S, pool_size=5, max_overflow=10
                 )
         except ArgumentError as error:  # NoSuchModuleError: no such dialect or driver
             raise ConfigError(
@@ -75,6 +81,45 @@ class Database:
         """A session whose transaction commits on success and rolls back on error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    def transaction(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in one transaction and commit it; the result of `work`.
+
+        A connection that turns out dead before the commit (a Postgres restart, a proxy that
+        dropped it) has rolled back everything `work` did: SQLAlchemy replaces the pool's
+        connections, and `work` runs once more on a fresh one. A failure at the commit itself
+        is not retried: whether it committed is unknown.
+        """
+        for attempt in (1, 2):
+            with self._sessions() as session:
+                try:
+                    session.begin()
+                    result = work(session)
+                    session.flush()
+                except DBAPIError as error:
+                    session.rollback()
+                    if attempt == 1 and error.connection_invalidated:
+                        continue
+                    raise
+                session.commit()
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def read(self, work: Callable[[Session], T]) -> T:
+        """Run the read-only `work` outside a transaction (autocommit: no BEGIN, no COMMIT);
+        once more on a fresh connection if the pooled one was dead."""
+        for attempt in (1, 2):
+            try:
+                with (
+                    self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+                    Session(bind=conn, expire_on_commit=False) as session,
+                ):
+                    return work(session)
+            except DBAPIError as error:
+                if attempt == 1 and error.connection_invalidated:
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def dispose(self) -> None:
         self.engine.dispose()

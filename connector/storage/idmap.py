@@ -32,6 +32,7 @@ class PushedState(NamedTuple):
     etag: str | None
     content_hash: str | None
     tombstoned: bool = False
+    ifs_missing: bool = False  # gone from IFS reads, handled by on_ifs_missing
 
 
 class IdMap:
@@ -47,6 +48,31 @@ class IdMap:
                     IdMapEntry.ifs_key == ifs_key,
                 )
             )
+
+    def get_many(
+        self, tenant: str, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], IdMapEntry]:
+        """The entries of several (entity, IFS key) pairs of one tenant in one statement (a
+        record and its parent), outside a transaction; absent pairs are left out."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+
+        def read(session: Session) -> dict[tuple[str, str], IdMapEntry]:
+            rows = session.scalars(
+                select(IdMapEntry).where(
+                    IdMapEntry.tenant == tenant,
+                    or_(
+                        *(
+                            (IdMapEntry.entity == entity) & (IdMapEntry.ifs_key == ifs_key)
+                            for entity, ifs_key in wanted
+                        )
+                    ),
+                )
+            )
+            return {(row.entity, row.ifs_key): row for row in rows}
+
+        return self.database.read(read)
 
     def by_pipedrive_id(self, tenant: str, entity: str, pipedrive_id: int) -> IdMapEntry | None:
         """The entry linked to a Pipedrive record; of several (a relinked record), the oldest."""
@@ -88,11 +114,12 @@ class IdMap:
                     IdMapEntry.etag,
                     IdMapEntry.content_hash,
                     IdMapEntry.tombstoned_at,
+                    IdMapEntry.ifs_missing_at,
                 ).where(IdMapEntry.tenant == tenant, IdMapEntry.entity == entity)
             )
             return {
-                key: PushedState(pid, etag, digest, tombstoned is not None)
-                for key, pid, etag, digest, tombstoned in rows
+                key: PushedState(pid, etag, digest, tombstoned is not None, missing is not None)
+                for key, pid, etag, digest, tombstoned, missing in rows
             }
 
     def save(
@@ -105,8 +132,10 @@ class IdMap:
         etag: str | None = None,
         payload: dict[str, Any] | None = None,
         last_event_at: datetime | None = None,
+        session: Session | None = None,
     ) -> None:
-        """Insert or update the entry; only the given fields change."""
+        """Insert or update the entry; only the given fields change. `session`: join the
+        caller's transaction (a record's id-map change commits with its audit row)."""
         changes: dict[str, Any] = {}
         if pipedrive_id is not None:
             changes["pipedrive_id"] = pipedrive_id
@@ -119,14 +148,23 @@ class IdMap:
             changes["last_event_at"] = last_event_at
         if changes:
             changes["updated_at"] = utcnow()
-        with self.database.session() as session:
-            upsert(
-                session,
-                IdMapEntry,
-                {"tenant": tenant, "entity": entity, "ifs_key": ifs_key, **changes},
-                key=("tenant", "entity", "ifs_key"),
-                update=changes,
-            )
+        if session is not None:
+            self._upsert(session, tenant, entity, ifs_key, changes)
+            return
+        with self.database.session() as own:
+            self._upsert(own, tenant, entity, ifs_key, changes)
+
+    @staticmethod
+    def _upsert(
+        session: Session, tenant: str, entity: str, ifs_key: str, changes: dict[str, Any]
+    ) -> None:
+        upsert(
+            session,
+            IdMapEntry,
+            {"tenant": tenant, "entity": entity, "ifs_key": ifs_key, **changes},
+            key=("tenant", "entity", "ifs_key"),
+            update=changes,
+        )
 
     def load(
         self, tenant: str, entries: Iterable[tuple[str, str, int, str, dict[str, Any] | None]]
@@ -188,6 +226,20 @@ class IdMap:
                 .values(tombstoned_at=utcnow(), tombstone_reason=reason, updated_at=utcnow())
             )
             return bool(getattr(result, "rowcount", 0))
+
+    def mark_ifs_missing(self, tenant: str, entity: str, ifs_key: str, missing: bool) -> None:
+        """Remember that IFS no longer has the record (its on_ifs_missing policy was applied),
+        or forget it again (IFS has it again)."""
+        with self.database.session() as session:
+            session.execute(
+                update(IdMapEntry)
+                .where(
+                    IdMapEntry.tenant == tenant,
+                    IdMapEntry.entity == entity,
+                    IdMapEntry.ifs_key == ifs_key,
+                )
+                .values(ifs_missing_at=utcnow() if missing else None, updated_at=utcnow())
+            )
 
     def tombstoned_keys(self, tenant: str, entity: str) -> list[str]:
         """The IFS keys of the tenant's tombstoned entries of one entity."""

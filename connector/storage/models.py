@@ -1,5 +1,5 @@
-"""The connector's tables: vault, id map, audit log, webhook events, watermarks, tenant state,
-work items."""
+"""The connector's tables: vault, id map, audit log, webhook events and refusals, watermarks,
+tenant state, run records, work items."""
 
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ class IdMapEntry(Base):
     # Deleted in Pipedrive under lifecycle policy "respect": no writes until relinked.
     tombstoned_at: Mapped[datetime | None] = mapped_column(nullable=True)
     tombstone_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Gone from IFS reads and handled by lifecycle policy on_ifs_missing; cleared on return.
+    ifs_missing_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+# Rows latest_failed may list (its other condition, no newer row, is not an index's).
+FAILED_WAITING = "status = 'failed' AND replay_task IS NOT NULL AND record_key <> '*'"
 
 
 class AuditRecord(Base):
@@ -89,12 +95,25 @@ class AuditRecord(Base):
     __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_tenant_status", "tenant", "status", "started_at"),
-        Index("ix_audit_record", "tenant", "entity", "record_key"),
+        # A record's rows in one direction, by id: its newest row (the writer's fold), and
+        # "is there a newer one" for each waiting failure, answered from the index alone.
+        Index("ix_audit_record", "tenant", "entity", "record_key", "direction", "id"),
         # run_summary and latest_run read a run's rows by correlation id; the console's Runs page
         # and Failures page must not scan the whole log for that.
         Index("ix_audit_correlation", "correlation_id", "entity", "record_key", "id"),
         Index("ix_audit_status", "status", "id"),
         Index("ix_audit_operation", "operation", "id"),  # plan rows: the newest runs
+        # The failures waiting (latest_failed): a few rows, wherever they are in the log.
+        Index(
+            "ix_audit_failed",
+            "tenant",
+            "entity",
+            "record_key",
+            "direction",
+            "id",
+            postgresql_where=text(FAILED_WAITING),
+            sqlite_where=text(FAILED_WAITING),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -125,6 +144,57 @@ class AuditRecord(Base):
     replayed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+class RunRecord(Base):
+    """Where one record stands in one sync run: the audit row that is its attempt there.
+
+    Kept by the audit writer with each row it writes or changes, so a run's progress is a
+    count over its own records (the Runs page), never a search for each record's newest row
+    in the log. A folded failure stands in the run it folded into and stays in the earlier
+    run(s) where it failed, with its current status. Plans are the rows with key "*".
+    """
+
+    __tablename__ = "run_records"
+    __table_args__ = (
+        Index("ix_run_records_audit", "audit_id"),  # the entries of a row whose status moved
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    record_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    audit_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    queued: Mapped[int | None] = mapped_column(Integer, nullable=True)  # a plan's records
+    started_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class RunTotals(Base):
+    """One sync run's counts, moved by the audit writer with each change of a run entry
+    (RunRecord): the Runs page reads a row per run. Records count by their entry's status;
+    plans that are final (and not superseded) count as planned entities with their queue."""
+
+    __tablename__ = "run_totals"
+    __table_args__ = (
+        Index("ix_run_totals_newest", "planned_at"),
+        Index("ix_run_totals_tenant_newest", "tenant", "planned_at"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    # When its newest plan entry was written (a folded plan too): the newest runs first.
+    planned_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    plans: Mapped[int] = mapped_column(Integer, default=0)
+    entities_planned: Mapped[int] = mapped_column(Integer, default=0)
+    planned: Mapped[int] = mapped_column(Integer, default=0)  # records the final plans queued
+    plans_failed: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    retrying: Mapped[int] = mapped_column(Integer, default=0)
+    records_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class WebhookEvent(Base):
     """A received, authenticated Pipedrive webhook event; the unique key drops duplicates."""
 
@@ -150,6 +220,26 @@ class WebhookEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebhookRefusal(Base):
+    """A refused webhook delivery (bad credentials, unknown tenant, invalid payload, too
+    large): when, whose (None: no such tenant), why, from where; never the body or a credential.
+    `count` > 1: refusals of the same tenant and reason that came too fast to keep one by one."""
+
+    __tablename__ = "webhook_refusals"
+    __table_args__ = (
+        Index("ix_webhook_refusals_tenant", "tenant", "refused_at"),
+        Index("ix_webhook_refusals_refused_at", "refused_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    refused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    tenant: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    http_status: Mapped[int] = mapped_column(Integer)
+    remote_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class SyncWatermark(Base):

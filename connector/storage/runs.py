@@ -1,8 +1,10 @@
-"""Progress and summary of one sync run, read back from its audit rows (by correlation id)."""
+"""Progress and summary of sync runs: a run's summary read back from its audit rows (by
+correlation id), the progress of many runs from their entries in run_records."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +22,7 @@ from connector.storage.audit import (
     SUPERSEDED,
 )
 from connector.storage.database import Database
-from connector.storage.models import AuditRecord
+from connector.storage.models import AuditRecord, RunTotals
 
 
 @dataclass
@@ -118,10 +120,12 @@ def run_summary(database: Database, run_id: str) -> RunSummary:
         newest[(row.entity, row.record_key)] = row
         if (
             row.status == SUCCEEDED
-            and row.operation in ("create", "update")
+            and row.operation in ("create", "update", "close")
             and wrote.get((row.entity, row.record_key)) != "create"
         ):
-            wrote[(row.entity, row.record_key)] = row.operation
+            # A deal closed because IFS no longer has its order (on_ifs_missing) was updated.
+            written = "create" if row.operation == "create" else "update"
+            wrote[(row.entity, row.record_key)] = written
     for (entity, key), row in sorted(newest.items(), key=lambda item: item[1].id):
         if entity not in planned:
             continue
@@ -197,75 +201,53 @@ class RunProgress:
 
 
 def recent_runs(database: Database, tenant: str | None = None, limit: int = 20) -> list[str]:
-    """Correlation ids of the newest runs (by their plan rows), newest first."""
+    """Correlation ids of the newest runs (by when their newest plan entry was written),
+    newest first."""
     query = (
-        select(AuditRecord.correlation_id, func.max(AuditRecord.id).label("newest"))
-        .where(
-            AuditRecord.operation == "plan",
-            AuditRecord.record_key == "*",
-            AuditRecord.correlation_id.is_not(None),
-        )
-        .group_by(AuditRecord.correlation_id)
-        .order_by(func.max(AuditRecord.id).desc())
+        select(RunTotals.run_id)
+        .where(RunTotals.planned_at.is_not(None))
+        .order_by(RunTotals.planned_at.desc())
         .limit(limit)
     )
     if tenant:
-        query = query.where(AuditRecord.tenant == tenant)
+        query = query.where(RunTotals.tenant == tenant)
     with database.session() as session:
-        return [str(run_id) for run_id, _ in session.execute(query)]
+        return list(session.scalars(query))
 
 
 def run_progress(database: Database, run_id: str) -> RunProgress | None:
-    """Counts of one run by the newest attempt of each record, aggregated in SQL (a run's
-    rows come from ix_audit_correlation); None for an unknown run."""
-    in_run = AuditRecord.correlation_id == run_id
+    """Where one run stands (see `runs_progress`); None for an unknown run."""
+    found = runs_progress(database, [run_id])
+    return found[0] if found else None
+
+
+def runs_progress(database: Database, run_ids: Sequence[str]) -> list[RunProgress]:
+    """Where each run stands, by the current attempt of each of its records, in the order of
+    `run_ids` (runs without a plan left out): a stored row per run that the audit writer
+    moves with each change (connector.storage.run_records), so no run's rows are counted."""
+    if not run_ids:
+        return []
     with database.session() as session:
-        plans = list(
-            session.scalars(
-                select(AuditRecord).where(
-                    in_run, AuditRecord.record_key == "*", AuditRecord.operation == "plan"
-                )
+        found = {
+            totals.run_id: totals
+            for totals in session.scalars(
+                select(RunTotals).where(RunTotals.run_id.in_(list(run_ids)), RunTotals.plans > 0)
             )
-        )
-        if not plans:
-            return None
-        started, finished = session.execute(
-            select(func.min(AuditRecord.started_at), func.max(AuditRecord.finished_at)).where(
-                in_run
-            )
-        ).one()
-        newest = (
-            select(func.max(AuditRecord.id))
-            .where(in_run, AuditRecord.record_key != "*")
-            .group_by(AuditRecord.entity, AuditRecord.record_key)
-        )
-        by_status = dict(
-            session.execute(
-                select(AuditRecord.status, func.count())
-                .where(AuditRecord.id.in_(newest))
-                .group_by(AuditRecord.status)
-            ).all()
-        )
-    # The same buckets as run_summary: a superseded plan was retried with success; replayed,
-    # superseded and deferred records are final for this run (done), as run_summary counts.
-    final_plans = [
-        plan for plan in plans if plan.status in FINAL_STATUSES and plan.status != SUPERSEDED
-    ]
-    planned = sum(int((plan.response_summary or {}).get("queued", 0)) for plan in final_plans)
-    plans_failed = sum(plan.status in (FAILED, DEFERRED) for plan in final_plans)
+        }
+    return [_progress(found[run_id]) for run_id in run_ids if run_id in found]
+
+
+def _progress(totals: RunTotals) -> RunProgress:
     return RunProgress(
-        run_id=run_id,
-        tenant=plans[0].tenant,
-        started_at=started,
-        finished_at=finished,
-        entities_planned=len(final_plans),
-        planned=planned,
-        done=sum(
-            int(by_status.get(status, 0))
-            for status in (SUCCEEDED, SKIPPED, REPLAYED, SUPERSEDED, DEFERRED)
-        ),
-        retrying=int(by_status.get(RETRYING, 0)),
-        failed=int(by_status.get(FAILED, 0)) + plans_failed,
+        run_id=totals.run_id,
+        tenant=totals.tenant,
+        started_at=totals.started_at,
+        finished_at=totals.finished_at,
+        entities_planned=totals.entities_planned,
+        planned=totals.planned,
+        done=totals.done,
+        retrying=totals.retrying,
+        failed=totals.records_failed + totals.plans_failed,
     )
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from connector.storage.database import Database
 from connector.storage.idmap import ORDER, IdMap
@@ -23,8 +23,8 @@ _KEY = ("tenant", "event_id")
 
 
 class WebhookEventStatus(StrEnum):
-    RECEIVED = "received"  # persisted, not yet handed to the broker
-    ENQUEUED = "enqueued"  # handed to the broker
+    RECEIVED = "received"  # persisted, not handed to the broker (its enqueue failed)
+    ENQUEUED = "enqueued"  # committed to be handed to the broker, which follows the commit
     APPLIED = "applied"  # IFS was changed for this event
     IGNORED = "ignored"  # nothing to do (echo, stale, unmapped, not linked…); `detail` says why
     FAILED = "failed"  # IFS refused or could not be reached; a retry or replay may succeed
@@ -32,6 +32,10 @@ class WebhookEventStatus(StrEnum):
 
 # An event in one of these states is never processed again.
 FINISHED = (WebhookEventStatus.APPLIED, WebhookEventStatus.IGNORED)
+# Not yet handled by a worker: the message that should handle it may have been lost (a broker
+# restarted without persistence, a worker killed between taking and recording it). A failed
+# event has its audit row, and a retry or replay of its own.
+UNFINISHED = (WebhookEventStatus.RECEIVED, WebhookEventStatus.ENQUEUED)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,15 @@ class StoredEvent:
     id: int
     status: str
     created: bool
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """An event that never reached a final status."""
+
+    id: int
+    tenant: str
+    status: str
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,48 @@ class WebhookEvents:
                 .values(status=WebhookEventStatus.ENQUEUED.value)
             )
 
+    def mark_received(self, row_id: int) -> None:
+        """Enqueued → received, after its enqueue failed; only from enqueued (as above)."""
+        with self.database.session() as session:
+            session.execute(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.id == row_id,
+                    WebhookEvent.status == WebhookEventStatus.ENQUEUED.value,
+                )
+                .values(status=WebhookEventStatus.RECEIVED.value)
+            )
+
+    def unfinished(self, grace_s: float, *, limit: int, now: datetime | None = None) -> list[Stuck]:
+        """Events of every tenant still unfinished `grace_s` after they arrived and after
+        the sweeper last queued them (`processed_at`), oldest first, at most `limit`."""
+        before = (now or utcnow()) - timedelta(seconds=grace_s)
+        with self.database.session() as session:
+            rows = session.execute(
+                select(WebhookEvent.id, WebhookEvent.tenant, WebhookEvent.status)
+                .where(
+                    WebhookEvent.status.in_([status.value for status in UNFINISHED]),
+                    WebhookEvent.received_at < before,
+                    or_(WebhookEvent.processed_at.is_(None), WebhookEvent.processed_at < before),
+                )
+                .order_by(WebhookEvent.id)
+                .limit(limit)
+            ).all()
+        return [Stuck(int(row_id), str(tenant), str(status)) for row_id, tenant, status in rows]
+
+    def mark_requeued(self, row_id: int, *, now: datetime | None = None) -> None:
+        """The sweeper queued this unfinished event again: enqueued, stamped with the time
+        (so the next sweep leaves it alone for a grace period); a finished one is left."""
+        with self.database.session() as session:
+            session.execute(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.id == row_id,
+                    WebhookEvent.status.in_([status.value for status in UNFINISHED]),
+                )
+                .values(status=WebhookEventStatus.ENQUEUED.value, processed_at=now or utcnow())
+            )
+
     def get(self, tenant: str, row_id: int) -> WebhookEvent | None:
         """The event row, if it exists and belongs to `tenant`."""
         with self.database.session() as session:
@@ -219,6 +274,12 @@ class WebhookEvents:
 
     def of_record(self, tenant: str, entity: str, entity_id: int) -> list[WebhookEvent]:
         """Every event about one Pipedrive record (e.g. "deal", 42), oldest first."""
+        return self.of_records(tenant, entity, [entity_id])
+
+    def of_records(self, tenant: str, entity: str, entity_ids: list[int]) -> list[WebhookEvent]:
+        """Every event about any of these Pipedrive records of one kind, oldest first."""
+        if not entity_ids:
+            return []
         with self.database.session() as session:
             return list(
                 session.scalars(
@@ -226,7 +287,7 @@ class WebhookEvents:
                     .where(
                         WebhookEvent.tenant == tenant,
                         WebhookEvent.entity == entity,
-                        WebhookEvent.entity_id == entity_id,
+                        WebhookEvent.entity_id.in_(entity_ids),
                     )
                     .order_by(WebhookEvent.id)
                 )

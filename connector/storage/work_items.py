@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
 from connector.storage.models import WorkItemRecord, utcnow
@@ -78,33 +79,43 @@ class WorkItems:
             }
             for item in items
         ]
-        with self.database.session() as session:
+
+        def work(session: Session) -> None:
             insert_many_if_absent(
                 session, WorkItemRecord, rows, key=("run_id", "entity", "record_key")
             )
+
+        self.database.transaction(work)
         return len(rows)
 
     def waiting_tenants(self) -> list[str]:
         """Tenants with items not released (due now or later), in name order."""
-        with self.database.session() as session:
+
+        def work(session: Session) -> Any:
             return [str(tenant) for (tenant,) in session.execute(_WAITING_TENANTS)]
+
+        return list(self.database.read(work))
 
     def in_flight(self) -> dict[str, int]:
         """Released, unfinished items per tenant."""
-        with self.database.session() as session:
-            rows = session.execute(
+
+        def work(session: Session) -> Any:
+            return session.execute(
                 select(WorkItemRecord.tenant, func.count())
                 .where(WorkItemRecord.released_at.is_not(None))
                 .group_by(WorkItemRecord.tenant)
             ).all()
+
+        rows = self.database.read(work)
         return {str(tenant): int(count) for tenant, count in rows}
 
     def release(self, quotas: Mapping[str, int]) -> dict[str, list[ReleasedItem]]:
         """Mark up to `quotas[tenant]` of each tenant's oldest due items released, in one
         transaction; what was released, per tenant, oldest first."""
         now = utcnow()
-        found: dict[str, list[ReleasedItem]] = {}
-        with self.database.session() as session:
+
+        def work(session: Session) -> dict[str, list[ReleasedItem]]:
+            found: dict[str, list[ReleasedItem]] = {}
             for tenant, quota in quotas.items():
                 if quota <= 0:
                     continue
@@ -135,13 +146,16 @@ class WorkItems:
                     .values(released_at=now)
                     .execution_options(synchronize_session=False)
                 )
-        return found
+            return found
+
+        return self.database.transaction(work)
 
     def unrelease(self, ids: Sequence[int]) -> None:
         """Put released items back unchanged (their messages could not be sent)."""
         if not ids:
             return
-        with self.database.session() as session:
+
+        def work(session: Session) -> None:
             session.execute(
                 update(WorkItemRecord)
                 .where(WorkItemRecord.id.in_(list(ids)))
@@ -149,19 +163,28 @@ class WorkItems:
                 .execution_options(synchronize_session=False)
             )
 
-    def finish(self, item_id: int) -> None:
-        """The item's task ended for good (its audit row says how)."""
-        with self.database.session() as session:
-            session.execute(delete(WorkItemRecord).where(WorkItemRecord.id == item_id))
+        self.database.transaction(work)
+
+    def finish(self, item_id: int, *, session: Session | None = None) -> None:
+        """The item's task ended for good (its audit row says how). `session`: join the
+        caller's transaction (a record's audit row and its item's end commit together)."""
+        statement = delete(WorkItemRecord).where(WorkItemRecord.id == item_id)
+        if session is not None:
+            session.execute(statement)
+            return
+        self.database.transaction(lambda own: own.execute(statement))
 
     def give_back(self, item_id: int, *, not_before: datetime, attempts: int) -> None:
         """The item's task ended transiently: release it again from `not_before` on."""
-        with self.database.session() as session:
+
+        def work(session: Session) -> None:
             session.execute(
                 update(WorkItemRecord)
                 .where(WorkItemRecord.id == item_id)
                 .values(released_at=None, not_before=not_before, attempts=attempts)
             )
+
+        self.database.transaction(work)
 
     def sweep_stale(
         self, released_before: datetime, max_attempts: int
@@ -170,7 +193,8 @@ class WorkItems:
         their worker died. Each goes back to waiting, counted as an attempt; one that has had
         `max_attempts` already is removed instead (its task never ends). (Removed items, the
         number put back.)"""
-        with self.database.session() as session:
+
+        def work(session: Session) -> tuple[list[ReleasedItem], int]:
             stale = WorkItemRecord.released_at < released_before
             exhausted = list(
                 session.scalars(
@@ -188,23 +212,31 @@ class WorkItems:
                 .values(released_at=None, attempts=WorkItemRecord.attempts + 1)
                 .execution_options(synchronize_session=False)
             )
-        return dropped, int(result.rowcount or 0)
+            return dropped, int(result.rowcount or 0)
+
+        return self.database.transaction(work)
 
     def backlog(self, tenant: str) -> tuple[int, int]:
         """(waiting, in flight) items of `tenant`."""
-        with self.database.session() as session:
-            rows = session.execute(
+
+        def work(session: Session) -> Any:
+            return session.execute(
                 select(WorkItemRecord.released_at.is_(None), func.count())
                 .where(WorkItemRecord.tenant == tenant)
                 .group_by(WorkItemRecord.released_at.is_(None))
             ).all()
+
+        rows = self.database.read(work)
         counts = {bool(waiting): int(count) for waiting, count in rows}
         return counts.get(True, 0), counts.get(False, 0)
 
     def forget(self, tenant: str) -> int:
         """Remove every item of `tenant` (a tenant taken out of service); how many there were."""
-        with self.database.session() as session:
+
+        def work(session: Session) -> Any:
             result: Any = session.execute(
                 delete(WorkItemRecord).where(WorkItemRecord.tenant == tenant)
             )
-        return int(result.rowcount or 0)
+            return int(result.rowcount or 0)
+
+        return int(self.database.transaction(work))

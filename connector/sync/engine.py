@@ -27,22 +27,27 @@ from connector.errors import (
     is_transient,
     retry_after_s,
 )
+from connector.ifs.client import is_not_found
 from connector.ifs.odata import Query
 from connector.pipedrive.client import is_gone
 from connector.storage.audit import (
     FAILED,
     IFS_TO_PIPEDRIVE,
+    PIPEDRIVE_TO_IFS,
     RETRYING,
     SKIPPED,
     Attempt,
     AuditLog,
 )
 from connector.storage.idmap import IdMap, PushedState, content_hash
-from connector.sync.lifecycle import Followed, LinkChange, follow_gone, record_lock
+from connector.storage.work_items import WorkItems
+from connector.sync.lifecycle import NOUN, Followed, LinkChange, follow_gone, record_lock
 from connector.sync.mapping import PipedriveLayout, changed_fields
 from connector.sync.specs import SPECS, EntitySpec
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from connector.ifs.records import IfsRecord
     from connector.runtime import Runtime
     from connector.storage.models import IdMapEntry
@@ -75,6 +80,22 @@ class RecordResult:
 
     outcome: Outcome
     attempt: Attempt
+    pipedrive_id: int | None = None  # the record's Pipedrive id once the attempt is done
+
+
+@dataclass
+class _Bookkeeping:
+    """What one attempt learnt and will write with its audit row, in one transaction."""
+
+    entries: dict[tuple[str, str], IdMapEntry] = field(default_factory=dict)
+    saves: list[dict[str, Any]] = field(default_factory=list)
+    pipedrive_id: int | None = None
+
+    def save(self, entity: str, key: str, **changes: Any) -> None:
+        """An id-map change to commit with the attempt's audit row."""
+        self.saves.append({"entity": entity, "ifs_key": key, **changes})
+        if changes.get("pipedrive_id") is not None:
+            self.pipedrive_id = int(changes["pipedrive_id"])
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,13 @@ class WorkItem:
     etag: str
     data: dict[str, Any]
     hint: int | None = None  # Pipedrive id from the bulk index, ABSENT, or None (unknown)
+    missing: bool = False  # linked, but the plan's complete read of IFS did not return it
+
+    @property
+    def snapshot(self) -> dict[str, Any] | None:
+        """What the upsert is handed: None for a missing record, which the upsert reads by
+        its key, so that only a 404 there (not a shifting $skip page) counts as gone."""
+        return None if self.missing else {"etag": self.etag, "data": self.data}
 
 
 @dataclass
@@ -101,6 +129,7 @@ class Plan:
     unchanged: int = 0
     read: int = 0
     tombstoned: int = 0  # left alone: deleted in Pipedrive, policy respect
+    missing: int = 0  # linked but not returned by IFS: queued to confirm and apply on_ifs_missing
 
 
 class TenantSync:
@@ -206,10 +235,17 @@ class TenantSync:
                 for item in page
             ]
 
+        # Linked records the read has not returned (yet): what is left at the end is missing.
+        unseen = {
+            key
+            for key, state in entries.items()
+            if state.pipedrive_id is not None and not state.tombstoned and not state.ifs_missing
+        }
         page: list[WorkItem] = []
         for record in self.read_ifs(spec):
             plan.read += 1
             key = record.key
+            unseen.discard(key)
             entry = entries.get(key)
             if entry is not None and entry.tombstoned:
                 # Respected delete: the one audit row saying why was written when it happened.
@@ -217,7 +253,9 @@ class TenantSync:
                 plan.tombstoned += 1
                 continue
             known_id = entry.pipedrive_id if entry is not None else None
-            if not full and known_id is not None and entry is not None:
+            # A record back in IFS after it went missing is queued: its mark goes, and a deal
+            # closed meanwhile is brought back to what IFS says.
+            if not full and known_id is not None and entry is not None and not entry.ifs_missing:
                 try:
                     payload = self._planned_payload(spec, record.data, layout, parents)
                 except RecordError:
@@ -230,6 +268,15 @@ class TenantSync:
                     plan.unchanged += 1
                     continue
             page.append(WorkItem(spec.entity, key, record.etag, dict(record.data), known_id))
+            if len(page) >= self.tenant.ifs.page_size:
+                plan.queued += len(page)
+                yield with_hints(page)
+                page = []
+        # The read got to the end (an error raises before this): each linked record it did not
+        # return is read once more by its key, and its upsert applies on_ifs_missing.
+        for key in sorted(unseen):
+            plan.missing += 1
+            page.append(WorkItem(spec.entity, key, "", {}, entries[key].pipedrive_id, missing=True))
             if len(page) >= self.tenant.ifs.page_size:
                 plan.queued += len(page)
                 yield with_hints(page)
@@ -276,8 +323,13 @@ class TenantSync:
         replay_of: int | None = None,
         run_id: str | None = None,
         dry_run: bool = False,
+        work_item: int | None = None,
     ) -> RecordResult:
         """Upsert one record into Pipedrive and leave one audit row for this attempt.
+
+        `work_item`: the stored item the dispatcher released this attempt for
+        (connector.dispatch); it is deleted in the transaction of the attempt's final audit
+        row, never on a transient ending (the caller gives it back).
 
         A transient failure (rate limit, lock, a remote's 429/5xx) leaves a "retrying" row
         and raises TransientError carrying that row's id (`audit_id`): the caller decides
@@ -297,9 +349,15 @@ class TenantSync:
             attempt=attempt,
         )
         before = (self.ifs.http.requests_sent, self.pipedrive.requests_sent)
+        books = _Bookkeeping()
         try:
             with self.runtime.coordination.lock(record_lock(self.tenant.id, spec.entity, key)):
-                outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run)
+                outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run, books)
+                if not dry_run:
+                    # Under the lock: the id map and the audit row commit together, before
+                    # another attempt of the record may read the id map.
+                    self._write(audit, before, books, finished=work_item)
+                return RecordResult(outcome, audit, books.pipedrive_id)
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)
             outcome = Outcome.FAILED
@@ -318,17 +376,35 @@ class TenantSync:
                 audit_id = None if dry_run else self._write(audit, before)
                 raise TransientError(str(error), retry_after_s(error), audit_id=audit_id) from error
         if not dry_run:
-            self._write(audit, before)
+            self._write(audit, before, finished=work_item)
         return RecordResult(outcome, audit)
 
-    def _write(self, audit: Attempt, before: tuple[int, int]) -> int:
+    def _write(
+        self,
+        audit: Attempt,
+        before: tuple[int, int],
+        books: _Bookkeeping | None = None,
+        *,
+        finished: int | None = None,
+    ) -> int:
+        """The attempt's audit row, the id-map changes it made and the end of its work item
+        (`finished`), in one transaction."""
         summary = dict(audit.response_summary or {})
         summary["requests"] = {
             "ifs": self.ifs.http.requests_sent - before[0],
             "pipedrive": self.pipedrive.requests_sent - before[1],
         }
         audit.response_summary = summary
-        return self.audit.write(audit)
+        saves = books.saves if books is not None else []
+
+        def write(session: Session) -> int:
+            for save in saves:
+                self.idmap.save(self.tenant.id, session=session, **save)
+            if finished is not None:
+                WorkItems(self.runtime.database).finish(finished, session=session)
+            return self.audit.write(audit, session=session)
+
+        return self.runtime.database.transaction(write)
 
     def _upsert(
         self,
@@ -339,24 +415,39 @@ class TenantSync:
         full: bool,
         audit: Attempt,
         dry_run: bool,
+        books: _Bookkeeping,
     ) -> Outcome:
         tenant = self.tenant.id
         layout = self.layout()
         if snapshot is None:
-            record = self.ifs.get_record(
-                spec.ifs_set(self.tenant), key, select=spec.properties(self.tenant)
-            )
+            try:
+                record = self.ifs.get_record(
+                    spec.ifs_set(self.tenant), key, select=spec.properties(self.tenant)
+                )
+            except RemoteError as error:
+                if not is_not_found(error):
+                    raise
+                return self._ifs_missing(spec, key, audit, dry_run)
             etag, data = record.etag, dict(record.data)
         else:
             etag, data = snapshot["etag"], snapshot["data"]
-        entry = self.idmap.get(tenant, spec.entity, key)
+        # One read of the id map for the record and its parent, under the record's lock.
+        wanted = [(spec.entity, key)]
+        if spec.parent is not None:
+            parent_key = str(data.get(spec.parent.key_property(self.tenant)) or "")
+            if parent_key:
+                wanted.append((spec.parent.entity, parent_key))
+        books.entries = self.idmap.get_many(tenant, wanted)
+        entry = books.entries.get((spec.entity, key))
         audit.request_summary = {"etag": etag}
+        if entry is not None and entry.ifs_missing_at is not None and not dry_run:
+            self.idmap.mark_ifs_missing(tenant, spec.entity, key, False)  # IFS has it again
         if entry is not None and entry.tombstoned_at is not None:
             audit.request_summary["pipedrive_id"] = entry.pipedrive_id
             audit.skip("tombstoned", f"not written: {entry.tombstone_reason}")
             return Outcome.UNCHANGED
         try:
-            parent_id = self._parent_id(spec, key, data, dry_run, audit.correlation_id)
+            parent_id = self._parent_id(spec, key, data, dry_run, audit.correlation_id, books)
         except _ParentTombstoned as tombstoned:
             audit.skip("tombstoned", str(tombstoned))
             return Outcome.UNCHANGED
@@ -368,34 +459,38 @@ class TenantSync:
         if pipedrive_id is not None:
             try:
                 return self._update(
-                    spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run
+                    spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run, books
                 )
             except RemoteError as error:
                 linked = entry is not None and entry.pipedrive_id == pipedrive_id
-                if dry_run or not is_gone(error) or self._exists(spec, pipedrive_id):
+                # A dry run meets a 404 on the reads of --full; it reports what the lifecycle
+                # policy would do, as a real run would do it.
+                if not is_gone(error) or self._exists(spec, pipedrive_id):
                     raise
                 if not linked:  # a hint or search hit deleted meanwhile: not ours to mourn
                     pipedrive_id = None
                 else:
-                    followed = self._follow_gone(spec, key, layout, pipedrive_id, audit)
+                    followed = self._follow_gone(spec, key, layout, pipedrive_id, audit, dry_run)
                     if followed.change is LinkChange.TOMBSTONED:
                         audit.skip("tombstoned", followed.reason)
                         return Outcome.UNCHANGED
-                    entry = self.idmap.get(tenant, spec.entity, key)
+                    if not dry_run:
+                        entry = self.idmap.get(tenant, spec.entity, key)
                     pipedrive_id = followed.survivor_id
                 if pipedrive_id is not None:
                     return self._update(
-                        spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run
+                        spec, key, entry, pipedrive_id, etag, payload, full, audit, dry_run, books
                     )
 
         audit.operation = "create"
         if dry_run:
             audit.request_summary["payload"] = payload
             return Outcome.CREATED
-        # The intent row makes a crash after the POST visible to the next attempt.
+        # The intent row makes a crash after the POST visible to the next attempt: it is the
+        # one write that cannot wait for the attempt's transaction.
         self.idmap.save(tenant, spec.entity, key, etag="")
         created = int(self.pipedrive.create(spec.resource, payload)["id"])
-        self.idmap.save(tenant, spec.entity, key, pipedrive_id=created, etag=etag, payload=payload)
+        books.save(spec.entity, key, pipedrive_id=created, etag=etag, payload=payload)
         audit.response_summary = {"pipedrive_id": created}
         return Outcome.CREATED
 
@@ -410,10 +505,10 @@ class TenantSync:
         full: bool,
         audit: Attempt,
         dry_run: bool,
+        books: _Bookkeeping,
     ) -> Outcome:
         """Bring an existing Pipedrive record to `payload`, writing only what differs and
         leaving sales-owned fields alone unless IFS changed them (RemoteError 404: gone)."""
-        tenant = self.tenant.id
         linked = entry is not None and entry.pipedrive_id == pipedrive_id
         written = entry.last_payload if entry is not None and linked else None
         if (
@@ -423,34 +518,58 @@ class TenantSync:
             and entry.content_hash == content_hash(payload)
         ):
             audit.skip("unchanged", "mapped content unchanged since the last push")
+            books.pipedrive_id = pipedrive_id
             if not dry_run:
-                self.idmap.save(tenant, spec.entity, key, etag=etag)
+                books.save(spec.entity, key, etag=etag)
             return Outcome.UNCHANGED
         # A relinked record (content hash cleared) holds what someone else left there.
+        archived = False
         if full or (linked and entry is not None and entry.content_hash is None):
             remote = self.pipedrive.get(spec.resource, pipedrive_id)
+            archived = bool(remote.get("is_archived"))
             changes = _owned_changes(spec, changed_fields(remote, payload), payload, written)
         else:
             changes = changed_fields(written, payload)
         audit.operation = "update"
         summary = audit.request_summary = audit.request_summary or {}
         summary["changes"] = sorted(changes)
+        if archived:
+            summary["archived"] = True  # present all the same; `audit history` says so
         if not changes:
             audit.skip("unchanged", "Pipedrive already holds the mapped content")
+            books.pipedrive_id = pipedrive_id
             if not dry_run:
-                self.idmap.save(
-                    tenant, spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload
-                )
+                books.save(spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload)
             return Outcome.UNCHANGED
         if dry_run:
             summary["payload"] = changes
             return Outcome.UPDATED
         self.pipedrive.update(spec.resource, pipedrive_id, changes)
-        self.idmap.save(
-            tenant, spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload
-        )
+        books.save(spec.entity, key, pipedrive_id=pipedrive_id, etag=etag, payload=payload)
         audit.response_summary = {"pipedrive_id": pipedrive_id}
         return Outcome.UPDATED
+
+    def follow_deleted(self, entity: str, key: str, gone_id: int, *, how: str) -> Followed | None:
+        """A linked record Pipedrive lists as deleted, whose delete webhook never came: the id
+        map follows it by the lifecycle policy as for a 404, with one audit row; None when the
+        entry no longer links `gone_id` (relinked or tombstoned meanwhile)."""
+        spec = SPECS[entity]
+        with self.runtime.coordination.lock(record_lock(self.tenant.id, entity, key)):
+            entry = self.idmap.get(self.tenant.id, entity, key)
+            if entry is None or entry.pipedrive_id != gone_id or entry.tombstoned_at is not None:
+                return None
+            audit = Attempt(
+                tenant=self.tenant.id,
+                direction=PIPEDRIVE_TO_IFS,
+                entity=entity,
+                record_key=key,
+                request_summary={"pipedrive_id": gone_id},
+            )
+            followed = self._follow_gone(spec, key, self.layout(), gone_id, audit, how=how)
+            audit.operation = followed.change.value
+            audit.response_summary = {"reason": followed.reason}
+            self.audit.write(audit)
+            return followed
 
     def _exists(self, spec: EntitySpec, pipedrive_id: int) -> bool:
         """Whether the record answers a GET: a 404 on a PATCH may name a record it points at."""
@@ -463,10 +582,18 @@ class TenantSync:
         return True
 
     def _follow_gone(
-        self, spec: EntitySpec, key: str, layout: PipedriveLayout, gone_id: int, audit: Attempt
+        self,
+        spec: EntitySpec,
+        key: str,
+        layout: PipedriveLayout,
+        gone_id: int,
+        audit: Attempt,
+        dry_run: bool = False,
+        how: str = "Pipedrive answered 404",
     ) -> Followed:
         """The linked record is gone: find its merge survivor by the IFS key, then let the
-        lifecycle policy decide; the attempt's audit row tells what happened."""
+        lifecycle policy decide; the attempt's audit row tells what happened (dry run: what
+        would happen)."""
         survivor = self._find_by_key(spec, key, layout, since=None, exclude=gone_id)
         followed = follow_gone(
             self.idmap,
@@ -475,11 +602,84 @@ class TenantSync:
             key,
             gone_id,
             survivor,
-            how="Pipedrive answered 404",
+            how=how,
+            dry_run=dry_run,
         )
         audit.request_summary = {**(audit.request_summary or {}), "lifecycle": followed.as_dict()}
         log.info("%s %s %s: %s", self.tenant.id, spec.entity, key, followed.reason)
         return followed
+
+    def _ifs_missing(self, spec: EntitySpec, key: str, audit: Attempt, dry_run: bool) -> Outcome:
+        """IFS answers 404 for `key`: the tenant's on_ifs_missing decides, once per
+        disappearance (ignore: nothing written; close: an open deal is marked lost with the
+        configured reason; organizations are left alone)."""
+        tenant, policy = self.tenant.id, self.tenant.lifecycle
+        entry = self.idmap.get(tenant, spec.entity, key)
+        gone = f"IFS has no {spec.entity} {key} any more (404 on its read)"
+        audit.request_summary = {"ifs_missing": True}
+        if entry is None or entry.pipedrive_id is None:
+            audit.skip("ifs_missing", f"{gone}; nothing in Pipedrive is linked to it")
+            return Outcome.UNCHANGED
+        pipedrive_id = entry.pipedrive_id
+        audit.request_summary["pipedrive_id"] = pipedrive_id
+        if entry.tombstoned_at is not None:
+            audit.skip("tombstoned", f"not written: {entry.tombstone_reason}")
+            return Outcome.UNCHANGED
+        if entry.ifs_missing_at is not None:
+            audit.skip("ifs_missing", f"{gone}; handled by on_ifs_missing already")
+            return Outcome.UNCHANGED
+        noun = NOUN.get(spec.entity, spec.entity)
+        outcome = Outcome.UNCHANGED
+        if policy.on_ifs_missing == "ignore":
+            audit.skip("ifs_missing", f"{gone}; on_ifs_missing is ignore: {noun} left as it is")
+        elif not spec.closes_when_missing:
+            audit.skip("ifs_missing", f"{gone}; on_ifs_missing closes deals only: {noun} left")
+        else:
+            outcome = self._close(spec, key, entry, gone, audit, dry_run)
+        if not dry_run:
+            self.idmap.mark_ifs_missing(tenant, spec.entity, key, True)
+        return outcome
+
+    def _close(
+        self,
+        spec: EntitySpec,
+        key: str,
+        entry: IdMapEntry,
+        gone: str,
+        audit: Attempt,
+        dry_run: bool,
+    ) -> Outcome:
+        """Mark the open deal of a record IFS no longer has lost (on_ifs_missing: close)."""
+        assert entry.pipedrive_id is not None
+        pipedrive_id, reason = entry.pipedrive_id, self.tenant.lifecycle.ifs_missing_lost_reason
+        noun = NOUN.get(spec.entity, spec.entity)
+        try:
+            current = self.pipedrive.get(spec.resource, pipedrive_id)
+        except RemoteError as error:
+            if not is_gone(error):
+                raise
+            audit.skip("ifs_missing", f"{gone}; its {noun} {pipedrive_id} is gone too")
+            return Outcome.UNCHANGED
+        if current.get("status") != "open":
+            # Sales closed it already (won or lost): theirs to keep.
+            audit.skip("ifs_missing", f"{gone}; {noun} {pipedrive_id} is {current.get('status')}")
+            return Outcome.UNCHANGED
+        changes = {"status": "lost", "lost_reason": reason}
+        audit.operation = "close"
+        audit.request_summary = {**(audit.request_summary or {}), "changes": sorted(changes)}
+        if dry_run:
+            audit.request_summary["payload"] = changes
+            return Outcome.UPDATED
+        self.pipedrive.update(spec.resource, pipedrive_id, changes)
+        # What the connector last wrote now says lost: a return of the record to IFS reads
+        # differs from it, and brings the deal back to what IFS says.
+        written = {**(entry.last_payload or {}), "status": "lost"}
+        self.idmap.save(self.tenant.id, spec.entity, key, payload=written)
+        audit.response_summary = {
+            "pipedrive_id": pipedrive_id,
+            "reason": f"{gone}; on_ifs_missing is close: {noun} marked lost ({reason})",
+        }
+        return Outcome.UPDATED
 
     def _parent_id(
         self,
@@ -488,6 +688,7 @@ class TenantSync:
         data: dict[str, Any],
         dry_run: bool,
         run_id: str | None,
+        books: _Bookkeeping,
     ) -> int | None:
         """The Pipedrive id of the record's parent (an order's organization), syncing the
         parent first when it is new; None for an entity without a parent."""
@@ -500,7 +701,7 @@ class TenantSync:
             raise RecordError(
                 f"IFS {spec.entity} {key}: required property {prop!r} is missing or empty"
             )
-        entry = self.idmap.get(self.tenant.id, parent.entity, parent_key)
+        entry = books.entries.get((parent.entity, parent_key))
         if entry is not None and entry.tombstoned_at is not None:
             raise _ParentTombstoned(
                 f"not written: its {parent.entity} {parent_key} is tombstoned "
@@ -512,12 +713,11 @@ class TenantSync:
             return 0
         # A transient failure of the parent raises TransientError: this record retries too.
         result = self.sync_record(parent.entity, parent_key, run_id=run_id)
-        entry = self.idmap.get(self.tenant.id, parent.entity, parent_key)
-        if result.outcome is Outcome.FAILED or entry is None or entry.pipedrive_id is None:
+        if result.outcome is Outcome.FAILED or result.pipedrive_id is None:
             raise RecordError(
                 f"{parent.entity} {parent_key} could not be synced first (see its audit)"
             )
-        return entry.pipedrive_id
+        return result.pipedrive_id
 
     def _find_existing(
         self,
@@ -611,5 +811,6 @@ def plan_audit(plan: Plan) -> Attempt:
             "queued": plan.queued,
             "unchanged": plan.unchanged,
             "tombstoned": plan.tombstoned,
+            "missing": plan.missing,
         },
     )

@@ -63,14 +63,17 @@ def follow_gone(
     survivor_id: int | None,
     *,
     how: str,
+    dry_run: bool = False,
 ) -> Followed:
     """Update the entry of `ifs_key`, whose Pipedrive record `gone_id` is gone (`how`: what
-    said so), to the survivor when there is one that stands for no other IFS record."""
+    said so), to the survivor when there is one that stands for no other IFS record.
+    `dry_run`: decide the same, change nothing."""
     noun = NOUN.get(entity, entity)
     if survivor_id is not None and survivor_id != gone_id:
         owner = idmap.by_pipedrive_id(tenant.id, entity, survivor_id)
         if owner is None or owner.ifs_key == ifs_key:
-            idmap.relink(tenant.id, entity, ifs_key, survivor_id)
+            if not dry_run:
+                idmap.relink(tenant.id, entity, ifs_key, survivor_id)
             return Followed(
                 LinkChange.RELINKED,
                 f"{noun} {gone_id} was merged into {survivor_id} ({how}); relinked",
@@ -84,9 +87,11 @@ def follow_gone(
             "respect: nothing is written until `ml-connector relink` or "
             "`sync --full --recreate-deleted`"
         )
-        idmap.tombstone(tenant.id, entity, ifs_key, reason)
+        if not dry_run:
+            idmap.tombstone(tenant.id, entity, ifs_key, reason)
         return Followed(LinkChange.TOMBSTONED, reason, gone_id)
-    idmap.relink(tenant.id, entity, ifs_key, None)
+    if not dry_run:
+        idmap.relink(tenant.id, entity, ifs_key, None)
     return Followed(
         LinkChange.UNLINKED,
         f"{noun} {gone_id} was deleted in Pipedrive ({how}); on_pipedrive_delete is recreate: "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from connector.errors import RecordError
-from connector.tenants import TenantConfig
+from connector.tenants import ExtraField, TenantConfig
 
 ORGANIZATION_FIELDS = ("ifs_customer_id", "cost_center", "profit_center", "region")
 DEAL_FIELDS = ("ifs_order_no", "order_status", "cost_center", "profit_center", "region")
@@ -23,6 +24,14 @@ class PipedriveLayout:
     deal_fields: Mapping[str, str]
     pipeline_id: int
     stage_ids: Mapping[str, int]  # stage name → id
+    # Enum fields: logical name → option label → option id (the value v2 takes).
+    organization_options: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    deal_options: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
+def extra_field(name: str) -> str:
+    """The logical field name of `extra.<name>`: apart from the built-in fields' names."""
+    return f"extra.{name}"
 
 
 def _text(data: Mapping[str, Any], prop: str) -> str | None:
@@ -42,15 +51,86 @@ def _required(data: Mapping[str, Any], prop: str, what: str) -> str:
 
 def customer_properties(tenant: TenantConfig) -> tuple[str, ...]:
     """The CustomerInfo properties `map_customer` reads."""
-    return tuple(sorted(set(tenant.customer_mapping.model_dump().values())))
+    mapping = tenant.customer_mapping
+    names = set(mapping.model_dump(exclude={"extra"}).values())
+    names |= {extra.property for extra in mapping.extra.values()}
+    return tuple(sorted(names))
 
 
 def order_properties(tenant: TenantConfig) -> tuple[str, ...]:
     """The CustomerOrder properties `map_order` reads (the title's placeholders included)."""
     mapping = tenant.order_mapping
-    names = {value for key, value in mapping.model_dump().items() if key != "title"}
+    names = set(mapping.model_dump(exclude={"extra", "title"}).values())
     names |= {name for _, name, _, _ in string.Formatter().parse(mapping.title) if name}
+    names |= {extra.property for extra in mapping.extra.values()}
     return tuple(sorted(names))
+
+
+def _number(value: Any, prop: str, what: str) -> float:
+    try:
+        return float(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        raise RecordError(f"{what}: {prop!r} is not a number: {value!r}") from None
+
+
+def _extra_value(
+    where: str,
+    extra: ExtraField,
+    data: Mapping[str, Any],
+    what: str,
+    option_ids: Mapping[str, int],
+    currency: str | None,
+) -> Any:
+    """The v2 custom field value of one extra field (None clears the field)."""
+    value = data.get(extra.property)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    prop = extra.property
+    if extra.type == "number":
+        return _number(value, prop, what)
+    if extra.type == "monetary":
+        # v2 takes a monetary field as its two subfields (value and currency).
+        return {"value": _number(value, prop, what), "currency": extra.currency or currency}
+    if extra.type == "date":
+        try:  # Edm.Date is YYYY-MM-DD; Edm.DateTimeOffset starts with it
+            return date.fromisoformat(str(value)[:10]).isoformat()
+        except ValueError:
+            raise RecordError(f"{what}: {prop!r} is not a date: {value!r}") from None
+    text = str(value).strip()
+    if extra.type == "enum":
+        label = (extra.options or {}).get(text)
+        if label is None:
+            raise RecordError(
+                f"{what}: {prop} is {text!r}, which {where}.options does not map (it maps "
+                f"{', '.join(sorted(extra.options or {}))}): add {text}: <option label> there"
+            )
+        option_id = option_ids.get(label)
+        if option_id is None:  # provisioning checks every label: the field changed since
+            raise RecordError(
+                f"{what}: the Pipedrive field {extra.field!r} has no option {label!r} "
+                f"(for {prop} {text!r}): run `ml-connector check` to see the fix"
+            )
+        return option_id
+    return text
+
+
+def _extra_values(
+    where: str,
+    extras: Mapping[str, ExtraField],
+    data: Mapping[str, Any],
+    what: str,
+    keys: Mapping[str, str],
+    options: Mapping[str, Mapping[str, int]],
+    currency: str | None = None,
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, extra in extras.items():
+        logical = extra_field(name)
+        option_ids = options.get(logical, {})
+        values[keys[logical]] = _extra_value(
+            f"{where}.extra.{name}", extra, data, what, option_ids, currency
+        )
+    return values
 
 
 def map_customer(
@@ -68,6 +148,14 @@ def map_customer(
             keys["cost_center"]: _text(data, m.cost_center),
             keys["profit_center"]: _text(data, m.profit_center),
             keys["region"]: _text(data, m.region),
+            **_extra_values(
+                "customer_mapping",
+                m.extra,
+                data,
+                f"IFS customer {customer_id}",
+                keys,
+                layout.organization_options,
+            ),
         },
     }
     country = _text(data, m.country)
@@ -92,10 +180,7 @@ def _amount(data: Mapping[str, Any], prop: str, order_no: str) -> float:
     value = data.get(prop)
     if value is None:
         return 0.0
-    try:
-        return float(Decimal(str(value)))
-    except (InvalidOperation, ValueError):
-        raise RecordError(f"IFS order {order_no}: {prop!r} is not a number: {value!r}") from None
+    return _number(value, prop, f"IFS order {order_no}")
 
 
 def map_order(
@@ -126,6 +211,15 @@ def map_order(
             keys["cost_center"]: _text(data, m.cost_center),
             keys["profit_center"]: _text(data, m.profit_center),
             keys["region"]: _text(data, m.region),
+            **_extra_values(
+                "order_mapping",
+                m.extra,
+                data,
+                f"IFS order {order_no}",
+                keys,
+                layout.deal_options,
+                currency,
+            ),
         },
     }
     if rule.stage is not None:

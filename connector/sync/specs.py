@@ -52,6 +52,9 @@ class EntitySpec:
     sales_owned: tuple[str, ...] = ()
     # Archived records leave the resource's list (v2 deals) but are present all the same.
     lists_archived: bool = False
+    # Gone from IFS under on_ifs_missing: close, the record is closed (a deal marked lost);
+    # others (organizations) are left alone.
+    closes_when_missing: bool = False
 
 
 def _map_customer(
@@ -91,6 +94,7 @@ ORDERS = EntitySpec(
     parent=Parent(CUSTOMER, lambda tenant: tenant.order_mapping.customer_no),
     sales_owned=("stage_id", "status"),
     lists_archived=True,
+    closes_when_missing=True,
 )
 
 # In dependency order: a full run plans customers before the orders that point at them.

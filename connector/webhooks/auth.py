@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from hmac import compare_digest
 
 SIGNATURE_PREFIX = "sha256="
 
@@ -33,8 +34,8 @@ def verify_basic(authorization: str | None, expected_user: str, expected_passwor
     if given is None:
         return False
     # Both comparisons always run so that the timing does not tell which half was wrong.
-    user_ok = hmac.compare_digest(given[0].encode(), expected_user.encode())
-    password_ok = hmac.compare_digest(given[1].encode(), expected_password.encode())
+    user_ok = compare_digest(given[0].encode(), expected_user.encode())
+    password_ok = compare_digest(given[1].encode(), expected_password.encode())
     return user_ok and password_ok
 
 
@@ -50,4 +51,4 @@ def verify_hmac(signature: str | None, body: bytes, secret: str) -> bool:
     value = signature.strip()
     if value[: len(SIGNATURE_PREFIX)].lower() == SIGNATURE_PREFIX:
         value = value[len(SIGNATURE_PREFIX) :]
-    return hmac.compare_digest(value.lower().encode(), sign(secret, body).encode())
+    return compare_digest(value.lower().encode(), sign(secret, body).encode())

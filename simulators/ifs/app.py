@@ -23,7 +23,7 @@ from simulators.ifs.errors import (
     unsupported,
 )
 from simulators.ifs.metadata import metadata_document
-from simulators.ifs.schema import EntityType, entity_types
+from simulators.ifs.schema import EntityType, customer_order, entity_types
 from simulators.ifs.settings import IfsSimSettings
 from simulators.ifs.state import IfsSim, value_problem
 
@@ -522,6 +522,22 @@ def _register_control_routes(app: Flask, sim: IfsSim) -> None:
         except ValueError as error:
             return bad(str(error))
 
+    @app.delete("/_sim/customers/<customer_id>")
+    def sim_remove_customer(customer_id: str) -> Response:
+        try:
+            sim.remove(sim.customer_type, customer_id)
+        except KeyError:
+            return _error_response(not_found())
+        return _json({"removed": customer_id})
+
+    @app.delete("/_sim/orders/<order_no>")
+    def sim_remove_order(order_no: str) -> Response:
+        try:
+            sim.remove(customer_order(), order_no)
+        except KeyError:
+            return _error_response(not_found())
+        return _json({"removed": order_no})
+
     @app.post("/_sim/orders/<order_no>/edit-after-read")
     def sim_edit_order_after_read(order_no: str) -> Response:
         try:
@@ -563,15 +579,18 @@ def _register_control_routes(app: Flask, sim: IfsSim) -> None:
     @app.post("/_sim/stale-etag")
     def sim_stale_etag() -> Response:
         data = body()
-        unknown = set(data) - {"status", "code"}
+        unknown = set(data) - {"status", "code", "ora"}
         if unknown:
             return bad(f"unknown stale-etag settings: {sorted(unknown)}")
         status = data.get("status", sim.settings.stale_etag_status)
         code = data.get("code", sim.settings.stale_etag_code)
+        ora = data.get("ora", sim.settings.stale_etag_ora)
         if not isinstance(status, int) or not 400 <= status < 500 or not isinstance(code, str):
             return bad("status must be a 4xx integer and code a string")
-        sim.configure(stale_etag_status=status, stale_etag_code=code)
-        return _json({"status": status, "code": code})
+        if ora not in (20113, 20114):
+            return bad("ora must be 20114 (modified by another user) or 20113 (locked)")
+        sim.configure(stale_etag_status=status, stale_etag_code=code, stale_etag_ora=ora)
+        return _json({"status": status, "code": code, "ora": ora})
 
     @app.post("/_sim/clock")
     def sim_clock() -> Response:

@@ -36,6 +36,9 @@ class IfsSimSettings:
     # Error_SYS.Record_Modified raises), or 409 with any code a test names.
     stale_etag_status: int = 412
     stale_etag_code: str = "ODP_PRECONDITION_FAILED"
+    # The ORA number of that DATABASE_ERROR: 20114 (Error_SYS.Record_Modified) or 20113
+    # (Error_SYS.Record_Locked: another session holds the row while it changes it).
+    stale_etag_ora: int = 20114
     # Data seeded when the app is created (the demo and `ml-connector simulate ifs`).
     seed_customers: int = 0
     seed_orders: int = 0

@@ -212,6 +212,12 @@ class IfsSim:
         """A simulated IFS user edits the customer: fields change and the ETag moves on."""
         return self._user_edit(self.customer_type, customer_id, fields)
 
+    def remove(self, entity: EntityType, key: str) -> None:
+        """A simulated IFS user removes the record: reads no longer return it, and a GET by
+        key answers 404; KeyError if absent."""
+        with self._lock:
+            del self._table(entity)[key]
+
     def edit_order_after_next_read(self, order_no: str, **fields: Any) -> None:
         """An IFS user edits the order right after the next client read of it by key: the
         client's ETag goes stale between its read and its write (a deterministic 412)."""
@@ -449,6 +455,10 @@ class IfsSim:
                 "Please refresh the object and reenter your changes."
             )
             status, code = self.settings.stale_etag_status, self.settings.stale_etag_code
+            if code == "DATABASE_ERROR" and self.settings.stale_etag_ora == 20113:
+                text = f'The {prompt} "{key}" is locked by another user. Please try again later.'
+                refused = database_error(20113, entity.luname, "LOCKED", text)
+                raise IfsError(status, code, text, details=refused.details)
             if code == "DATABASE_ERROR":
                 refused = database_error(20114, entity.luname, "MODIFIED", text)
                 raise IfsError(status, code, text, details=refused.details)

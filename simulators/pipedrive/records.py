@@ -46,14 +46,20 @@ STRING_FIELD_TYPES = {
     "text",
     "phone",
     "address",
-    "date",
     "daterange",
     "time",
     "timerange",
 }
-NUMBER_FIELD_TYPES = {"double", "monetary"}
+NUMBER_FIELD_TYPES = {"double"}
 REFERENCE_FIELD_TYPES = {"user", "org", "people", "visible_to"}
-FIELD_TYPES = STRING_FIELD_TYPES | NUMBER_FIELD_TYPES | REFERENCE_FIELD_TYPES | {"enum", "set"}
+# v2 takes a monetary custom field as its subfields (the spec's `subfields`: value, currency)
+# and a date as YYYY-MM-DD.
+FIELD_TYPES = (
+    STRING_FIELD_TYPES
+    | NUMBER_FIELD_TYPES
+    | REFERENCE_FIELD_TYPES
+    | {"enum", "set", "monetary", "date"}
+)
 
 
 class ApiError(Exception):
@@ -145,7 +151,12 @@ def render_v1(entity: str, record: dict[str, Any]) -> dict[str, Any]:
     if entity == "organization" and isinstance(record.get("address"), dict):
         out["address"] = record["address"].get("value")
     out["active_flag"] = not record.get("is_deleted", False)
-    out.update(copy.deepcopy(record["custom_fields"]))
+    for key, value in record["custom_fields"].items():
+        if isinstance(value, dict) and set(value) == {"value", "currency"}:
+            # v1 spreads a monetary field over two keys: `<key>` and `<key>_currency`.
+            out[key], out[f"{key}_currency"] = value["value"], value["currency"]
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 

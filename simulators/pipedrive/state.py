@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, fields
+from datetime import date
 from typing import Any
 
 from simulators.pipedrive.ratelimit import RateLimiter
@@ -1115,6 +1116,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_date(value: str) -> bool:
+    try:
+        return date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False
+
+
 def _type_checks(field_type: str, value: Any, option_ids: set[int]) -> list[tuple[bool, bool]]:
     """(applies, ok) for each rule a custom field value must satisfy."""
     return [
@@ -1122,6 +1130,15 @@ def _type_checks(field_type: str, value: Any, option_ids: set[int]) -> list[tupl
         (field_type in NUMBER_FIELD_TYPES, _is_number(value)),
         (field_type in REFERENCE_FIELD_TYPES, _is_int(value)),
         (field_type == "enum", _is_int(value) and value in option_ids),
+        (field_type == "date", isinstance(value, str) and _is_date(value)),
+        (
+            field_type == "monetary",
+            isinstance(value, dict)
+            and set(value) == {"value", "currency"}
+            and _is_number(value["value"])
+            and isinstance(value["currency"], str)
+            and len(value["currency"]) == 3,
+        ),
         (
             field_type == "set",
             isinstance(value, list)

@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from connector.tenants import DEFAULT_STAGE_MAP
 from sandbox.stack import Stack
+from sandbox.tenant import merge, store_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +35,22 @@ MISFIT = {
     ),
 }
 CORRECTED = {
-    "order_mapping": {"region": "RegionCode"},
+    "order_mapping": {
+        "region": "RegionCode",
+        "extra": {
+            "delivery_terms": {
+                "property": "DeliveryTerms",
+                "field": "Delivery terms",
+                "type": "enum",
+                "options": {"EXW": "Ex works", "DAP": "Delivered at place"},
+            },
+            "prepayment": {
+                "property": "ProposedPrepaymentAmount",
+                "field": "Proposed prepayment",
+                "type": "monetary",
+            },
+        },
+    },
     "fields": {"region": "IFS region"},
     "stage_map": _stage_map(
         Released={"action": "Release"},
@@ -120,11 +137,19 @@ def test_the_corrected_tenant_fits(stack_factory) -> None:
     assert {"order_mapping.status", "pipedrive.burst_limit", "pipedrive.pipeline"} <= subjects
     state = next(f for f in report["fit"]["findings"] if f["subject"] == "order_mapping.status")
     assert "IfsApp.CustomerOrderHandling.CustomerOrderState" in state["message"]
+    messages = {f["subject"]: f["message"] for f in report["fit"]["findings"]}
+    assert messages["order_mapping.extra.delivery_terms"] == (
+        "deal field 'Delivery terms' will be created (enum with options Ex works, "
+        "Delivered at place)"
+    )
+    assert "(monetary)" in messages["order_mapping.extra.prepayment"]
 
 
-def test_a_burst_limit_above_the_plan_is_refused(stack_factory) -> None:
+def test_burst_limits_above_the_plan_are_refused(stack_factory) -> None:
+    # A 20/2 s plan whose search answers report their own 10/2 s limit; the tenant
+    # configures 100 (and, from the test limits, 1000 searches).
     stack = stack_factory(
-        pipedrive_settings={"api_token_burst": 20, "burst_window_s": 2.0},
+        pipedrive_settings={"api_token_burst": 20, "search_burst": 10, "burst_window_s": 2.0},
         tenant_overrides={"pipedrive": {"burst_limit": 100}},
     )
 
@@ -132,29 +157,54 @@ def test_a_burst_limit_above_the_plan_is_refused(stack_factory) -> None:
 
     assert code == 1
     errors = _errors(json.loads(out))
-    assert set(errors) == {"pipedrive.burst_limit"}, errors
+    assert set(errors) == {"pipedrive.burst_limit", "pipedrive.search_burst_limit"}, errors
     burst = errors["pipedrive.burst_limit"]
     assert "100 is above the plan's 20 requests per 2 s" in burst["message"]
     assert "429" in burst["message"] and "403" in burst["message"]
     assert burst["fix"] == "set pipedrive.burst_limit: 20 (or lower)"
+    search = errors["pipedrive.search_burst_limit"]
+    says = "1000 is above the 10 searches per 2 s Pipedrive reports for search"
+    assert says in search["message"]
+    assert search["fix"] == "set pipedrive.search_burst_limit: 10 (or lower)"
 
-    stack.write_tenants(pipedrive={"burst_limit": 20})
+    stack.write_tenants(pipedrive={"burst_limit": 20, "search_burst_limit": 10})
     code, out = _check(stack, "--json")
     assert code == 0, _errors(json.loads(out))
 
 
-def test_tenant_validate_remote_runs_the_fit_check(stack_factory) -> None:
-    stack = stack_factory(tenant_overrides=MISFIT)
+def test_tenant_validate_remote_runs_the_fit_check_for_every_tenant(stack_factory) -> None:
+    stack = stack_factory(tenant_overrides=CORRECTED)
     _seed_enum_region(stack)
+    # A second tenant of the same installation whose configuration does not fit.
+    misfit = f"{stack.tenant}-b"
+    document = yaml.safe_load(stack.tenants_file.read_text())
+    document["tenants"][misfit] = merge(stack.tenant_config, MISFIT)
+    stack.tenants_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    store_credentials(stack.runtime.vault, misfit, stack.simulators)
 
-    result = stack.cli("tenant", "validate", "--remote", timeout=120)
+    result = stack.cli("tenant", "validate", "--remote", "--json", timeout=180)
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    assert f"{stack.tenant}: does not fit" in result.stdout
-    assert "stage_map[Released].to_ifs.action" in result.stdout
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["problems"] == []
+    fits, misfits = report["tenants"][stack.tenant], report["tenants"][misfit]
+    assert fits["ok"] is True and fits["fit"]["ok"] is True
+    assert misfits["ok"] is False
+    assert {
+        "order_mapping.region",
+        "stage_map[Released].to_ifs.action",
+        "stage_map[Cancelled].to_ifs.parameters",
+    } == set(_errors(misfits))  # its fields are the corrected ones
 
-    stack.write_tenants(**CORRECTED)
-    result = stack.cli("tenant", "validate", "--remote", timeout=120)
+    text = stack.cli("tenant", "validate", "--remote", timeout=180)
+    assert text.returncode == 1
+    assert f"{stack.tenant}: fits" in text.stdout
+    assert f"{misfit}: does not fit" in text.stdout
+    assert "stage_map[Released].to_ifs.action" in text.stdout
+
+    document["tenants"][misfit] = merge(stack.tenant_config, CORRECTED)
+    stack.tenants_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    result = stack.cli("tenant", "validate", "--remote", "--json", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{stack.tenant}: fits" in result.stdout
+    assert json.loads(result.stdout)["ok"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -153,4 +154,53 @@ def test_without_a_redis_broker_the_queue_is_not_measured(migrated) -> None:
     assert result.exit_code == 0, result.output
     queue = json.loads(result.output)["queue"]
     assert queue["depths"] is None and queue["error"] is None
-    assert queue["broker"] == "memory://localhost/" and "Redis brokers only" in queue["note"]
+    assert (
+        queue["broker"] == "memory://localhost/"
+        and "measured for Redis and RabbitMQ brokers only" in queue["note"]
+    )
+
+
+def test_a_tenants_file_only_a_worker_sees_broken_is_named_with_who_saw_it(
+    migrated, tmp_path
+) -> None:
+    import yaml
+
+    from connector.live_config import LiveConfig
+    from connector.runtime import Runtime
+    from connector.settings import Settings
+
+    queue = f"status-{uuid.uuid4().hex[:8]}"  # this deployment's reports only
+    migrated.env.update(
+        {"CONNECTOR_REDIS_URL": "redis://127.0.0.1:6379/0", "CONNECTOR_QUEUE": queue}
+    )
+    # Another host's copy of the file, with a typo in globex-nordic's section.
+    theirs = tmp_path / "their-tenants.yaml"
+    document = yaml.safe_load(migrated.tenants.read_text())
+    document["tenants"]["globex-nordic"]["schedul"] = "0 * * * *"
+    theirs.write_text(yaml.safe_dump(document))
+    settings = Settings(
+        database_url=str(migrated.env["CONNECTOR_DATABASE_URL"]),
+        encryption_keys=str(migrated.env["CONNECTOR_ENCRYPTION_KEYS"]),
+        redis_url="redis://127.0.0.1:6379/0",
+        queue=queue,
+        tenants_file=theirs,
+    )
+    worker = Runtime(settings)
+    worker.live = LiveConfig(worker, theirs, role="worker")
+    try:
+        assert worker.refresh_if_stale()
+
+        result = migrated("status")
+
+        assert result.exit_code == 0, result.output
+        (line,) = [row for row in result.output.splitlines() if "reported by" in row]
+        assert line.startswith(f"! tenants file reported by worker on {socket.gethostname()}")
+        assert "tenant 'globex-nordic': key 'schedul': unknown key" in line
+        assert "did you mean 'schedule'?" in line and "expected one of:" in line
+        document = json.loads(migrated("status", "--json").output)
+        (check,) = document["config_checks"]
+        assert check["role"] == "worker" and check["problems"][0][0] == "globex-nordic"
+    finally:
+        assert worker.coordination.redis is not None
+        worker.coordination.redis.delete(f"mlc:config-checks:{queue}")
+        worker.close()

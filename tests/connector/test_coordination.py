@@ -110,3 +110,22 @@ def test_acquirer_maps_buckets_to_limits(coordination: Coordination):
     take("default", 1)
     with pytest.raises(RateLimited):
         take("default", 1)
+
+
+def test_a_redis_lock_is_a_lease_renewed_while_held_so_a_dead_holders_runs_out_soon(
+    redis_url: str, redis_prefix: str
+):
+    holder = Coordination.from_url(redis_url, prefix=redis_prefix)
+    holder._leases.lease_s = 0.6  # a short lease, renewed every 0.2 s
+    other = Coordination.from_url(redis_url, prefix=redis_prefix)
+    assert holder.redis is not None
+    with holder.lock("order:11", ttl_s=30):
+        # What a holder killed now would leave behind: the lease, not the 30 s.
+        assert 0 < holder.redis.pttl(f"{redis_prefix}lock:order:11") <= 600
+        time.sleep(1.5)  # well past the lease: renewed meanwhile
+        with pytest.raises(LockTimeout), other.lock("order:11", wait_s=0.3):
+            pass
+    with other.lock("order:11", wait_s=0.1):
+        pass
+    holder.close()
+    other.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 from connector.errors import UnknownTenantError
-from connector.live_config import LiveConfig
+from connector.live_config import LiveConfig, config_checks
+from connector.polling import wait_until
 from connector.runtime import Runtime
 from connector.settings import Settings
 from tests.connector.webhooks.support import KEY, tenant_body, unique_tenant
@@ -222,3 +225,100 @@ def test_a_runtime_with_given_tenants_does_not_go_live(postgres_url: str) -> Non
     assert runtime.go_live() is None
     assert runtime.refresh_if_stale() is False
     assert list(runtime.tenants) == ["acme"]
+
+
+@pytest.mark.parametrize("redis_url", [None, "redis://127.0.0.1:6379/0"], ids=["local", "redis"])
+def test_each_check_is_published_with_role_host_pid_digest_and_problems(
+    postgres_url: str, tenants_file: Path, clock: Clock, redis_url: str | None
+) -> None:
+    acme, globex = unique_tenant("acme"), unique_tenant("globex")
+    settings = Settings(
+        database_url=postgres_url,
+        encryption_keys=KEY,
+        tenants_file=tenants_file,
+        redis_url=redis_url,
+        queue=unique_tenant("queue"),  # one deployment's reports, not the other tests'
+    )
+    runtime = Runtime(settings)
+    live = LiveConfig(runtime, tenants_file, interval_s=5.0, clock=clock, role="worker")
+    runtime.live = live
+    try:
+        _write(tenants_file, {acme: tenant_body(), globex: {**tenant_body(), "schedul": "x"}})
+        assert set(runtime.tenants) == {acme}
+        (check,) = config_checks(runtime)
+        assert (check.role, check.pid) == ("worker", os.getpid())
+        assert check.digest is not None and len(check.digest) == 64
+        ((tenant, (message, note)),) = check.problems
+        assert tenant == globex and f"tenant '{globex}': key 'schedul'" in message
+        assert "not served" in note
+
+        # A role's own problems (beat: a cron Celery refuses) are published with the file's.
+        live.note_role_problems({acme: ["Celery refuses it"]})
+        (check,) = config_checks(runtime)
+        assert dict(check.problems)[acme] == ["Celery refuses it"]
+
+        live.note_role_problems({})
+        _write(tenants_file, {acme: tenant_body(), globex: tenant_body()})
+        _check(runtime, clock)
+        (check,) = config_checks(runtime)
+        assert check.problems == [] and set(runtime.tenants) == {acme, globex}
+    finally:
+        runtime.close()
+
+
+def test_a_published_check_expires_when_its_process_stops_checking(postgres_url: str) -> None:
+    from connector.coordination import Coordination
+
+    coordination = Coordination.from_url("redis://127.0.0.1:6379/0")
+    scope = unique_tenant("queue")
+    try:
+        coordination.publish_config_check(scope, "worker:h:1", '{"a": 1}', ttl_s=0.2)
+        coordination.publish_config_check(scope, "beat:h:2", '{"b": 2}', ttl_s=30)
+        assert sorted(coordination.config_checks(scope)) == ['{"a": 1}', '{"b": 2}']
+        time.sleep(0.3)
+        assert coordination.config_checks(scope) == ['{"b": 2}']
+    finally:
+        assert coordination.redis is not None
+        coordination.redis.delete(f"mlc:config-checks:{scope}")
+        coordination.close()
+
+
+def test_watching_follows_the_file_without_any_work_arriving(
+    postgres_url: str, tenants_file: Path
+) -> None:
+    acme, globex = unique_tenant("acme"), unique_tenant("globex")
+    _write(tenants_file, {acme: tenant_body()})
+    runtime = Runtime(
+        Settings(database_url=postgres_url, encryption_keys=KEY, tenants_file=tenants_file)
+    )
+    live = runtime.go_live(interval_s=0.05, role="worker")
+    assert live is not None
+    live.watch()
+    try:
+        _write(tenants_file, {acme: tenant_body(), globex: {**tenant_body(), "schedul": "x"}})
+        assert wait_until(lambda: globex in live.problems, timeout=10)
+        assert globex in dict(config_checks(runtime)[0].problems)
+    finally:
+        live.stop_watching()
+        runtime.close()
+
+
+def test_a_corrected_ifs_secret_reaches_ifs_at_the_next_check(
+    runtime: Runtime, tenants_file: Path, clock: Clock, ifs_sim: Any
+) -> None:
+    from connector.errors import RemoteError
+
+    acme = unique_tenant("acme")
+    body = tenant_body(
+        ifs_url=ifs_sim.url, namespace=ifs_sim.namespace, client_id=ifs_sim.client_id
+    )
+    _write(tenants_file, {acme: body})
+    runtime.vault.set(acme, "ifs", "client_secret", "wrong-secret")
+    runtime.vault.set(acme, "pipedrive", "api_token", "t0ken")
+    with pytest.raises(RemoteError, match="401"):
+        runtime.tenant_sync(acme).ifs.tokens.token()
+
+    runtime.vault.set(acme, "ifs", "client_secret", ifs_sim.client_secret)
+    assert _check(runtime, clock)  # no restart: the next check rebuilds the tenant's clients
+
+    assert runtime.tenant_sync(acme).ifs.tokens.token()

@@ -211,3 +211,55 @@ def test_the_reading_carries_a_digest_that_changes_with_the_file(tmp_path):
     assert read_tenants(path).digest == first.digest
     path.write_text(yaml.safe_dump({"tenants": {"acme": _tenant(schedule="0 * * * *")}}))
     assert read_tenants(path).digest != first.digest
+
+
+def _extra(where: str = "order_mapping", **fields: Any) -> dict[str, Any]:
+    extra = {"property": "DeliveryTerms", "field": "Delivery terms", "type": "text", **fields}
+    return {"acme": _tenant(**{where: {"extra": {"terms": extra}}})}
+
+
+def test_extra_fields_validate_with_errors_naming_tenant_and_key():
+    ok = parse_tenants(
+        {"tenants": _extra(type="enum", options={"EXW": "Ex works", "DAP": "Delivered"})}
+    )
+    assert ok["acme"].order_mapping.extra["terms"].labels() == ("Ex works", "Delivered")
+    assert parse_tenants({"tenants": _extra(type="monetary")})["acme"]  # the order's currency
+
+    assert "tenant 'acme': key 'order_mapping.extra.terms': an enum needs options" in _problem(
+        _extra(type="enum")
+    )
+    assert "options belong to an enum, not to a text field" in _problem(
+        _extra(options={"EXW": "Ex works"})
+    )
+    assert "key 'order_mapping.extra.terms.type': Input should be 'text', 'number'" in _problem(
+        _extra(type="string")
+    )
+    unknown = _problem(_extra(propery="X"))
+    assert "key 'order_mapping.extra.terms.propery': unknown key (did you mean 'property'?)" in (
+        unknown
+    )
+    assert "'eur' is not an ISO currency code" in _problem(_extra(type="monetary", currency="eur"))
+    assert (
+        "tenant 'acme': customer_mapping.extra.terms: a monetary field of an organization "
+        "needs currency" in _problem(_extra("customer_mapping", type="monetary"))
+    )
+    clash = _problem(_extra(field="IFS order status"))
+    assert "order_mapping.extra.terms.field 'IFS order status' is already the name of " in clash
+    assert "fields.order_status" in clash
+    bad_name = {
+        "acme": _tenant(order_mapping={"extra": {"Terms!": {"property": "A", "field": "B"}}})
+    }
+    assert "key 'order_mapping.extra': extra field name(s) 'Terms!'" in _problem(bad_name)
+
+
+def test_on_ifs_missing_is_ignore_by_default_and_only_ignore_or_close():
+    lifecycle = parse_tenants({"tenants": {"acme": _tenant()}})["acme"].lifecycle
+    assert (lifecycle.on_ifs_missing, lifecycle.ifs_missing_lost_reason) == (
+        "ignore",
+        "Removed from IFS",
+    )
+    message = _problem({"acme": _tenant(lifecycle={"on_ifs_missing": "delete"})})
+    assert "tenant 'acme': key 'lifecycle.on_ifs_missing'" in message and "'close'" in message
+    assert "lifecycle.ifs_missing_lost_reason" in _problem(
+        {"acme": _tenant(lifecycle={"ifs_missing_lost_reason": ""})}
+    )

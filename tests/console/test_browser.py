@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 import pytest
 import requests
 
-from connector.storage.audit import AuditLog
+from connector.storage.audit import IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from sandbox.polling import wait_until
 from simulators.ifs.schema import customer_order
 from tests.console.conftest import OPERATOR, SCREENSHOTS
@@ -29,6 +30,16 @@ def _failed_sync(stack_factory):
     (failed,) = AuditLog(stack.runtime.database).latest_failed(stack.tenant)
     assert failed.record_key == bad
     return stack, bad, failed
+
+
+def _text(locator) -> str:
+    from playwright.sync_api import Error
+
+    # The page may be reloading itself right now: nothing to read until it is back.
+    try:
+        return str(locator.inner_text(timeout=2000))
+    except Error:  # also Playwright's TimeoutError
+        return ""
 
 
 def _csrf(html: str) -> str:
@@ -56,12 +67,49 @@ def test_operator_signs_in_sees_the_failure_replays_it_after_the_fix_and_sees_su
     assert page.inner_text("#user") == name
     row = page.locator(f"tr[data-tenant={stack.tenant}]")
     assert "1" in row.locator("td").nth(4).inner_text()
+    # The sync's grants, booked by the workers' limiter in Redis, drawn as the day's usage.
+    for system, unit in (("pipedrive", "tokens"), ("ifs", "requests")):
+        chart = row.locator(f"figure[data-usage={system}]")
+        assert chart.locator("svg rect").count() >= 2, chart.inner_html()  # background + bars
+        assert f"{unit} in 24 h" in chart.locator("figcaption").inner_text()
     page.screenshot(path=str(SCREENSHOTS / "tenants.png"), full_page=True)
 
     page.goto(f"{console.url}/runs")
     page.wait_for_selector("#runs")
     assert page.locator("#runs tr[data-run]").count() >= 1
+
+    # A run still going: the page refreshes itself until the run is over, no click needed.
+    live = uuid.uuid4().hex
+    audit = AuditLog(stack.runtime.database)
+    for key, summary in (("*", {"read": 2, "queued": 2}), ("LIVE-1", None)):
+        operation = "plan" if key == "*" else "update"
+        audit.write(
+            Attempt(
+                stack.tenant,
+                IFS_TO_PIPEDRIVE,
+                "order",
+                key,
+                operation=operation,
+                response_summary=summary,
+                correlation_id=live,
+            )
+        )
+    page.goto(f"{console.url}/runs?tenant={stack.tenant}")
+    state = page.locator(f"tr[data-run='{live}'] td.state")
+    assert state.inner_text() == "running"
     page.screenshot(path=str(SCREENSHOTS / "runs.png"), full_page=True)
+    audit.write(
+        Attempt(
+            stack.tenant,
+            IFS_TO_PIPEDRIVE,
+            "order",
+            "LIVE-2",
+            operation="update",
+            correlation_id=live,
+        )
+    )
+    assert wait_until(lambda: _text(state) == "finished", timeout=30), page.content()
+    assert page.locator("meta[http-equiv=refresh]").count() == 0  # over: no more refreshes
 
     page.goto(f"{console.url}/failures")
     # The session's database holds other tests' tenants too: this tenant's row only.

@@ -480,8 +480,20 @@ def test_health_check_calls_the_receiver_health_endpoint() -> None:
         ("POST", "/webhooks/pipedrive/acme"),
     ],
 )
-def test_paths_the_deployment_relies_on_are_routes_of_the_receiver(method: str, path: str) -> None:
-    app = _resolve(WSGI_APP)
+def test_paths_the_deployment_relies_on_are_routes_of_the_receiver(
+    method: str, path: str, monkeypatch, tmp_path: Path
+) -> None:
+    from connector.settings import get_settings
+
+    # Its own deployment settings: the module may not have been imported by an earlier test
+    # of this process (pytest-xdist splits them), and it refuses the embedded defaults.
+    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
+    monkeypatch.setenv("CONNECTOR_BROKER_URL", "redis://127.0.0.1:6379/0")
+    get_settings.cache_clear()
+    try:
+        app = _resolve(WSGI_APP)
+    finally:
+        get_settings.cache_clear()
     url_map = getattr(app, "url_map", None)
     assert url_map is not None, f"{WSGI_APP} is expected to be the Flask app"
     url_map.bind("localhost").match(path, method=method)  # raises NotFound / MethodNotAllowed

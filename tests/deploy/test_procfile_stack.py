@@ -30,7 +30,9 @@ from simulators.serving import free_port
 from tests.fixtures.processes import ProcessTree, wait_for_http
 from workers.schedule import tenant_crontab
 
-pytestmark = pytest.mark.integration
+# Both run the Procfile, whose workers have fixed names (worker1@host, worker2@host) on the
+# shared broker: under pytest-xdist they run one after the other, in one test process.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procfile")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS, ORDERS = 3, 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
 import os
 from typing import Any
@@ -10,21 +11,31 @@ from typing import Any
 import pytest
 import redis
 import requests
+import sqlalchemy as sa
+import yaml
 
 from connector.jobs import PUSH_STAGE
+from connector.live_config import LiveConfig
+from connector.runtime import Runtime
+from connector.settings import Settings
+from connector.storage.models import WebhookRefusal
 from connector.storage.webhook_events import WebhookEventStatus
+from connector.storage.webhook_refusals import WebhookRefusals
+from connector.webhooks import auth
 from connector.webhooks.auth import sign
 from simulators.serving import RunningServer
 from tests.connector.webhooks.support import (
+    KEY,
     encode,
     events_of,
     make_runtime,
+    malformed_variants,
     prepare_database,
     tenant_body,
     unique_tenant,
     v2_deal_event,
 )
-from webhook_receiver.app import create_app
+from webhook_receiver.app import EXTENSION, ReceiverContext, create_app
 
 USER, PASSWORD, HMAC_SECRET = "pipedrive", "s3cret-Basic-pw", "hmac-shared-secret"
 HEADER = "X-ML-Signature"
@@ -309,6 +320,178 @@ def test_malformed_payloads_are_400_and_nothing_is_stored(server, runtime, broke
     _rejected(runtime, broker, [tenants["basic"]])
 
 
+def test_authenticated_deliveries_of_the_wrong_shape_are_400_and_nothing_is_stored(
+    app, runtime, broker, tenants
+):
+    client = app.test_client()
+    tenant = tenants["basic"]
+    variants = malformed_variants()
+    answers = {
+        name: client.post(f"/webhooks/pipedrive/{tenant}", data=body, headers=basic())
+        for name, body in variants
+    }
+
+    assert {name: a.status_code for name, a in answers.items()} == {n: 400 for n, _ in variants}
+    assert all(a.get_json()["error"] for a in answers.values())  # the reason, for the sender
+    _rejected(runtime, broker, [tenant])
+    good = client.post(
+        f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(41)), headers=basic()
+    )
+    assert good.status_code == 200 and len(events_of(runtime, tenant)) == 1
+
+
+def test_refusals_are_kept_with_tenant_reason_and_address_but_no_credential(
+    server, runtime, broker, tenants
+):
+    tenant = tenants["basic"]
+    post(server, tenant, encode(v2_deal_event(1)), basic(password="guess-" + PASSWORD))
+    post(server, "no-such-tenant", encode(v2_deal_event(1)), basic())
+    post(server, tenant, b'{"meta": []}', basic())
+    refusals = WebhookRefusals(runtime.database)
+
+    mine = [(r.reason, r.http_status, r.remote_addr) for r in refusals.recent(tenant)]
+    assert mine == [("bad_payload", 400, "127.0.0.1"), ("bad_auth", 401, "127.0.0.1")]
+    unknown = [r for r in refusals.recent() if r.tenant is None]
+    assert unknown and unknown[0].reason == "unknown_tenant"
+    with runtime.database.session() as session:
+        stored = " ".join(
+            str(value)
+            for row in session.execute(sa.select(WebhookRefusal)).all()
+            for value in row[0].__dict__.values()
+        )
+    assert PASSWORD not in stored and "no-such-tenant" not in stored
+
+
+def test_an_unknown_tenant_is_refused_by_the_same_checks_as_a_wrong_password(
+    app, runtime, broker, tenants, monkeypatch
+):
+    """Equal work, not equal time measured: the same credential compares, the same reads
+    and statements, the same answer (timings would be flaky on a shared machine)."""
+    client = app.test_client()
+    tenant = tenants["basic"]
+    ok = client.post(
+        f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(1)), headers=basic()
+    )
+    assert ok.status_code == 200  # the tenant's secrets are cached now, as in steady state
+    compares: list[int] = []
+    monkeypatch.setattr(
+        auth, "compare_digest", lambda a, b: compares.append(1) or hmac.compare_digest(a, b)
+    )
+    statements: list[str] = []
+    sa.event.listen(runtime.database.engine, "before_cursor_execute", _record(statements))
+    context: ReceiverContext = app.extensions[EXTENSION]
+
+    def refusal_work(tenant_id: str) -> tuple[int, int, int, bytes, list[str]]:
+        compares.clear()
+        statements.clear()
+        reads = context.credentials.reads
+        body = encode(v2_deal_event(2))
+        headers = basic(password="guess")
+        answer = client.post(f"/webhooks/pipedrive/{tenant_id}", data=body, headers=headers)
+        return (
+            answer.status_code,
+            len(compares),
+            context.credentials.reads - reads,
+            answer.get_data(),
+            [statement.split()[0] for statement in statements],
+        )
+
+    refusal_work(tenant)  # the first refusal of a process also prunes old ones
+    wrong_password = refusal_work(tenant)
+    unknown = refusal_work("no-such-tenant")
+
+    assert wrong_password[0] == 401
+    assert wrong_password[1] == 2  # user and password, both always compared
+    assert wrong_password[2] == 0  # the secrets came from memory
+    assert wrong_password[4] == ["INSERT"]  # the kept refusal
+    assert unknown == wrong_password
+
+
+def _record(statements: list[str]) -> Any:
+    def before_cursor_execute(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement.strip())
+
+    return before_cursor_execute
+
+
+def test_one_statement_and_commit_per_webhook_and_the_enqueue_comes_after_it(
+    app, runtime, broker, tenants
+):
+    tenant = tenants["basic"]
+    client = app.test_client()
+    client.post(f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(1)), headers=basic())
+    work: list[tuple[str, bool]] = []  # (statement verb, in autocommit mode), ("COMMIT", False)
+
+    def before_cursor_execute(conn, _cursor, statement, *_args) -> None:
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        work.append((statement.split()[0], autocommit))
+
+    sa.event.listen(runtime.database.engine, "before_cursor_execute", before_cursor_execute)
+    sa.event.listen(runtime.database.engine, "commit", lambda _conn: work.append(("COMMIT", False)))
+    seen_at_enqueue: list[Any] = []
+
+    def enqueue(name: str, kwargs: dict[str, Any]) -> None:
+        seen_at_enqueue.append(list(work))
+        # Another connection: only what was committed is visible here.
+        seen_at_enqueue.append([row.status for row in events_of(runtime, tenant)])
+        work.clear()  # the reads of this check are not the receiver's
+        broker.enqueue(name, kwargs)
+
+    app.extensions[EXTENSION].enqueue = enqueue
+    work.clear()
+    answer = client.post(
+        f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(2)), headers=basic()
+    )
+
+    assert answer.status_code == 200 and len(broker.calls) == 2
+    # One INSERT and its commit, then the enqueue, then nothing.
+    assert seen_at_enqueue == [[("INSERT", False), ("COMMIT", False)], ["enqueued", "enqueued"]]
+    assert work == []
+
+
+def test_secrets_are_read_once_and_again_when_the_credential_changes(
+    postgres_url, tmp_path, broker
+):
+    tenant = unique_tenant("live")
+    tenants_file = tmp_path / "tenants.yaml"
+    tenants_file.write_text(yaml.safe_dump({"tenants": {tenant: tenant_body(auth="basic")}}))
+    clock = Clock()
+    runtime = Runtime(
+        Settings(database_url=postgres_url, encryption_keys=KEY, tenants_file=tenants_file)
+    )
+    runtime.live = LiveConfig(runtime, tenants_file, interval_s=5.0, clock=clock)
+    runtime.vault.set(tenant, "webhook", "basic_user", USER)
+    runtime.vault.set(tenant, "webhook", "basic_password", PASSWORD)
+    app = create_app(runtime, broker.enqueue, {"TESTING": True}, check_broker=broker.check)
+    client = app.test_client()
+    credentials = app.extensions[EXTENSION].credentials
+
+    def deliver(password: str, deal_id: int) -> int:
+        body = encode(v2_deal_event(deal_id))
+        url = f"/webhooks/pipedrive/{tenant}"
+        return client.post(url, data=body, headers=basic(password=password)).status_code
+
+    try:
+        assert [deliver(PASSWORD, n) for n in (1, 2, 3)] == [200, 200, 200]
+        assert credentials.reads == 1
+        runtime.vault.set(tenant, "webhook", "basic_password", "the-new-password")
+        clock.now += 5.0  # the live configuration's next check sees the new version stamp
+
+        assert deliver(PASSWORD, 4) == 401
+        assert deliver("the-new-password", 5) == 200
+        assert credentials.reads == 2
+    finally:
+        runtime.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_rejections_are_logged_without_credentials(server, runtime, broker, tenants, caplog):
     caplog.set_level(logging.INFO, logger="webhook_receiver")
     post(server, tenants["basic"], encode(v2_deal_event(1)), basic(password="guess-" + PASSWORD))
@@ -440,3 +623,85 @@ def test_a_receiver_built_from_embedded_defaults_is_not_ready(tmp_path, monkeypa
     assert body["status"] == "not ready" and body["database"] == "ok"
     assert "CONNECTOR_BROKER_URL" in body["settings"]
     assert "CONNECTOR_DATABASE_URL" in body["settings"]
+
+
+def test_readyz_names_a_tenants_file_problem_another_role_reported(
+    tmp_path, broker, postgres_url, redis_url, redis_prefix
+):
+    import yaml
+
+    from connector.live_config import LiveConfig
+    from connector.runtime import Runtime
+    from connector.settings import Settings
+
+    ours, theirs = tmp_path / "tenants.yaml", tmp_path / "beat-tenants.yaml"
+    tenant = unique_tenant("ready")
+    ours.write_text(yaml.safe_dump({"tenants": {tenant: tenant_body()}}))
+    theirs.write_text(yaml.safe_dump({"tenants": {tenant: {**tenant_body(), "schedul": "x"}}}))
+    settings = Settings(
+        database_url=postgres_url,
+        encryption_keys=KEY,
+        redis_url=redis_url,
+        queue=f"{redis_prefix}queue",
+        tenants_file=ours,
+    )
+    receiver, beat = (
+        Runtime(settings),
+        Runtime(settings.model_copy(update={"tenants_file": theirs})),
+    )
+    assert receiver.go_live(role="receiver") is not None
+    beat.live = LiveConfig(beat, theirs, role="beat")
+    client = create_app(receiver, broker.enqueue, check_broker=broker.check).test_client()
+    try:
+        assert client.get("/readyz").get_json()["tenants_file"] == "ok"
+        beat.refresh_if_stale()
+
+        answer = client.get("/readyz")
+
+        assert answer.status_code == 200  # still serving every tenant
+        body = answer.get_json()
+        assert body["tenants_file"] == "invalid" and "tenants_file_problems" not in body
+        (report,) = body["tenants_file_reports"]
+        assert (report["role"], report["pid"]) == ("beat", os.getpid())
+        assert f"tenant '{tenant}': key 'schedul': unknown key" in report["problems"][0]
+        assert len(report["digest"]) == 64  # the sha256 of the file that role read
+    finally:
+        beat.close()
+        receiver.close()
+
+
+def test_after_keys_rotate_a_receiver_without_the_new_key_answers_503_saying_why(
+    runtime, broker, tenants, caplog
+):
+    from cryptography.fernet import Fernet
+
+    from connector.logs import redact_text
+    from connector.storage.vault import Vault
+
+    tenant_id = tenants["basic"]
+    new_key = Fernet.generate_key().decode()
+    # What `keys rotate` with a new key first leaves for this tenant: its credentials
+    # re-encrypted with that key. (Vault.rotate itself re-encrypts every tenant of the shared
+    # test database, other tests' tenants under other keys included.)
+    rotated = Vault(runtime.database, [new_key, KEY])
+    for name, value in (
+        ("basic_user", USER),
+        ("basic_password", PASSWORD),
+        ("hmac_secret", HMAC_SECRET),
+    ):
+        rotated.set(tenant_id, "webhook", name, value)
+    client = create_app(runtime, broker.enqueue, check_broker=broker.check).test_client()
+    body = encode(v2_deal_event(5))
+
+    with caplog.at_level(logging.ERROR, logger="webhook_receiver"):
+        answer = client.post(f"/webhooks/pipedrive/{tenant_id}", data=body, headers=basic())
+
+    assert answer.status_code == 503  # Pipedrive retries once the receiver has the key
+    assert broker.calls == [] and events_of(runtime, tenant_id) == []
+    # The line survives the log redaction with its cause and the setting to fix.
+    logged = [redact_text(record.getMessage()) for record in caplog.records]
+    assert any(
+        f"cannot decrypt webhook credential 'basic_user' of tenant '{tenant_id}': "
+        "wrong CONNECTOR_ENCRYPTION_KEYS" in line
+        for line in logged
+    ), logged

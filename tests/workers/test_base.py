@@ -16,9 +16,10 @@ from celery import Celery, signals
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from connector import jobs
 from connector.errors import RecordError, RemoteError, TransientError
 from connector.metrics import SYNC_OUTCOMES
-from connector.ratelimit import RateLimited
+from connector.ratelimit import RateLimited, interactive
 from connector.runtime import Runtime
 from connector.storage.audit import DEFERRED, FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
 from connector.storage.idmap import IdMap
@@ -121,6 +122,23 @@ def test_a_final_error_is_not_retried(countdowns: list[float]) -> None:
     assert countdowns == []
 
 
+def test_interactive_jobs_run_inside_interactive_work_and_bulk_jobs_do_not() -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def body(self: ConnectorTask, tenant: str, **_: Any) -> str:
+        seen.append((self.name, interactive.get()))
+        return "done"
+
+    # Named as the jobs: the routing rule (connector.jobs.is_interactive) decides.
+    replay = app.task(bind=True, base=ConnectorTask, name=jobs.REPLAY)(body)
+    record = app.task(bind=True, base=ConnectorTask, name=jobs.SYNC_ORDER)(body)
+    assert replay.apply(kwargs={"tenant": "acme"}).get() == "done"
+    assert record.apply(kwargs={"tenant": "acme", "key": "O1", "replay_of": 7}).get() == "done"
+    assert record.apply(kwargs={"tenant": "acme", "key": "O1"}).get() == "done"
+    assert seen == [(jobs.REPLAY, True), (jobs.SYNC_ORDER, True), (jobs.SYNC_ORDER, False)]
+    assert interactive.get() is False
+
+
 def test_a_retry_can_carry_what_is_left_to_do(countdowns: list[float]) -> None:
     seen: list[str] = []
 
@@ -193,12 +211,16 @@ def test_a_daily_budget_wait_defers_the_record_to_the_next_plan_instead_of_sleep
         error = RateLimited(f"pipedrive:{tenant}:daily", 86_400)
         raise TransientError(str(error), error.retry_after_s, audit_id=audit_id)
 
-    assert sync.apply(kwargs={"tenant": tenant, "key": "C1"}).get() == "failed"
+    assert sync.apply(kwargs={"tenant": tenant, "key": "C1"}).get() == DEFERRED
 
     assert countdowns == []  # no message sleeps for a day
     (row,) = audit.list(tenant=tenant)
     assert row.status == DEFERRED and "next scheduled plan" in (row.error or "")
     assert audit.latest_failed(tenant) == []
+    # Counted as deferred, not as a failure (alerts fire on failed).
+    name = "mlc_records_synced_total"
+    assert _value(name, tenant=tenant, entity="customer", outcome="deferred") == 1
+    assert _value(name, tenant=tenant, entity="customer", outcome="failed") == 0
 
 
 # -- the stage push metric ------------------------------------------------------------------
@@ -285,3 +307,71 @@ def test_an_ignored_stage_push_is_observed_once_as_ignored(
     with runtime.database.session() as session:
         statuses = session.scalars(select(AuditRecord.status).where(AuditRecord.tenant == tenant))
         assert list(statuses) == ["skipped"]
+
+
+def _database_down() -> Exception:
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.OperationalError(
+        "SELECT 1", {}, Exception("connection to server at 127.0.0.1 failed: Connection refused")
+    )
+
+
+def test_a_lost_database_connection_is_retried_not_final(countdowns: list[float]) -> None:
+    @app.task(bind=True, base=ConnectorTask, name=_name("db-blip"))
+    def blip(self: ConnectorTask, tenant: str) -> str:
+        if self.attempt < 3:
+            raise _database_down()
+        return "done"
+
+    assert blip.apply(kwargs={"tenant": "acme"}).get() == "done"
+    assert len(countdowns) == 2
+
+
+def test_no_retry_left_after_a_lost_connection_leaves_a_failed_row_for_replay(
+    runtime: Runtime, countdowns: list[float]
+) -> None:
+    import redis.exceptions
+
+    tenant, audit = unique_tenant("base"), AuditLog(runtime.database)
+
+    @app.task(bind=True, base=RecordSyncTask, entity="order", name=_name("redis-gone"))
+    def sync(self: RecordSyncTask, tenant: str, key: str, **options: Any) -> str:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+
+    kwargs = {"tenant": tenant, "key": "C1000000007", "snapshot": {"etag": "x"}, "run_id": "r1"}
+    assert sync.apply(kwargs=kwargs).get() == "failed"
+    assert len(countdowns) == MAX_RETRIES
+    (row,) = audit.list(tenant=tenant)
+    assert (row.status, row.entity, row.record_key, row.correlation_id) == (
+        FAILED,
+        "order",
+        "C1000000007",
+        "r1",
+    )
+    assert "ConnectionError" in (row.error or "")
+    assert row.replay_task == sync.name
+    assert row.replay_args == {"tenant": tenant, "key": "C1000000007"}
+
+
+def test_an_outcome_the_database_cannot_take_sends_the_message_back_to_the_queue(
+    monkeypatch: pytest.MonkeyPatch, countdowns: list[float]
+) -> None:
+    import workers.base
+
+    # A database that refuses connections (nothing listens on port 9 of this machine).
+    down = make_runtime("postgresql+psycopg2://postgres@127.0.0.1:9/none", {})
+    set_runtime(down)
+    monkeypatch.setattr(workers.base, "REQUEUE_PAUSE_S", 0.0)
+    try:
+
+        @app.task(bind=True, base=RecordSyncTask, entity="order", name=_name("db-gone"))
+        def sync(self: RecordSyncTask, tenant: str, key: str) -> str:
+            raise _database_down()
+
+        result = sync.apply(kwargs={"tenant": "acme", "key": "C1"})
+        assert result.state == "REJECTED", result.state
+        assert len(countdowns) == MAX_RETRIES
+    finally:
+        set_runtime(None)
+        down.close()

@@ -76,6 +76,12 @@ def _deals_of(stack: Stack, order_no: str) -> list[dict[str, Any]]:
     ]
 
 
+def _history(stack: Stack, entity: str, key: str) -> dict[str, Any]:
+    result = stack.cli("audit", "history", stack.tenant, entity, key, "--json")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
 def _failed(stack: Stack) -> list[Any]:
     return AuditLog(stack.runtime.database).list(tenant=stack.tenant, status=FAILED)
 
@@ -153,6 +159,13 @@ def test_respect_writes_nothing_says_why_once_and_relink_brings_it_back(stack_fa
         assert deal["id"] == result["pipedrive_id"] == _linked(stack, ORDER, order_no)
         assert deal["custom_fields"][_keys(stack).deal["cost_center"]] == "CC-NOT-WRITTEN"
 
+        story = _history(stack, ORDER, order_no)
+        assert story["pipedrive_ids"] == [gone, deal["id"]], story
+        whats = [chapter["what"] for chapter in story["chapters"]]
+        deleted, relinked = whats.index("webhook delete"), whats.index("relink")
+        assert whats[0] == "create" and "create" in whats[relinked:], whats
+        assert deleted < whats.index("tombstoned") < relinked, whats
+
 
 def test_sync_full_recreate_deleted_brings_back_tombstoned_deals(stack_factory) -> None:
     stack = stack_factory()
@@ -182,6 +195,11 @@ def test_two_organizations_merged_by_a_user_leave_one_per_customer_with_every_de
         stack.pipedrive.merge("organization", linked, survivor["id"], "app", user)
         assert wait_until(_event_handled(stack, "delete", linked), 60), stack.worker_logs()
         assert _linked(stack, CUSTOMER, customer) == survivor["id"]
+        story = _history(stack, CUSTOMER, customer)
+        assert story["pipedrive_ids"] == [linked, survivor["id"]], story
+        chapters = {chapter["what"]: chapter for chapter in story["chapters"]}
+        assert f"merged into {survivor['id']}" in chapters["webhook delete"]["detail"]
+        assert chapters["relinked"]["status"] == "succeeded", chapters
 
         summary = _sync(stack)
         again = _sync(stack, "--full")
@@ -202,17 +220,28 @@ def test_two_organizations_merged_by_a_user_leave_one_per_customer_with_every_de
         assert _failed(stack) == []
 
 
-def test_a_won_deal_whose_order_did_not_change_stays_won_through_sync_full(
+def test_a_won_deal_stays_won_through_sync_full_and_an_order_gone_from_ifs_closes_its_deal(
     stack_factory,
 ) -> None:
     stack = stack_factory()
-    with running(stack):
-        order_no = stack.ifs.keys(customer_order())[3]
+    with running(stack, lifecycle={"on_ifs_missing": "close"}):
+        orders = stack.ifs.keys(customer_order())
+        order_no = orders[3]
         deal_id = _linked(stack, ORDER, order_no)
         assert deal_id is not None
         stack.pipedrive.move_deal(deal_id, status="won")
+        removed = next(
+            key
+            for key in orders
+            if key != order_no
+            and stack.pipedrive.get("deal", _linked(stack, ORDER, key))["status"] == "open"
+        )
+        stack.ifs.remove(customer_order(), removed)
 
         summary = _sync(stack, "--full")
 
-        assert summary["failed"] == 0, summary
+        assert summary["failed"] == 0 and summary["updated"] >= 1, summary
         assert stack.pipedrive.get("deal", deal_id)["status"] == "won"
+        closed = stack.pipedrive.get("deal", _linked(stack, ORDER, removed))
+        assert (closed["status"], closed["lost_reason"]) == ("lost", "Removed from IFS")
+        assert _failed(stack) == []

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from celery import Celery
 
+from connector import jobs
 from connector.runtime import Runtime
 from connector.settings import Settings
 from connector.tenants import TenantConfig, parse_tenants
@@ -64,6 +65,8 @@ def test_the_live_scheduler_adds_and_removes_tenants_as_the_file_changes(
     try:
         assert _tenants_in(scheduler) == {acme}
         assert scheduler.max_interval <= 1.0  # wakes often enough to notice a change
+        # The sweeper of lost webhook events runs whatever the tenants.
+        assert scheduler.schedule["sweep-webhook-events"].task == jobs.SWEEP_WEBHOOK_EVENTS
 
         body = {**tenant_body(), "schedule": "* * * * *"}
         broken = {**tenant_body(), "schedul": "*/5 * * * *"}

@@ -106,3 +106,115 @@ def test_oauth_scopes_are_checked_when_known() -> None:
     assert lacking.level == "error" and "deals:full, contacts:full, admin" in lacking.message
     [unknown] = _oauth(None)
     assert unknown.level == "warning" and "not known" in unknown.message
+
+
+EXTRA = {
+    "terms": {
+        "property": "DeliveryTerms",
+        "field": "Delivery terms",
+        "type": "enum",
+        "options": {"EXW": "Ex works"},
+    },
+    "wanted": {"property": "WantedDeliveryDate", "field": "Wanted delivery", "type": "date"},
+}
+
+
+def test_extra_properties_are_held_against_metadata() -> None:
+    fits = _tenant(order_mapping={"extra": EXTRA})
+    findings = ifs_findings(fits, CUSTOMERS, ORDERS)
+    assert _errors(findings) == {}
+    # A mapped property is no longer proposed as a candidate.
+    [proposal] = [f for f in findings if f.subject == "order_mapping" and "Cf_" in f.message]
+    assert "Cf_Crm_Stage" in proposal.message
+
+    misfit = _tenant(
+        order_mapping={
+            "extra": {
+                "terms": {**EXTRA["terms"], "property": "DeliveryTerm"},
+                "wanted": {**EXTRA["wanted"], "property": "CustomerPoNo"},
+                "lead": {"property": "CustomerName", "field": "Lead", "type": "number"},
+                "state": {
+                    "property": "Objstate",
+                    "field": "State",
+                    "type": "enum",
+                    "options": {"Released": "Go", "Shipped": "Gone"},
+                },
+            }
+        }
+    )
+    errors = _errors(ifs_findings(misfit, CUSTOMERS, ORDERS))
+    assert set(errors) == {
+        "order_mapping.extra.terms.property",
+        "order_mapping.extra.wanted.property",
+        "order_mapping.extra.lead.property",
+        "order_mapping.extra.state.options",
+    }
+    assert errors["order_mapping.extra.terms.property"].fix == (
+        "did you mean 'DeliveryTerms'? set order_mapping.extra.terms.property: DeliveryTerms"
+    )
+    assert "CustomerPoNo is Edm.String, not a date" in (
+        errors["order_mapping.extra.wanted.property"].message
+    )
+    assert "not a number" in errors["order_mapping.extra.lead.property"].message
+    state = errors["order_mapping.extra.state.options"]
+    assert "Shipped are not values of CustomerOrder.Objstate" in state.message
+    assert "Released" in (state.fix or "")
+
+
+def _field(name: str, field_type: str, *labels: str) -> dict[str, Any]:
+    found: dict[str, Any] = {"key": f"k-{name}", "name": name, "field_type": field_type}
+    if labels:
+        found["options"] = [{"id": i, "label": label} for i, label in enumerate(labels, 1)]
+    return found
+
+
+def _extra_findings(*deal_fields: dict[str, Any]) -> dict[str, Finding]:
+    tenant = _tenant(order_mapping={"extra": EXTRA})
+    findings = pipedrive_findings(tenant, {"deal": list(deal_fields)}, [], None, "20", None)
+    return {f.subject: f for f in findings if ".extra." in f.subject}
+
+
+def test_extra_pipedrive_fields_are_created_or_adopted_by_type_and_options() -> None:
+    created = _extra_findings()
+    assert created["order_mapping.extra.terms"].message == (
+        "deal field 'Delivery terms' will be created (enum with options Ex works)"
+    )
+    assert "(date)" in created["order_mapping.extra.wanted"].message
+
+    adopted = _extra_findings(
+        _field("Delivery terms", "enum", "Ex works", "FCA"), _field("Wanted delivery", "date")
+    )
+    assert {f.level for f in adopted.values()} == {"info"}
+
+    refused = _extra_findings(
+        _field("Delivery terms", "enum", "FCA"), _field("Wanted delivery", "varchar")
+    )
+    terms, wanted = refused["order_mapping.extra.terms"], refused["order_mapping.extra.wanted"]
+    assert terms.level == wanted.level == "error"
+    assert "without the option(s) 'Ex works'" in terms.message
+    assert "add the option(s) Ex works to the field in Pipedrive" in (terms.fix or "")
+    assert "of type varchar; the connector writes a date there and needs date" in wanted.message
+    assert "order_mapping.extra.wanted.field: IFS Wanted delivery" in (wanted.fix or "")
+
+
+def _search(configured: int, plain: str | None, search: str | None) -> Finding:
+    tenant = _tenant(
+        pipedrive={"api_domain": "https://x.pipedrive.example", "search_burst_limit": configured}
+    )
+    findings = pipedrive_findings(tenant, {}, [], None, plain, None, search)
+    [found] = [f for f in findings if f.subject == "pipedrive.search_burst_limit"]
+    return found
+
+
+def test_search_burst_limit_is_checked_only_against_a_separately_reported_limit() -> None:
+    above = _search(20, "20", "10")
+    assert above.level == "error"
+    assert "search_burst_limit 20 is above the 10 searches per 2 s" in above.message
+    assert above.fix == "set pipedrive.search_burst_limit: 10 (or lower)"
+    assert _search(10, "20", "10").level == "info"
+    # Same header as a plain read: nothing separate to hold the setting against.
+    same = _search(30, "100", "100")
+    assert same.level == "warning"
+    assert "reports no separate search limit" in same.message
+    assert "could not be checked" in same.message and "documents 10 per 2 s" in same.message
+    assert _search(8, "20", None).level == "info"

@@ -6,7 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import REGISTRY
 
-from connector.diagnostics.freshness import last_successful_syncs, measure_sync_metrics
+from connector.diagnostics.freshness import (
+    last_successful_syncs,
+    last_successful_syncs_by_tenant,
+    measure_sync_metrics,
+)
 from connector.diagnostics.status import tenant_status
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
 from tests.connector.diagnostics.conftest import MakeRuntime
@@ -36,6 +40,7 @@ def test_a_sync_that_missed_a_scheduled_run_is_overdue(runtime_for: MakeRuntime)
     _plan(audit, tenant, "order", FAILED)  # a later failed plan is no success
     synced = last_successful_syncs(runtime, tenant)
     assert set(synced) == {"customer", "order"}
+    assert last_successful_syncs_by_tenant(runtime)[tenant] == synced  # the console's read
 
     on_time = tenant_status(runtime, tenant, now=datetime.now(UTC) + timedelta(minutes=4))
     assert on_time.overdue == []

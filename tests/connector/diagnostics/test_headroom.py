@@ -7,7 +7,13 @@ import socket
 import redis
 
 from connector.coordination import Coordination
-from connector.diagnostics.headroom import IFS, IN_PROCESS_NOTE, PIPEDRIVE, headroom
+from connector.diagnostics.headroom import (
+    IFS,
+    IN_PROCESS_NOTE,
+    PIPEDRIVE,
+    headroom,
+    usage_history,
+)
 from connector.ifs.client import ifs_limits
 from connector.pipedrive.client import SEARCH_BUCKET, pipedrive_acquirer
 from connector.ratelimit import RedisRateLimiter
@@ -95,3 +101,30 @@ def test_unreachable_redis_is_an_error_not_an_exception() -> None:
 
     assert set(shown) == {"error"}
     assert shown["error"].startswith("Redis (CONNECTOR_REDIS_URL) unreachable: ")
+
+
+def test_usage_history_shows_what_the_day_spent_of_which_budget(
+    shared_coordination: Coordination, redis_url: str, redis_prefix: str
+) -> None:
+    tenant = _tenant()
+    other = Coordination(
+        RedisRateLimiter(redis.Redis.from_url(redis_url), prefix=f"{redis_prefix}rl:")
+    )
+    _use(other, tenant)
+
+    ifs = usage_history(shared_coordination, tenant, IFS)
+    pipedrive = usage_history(shared_coordination, tenant, PIPEDRIVE)
+
+    assert (ifs["cost"], pipedrive["cost"]) == (2, 30)  # IFS requests; Pipedrive tokens
+    assert sum(slot["requests"] for slot in pipedrive["slots"]) == 2
+    assert pipedrive["budget"] == {
+        "name": "daily",
+        "capacity": tenant.pipedrive.daily_budget,
+        "window_s": 86_400.0,
+    }
+    assert ifs["budget"]["capacity"] == tenant.ifs.requests_per_minute
+    assert (ifs["slot_s"], ifs["span_s"]) == (300, 86_400) and "note" not in ifs
+
+    client = redis.Redis.from_url(f"redis://127.0.0.1:{_closed_port()}/0", socket_timeout=2)
+    down = Coordination(RedisRateLimiter(client), redis=client)
+    assert set(usage_history(down, tenant, IFS)) == {"error"}

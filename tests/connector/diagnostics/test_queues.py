@@ -1,4 +1,4 @@
-"""Queue depth of Redis brokers (redis, rediss, unix) and a note for any other broker."""
+"""Queue depth of Redis (redis, rediss, unix) and RabbitMQ brokers, a note for any other."""
 
 from __future__ import annotations
 
@@ -39,14 +39,42 @@ def test_queue_depth_reads_the_celery_lists_in_redis(redis_url: str, redis_prefi
     assert _depth_gauge(queue) == 3
 
 
-@pytest.mark.parametrize(
-    "broker", ["memory://localhost/", "amqp://guest:guest@127.0.0.1:5672//", "sqs://"]
-)
+@pytest.mark.integration
+def test_queue_depth_reads_the_ready_messages_in_rabbitmq(rabbitmq_url: str) -> None:
+    import uuid
+
+    from kombu import Connection, Queue
+
+    queue, absent = f"mlc-test-depth-{uuid.uuid4().hex[:8]}", f"mlc-test-absent-{uuid.uuid4().hex}"
+    with Connection(rabbitmq_url) as connection:
+        declared = Queue(queue, auto_delete=False).bind(connection.default_channel)
+        declared.declare()
+        try:
+            producer = connection.Producer()
+            for number in range(3):
+                producer.publish({"n": number}, routing_key=queue, retry=True)
+            measured = queue_status(rabbitmq_url, [queue, absent])
+            assert measured.depths == {queue: 3, absent: 0}, measured
+            assert measured.error is None and measured.note is None
+            assert _depth_gauge(queue) == 3
+            assert "guest:guest" not in measured.broker
+        finally:
+            declared.delete()
+
+
+def test_an_unreachable_rabbitmq_broker_is_a_clear_error_without_its_password() -> None:
+    port = _closed_port()
+    measured = queue_status(f"amqp://guest:hunter22@127.0.0.1:{port}//", ["q"], timeout_s=1)
+    assert measured.depths is None and measured.error is not None
+    assert measured.error.startswith("broker unreachable at amqp://")
+    assert "hunter22" not in measured.error + measured.broker
+
+
+@pytest.mark.parametrize("broker", ["memory://localhost/", "sqs://"])
 def test_other_brokers_get_a_note_instead_of_depths(broker: str) -> None:
     measured = queue_status(broker, ["ml-connector"])
     assert measured.depths is None and measured.error is None
-    assert measured.note == "queue depth is measured for Redis brokers only"
-    assert "guest:guest" not in measured.broker
+    assert measured.note == "queue depth is measured for Redis and RabbitMQ brokers only"
 
 
 def test_memory_broker_is_shown_as_configured() -> None:

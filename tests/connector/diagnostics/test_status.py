@@ -11,7 +11,7 @@ from connector.diagnostics.status import (
     tenant_status,
     webhook_status,
 )
-from connector.storage.audit import IFS_TO_PIPEDRIVE, Attempt, AuditLog
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.webhook_events import RECONCILE_ACTION, WebhookEventStatus
@@ -137,3 +137,28 @@ def test_last_run_is_running_until_every_queued_record_is_done(runtime_for: Make
     assert (finished["created"], finished["updated"], finished["failed"]) == (1, 1, 0)
     assert finished["finished_at"] is not None and finished["started_at"] is not None
     assert tenant_status(runtime, tenant).problems[0].startswith("no Pipedrive webhook")
+
+
+def test_a_sync_that_could_not_plan_is_a_problem_at_once(runtime_for: MakeRuntime) -> None:
+    runtime, tenant = runtime_for()
+    audit = AuditLog(runtime.database)
+    for entity in ("customer", "order"):
+        audit.write(
+            Attempt(
+                tenant,
+                IFS_TO_PIPEDRIVE,
+                entity,
+                "*",
+                operation="plan",
+                status=FAILED,
+                error="IFS HTTP 401: invalid_client",
+                correlation_id=f"run-{tenant}",
+            )
+        )
+
+    status = tenant_status(runtime, tenant)
+
+    assert status.last_run is not None and status.last_run["state"] == "finished"
+    (problem,) = [text for text in status.problems if "could not plan" in text]
+    assert "customer: IFS HTTP 401: invalid_client; order: IFS HTTP 401" in problem
+    assert f"`ml-connector check {tenant}`" in problem

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 
-from connector.errors import RemoteError
+from connector.errors import RemoteError, is_transient
 from connector.http import RetryPolicy
 from connector.pipedrive.auth import ApiTokenAuth
 from connector.pipedrive.client import (
+    BLOCK_PAUSE_S,
     BUCKET,
     SEARCH_BUCKET,
     PipedriveClient,
+    burst_limits,
     daily_limit,
+    daily_reserve,
     pipedrive_acquirer,
+    pipedrive_feedback,
     rate_limit_key,
 )
-from connector.ratelimit import LocalRateLimiter, RateLimited
+from connector.ratelimit import LocalRateLimiter, RateLimited, RedisRateLimiter, interactive_work
 
 pytestmark = pytest.mark.integration
 
@@ -184,11 +190,94 @@ def test_daily_budget_is_shared_by_both_buckets_and_refuses_without_waiting(tena
     limiter = LocalRateLimiter()
     config = tenant.pipedrive.model_copy(update={"daily_budget": 30})
     take = pipedrive_acquirer(limiter, tenant.id, config, max_wait_s=0.0)
-    take(BUCKET, 10)
-    take(SEARCH_BUCKET, 20)
-    with pytest.raises(RateLimited) as raised:
-        take(BUCKET, 1)
+    with interactive_work():  # the whole budget, reserve included
+        take(BUCKET, 10)
+        take(SEARCH_BUCKET, 20)
+        with pytest.raises(RateLimited) as raised:
+            take(BUCKET, 1)
     assert raised.value.retry_after_s > 3600
+
+
+def test_bulk_work_stops_at_the_daily_reserve_which_interactive_work_spends(tenant) -> None:
+    limiter = LocalRateLimiter()
+    config = tenant.pipedrive.model_copy(update={"daily_budget": 1000})
+    reserve = daily_reserve(config)
+    assert reserve == 100
+    take = pipedrive_acquirer(limiter, tenant.id, config, max_wait_s=0.0)
+    for _ in range((1000 - reserve) // 10):
+        take(BUCKET, 10)
+    with pytest.raises(RateLimited) as raised:
+        take(BUCKET, 1)  # bulk: the reserve is not its to spend
+    assert raised.value.retry_after_s > 3600
+    with interactive_work():
+        for _ in range(reserve // 10):
+            take(BUCKET, 10)
+        with pytest.raises(RateLimited):
+            take(BUCKET, 1)
+
+
+def _fed_client(pipedrive_sim, tenant, limiter, waits: list[float]) -> PipedriveClient:
+    """A client with the tenant's limiter and Pipedrive's feedback, recording its waits."""
+    return PipedriveClient(
+        pipedrive_sim.url,
+        auth=ApiTokenAuth(pipedrive_sim.api_token),
+        acquire=pipedrive_acquirer(limiter, tenant.id, tenant.pipedrive, max_wait_s=0.0),
+        on_response=pipedrive_feedback(limiter, tenant.id, tenant.pipedrive),
+        policy=RetryPolicy(base_s=0.01, cap_s=0.05),
+        sleep=waits.append,
+    )
+
+
+def test_what_pipedrive_reports_corrects_the_burst_and_daily_counters(
+    pipedrive_sim, tenant
+) -> None:
+    # Pipedrive allows 20 per 2 s while the tenant's configuration says 1000, and the company
+    # spent most of its day elsewhere: the answers' headers bring both counters in step.
+    pipedrive_sim.control("settings", {"api_token_burst": 20, "daily_budget": 5000})
+    pipedrive_sim.state.limiter.daily_spent = 4000
+    limiter = LocalRateLimiter()
+    client = _fed_client(pipedrive_sim, tenant, limiter, [])
+    key = rate_limit_key(tenant.id)
+    burst = burst_limits(tenant.pipedrive, BUCKET)[0]
+    for _ in range(11):
+        client.users_me()
+    assert limiter.usage(key, [burst])[0].used == 1000 - 9
+    client.create("organizations", {"name": "Spent"})  # a POST: x-daily-requests-left
+    day = daily_limit(tenant.pipedrive)
+    left = pipedrive_sim.state.limiter.daily_left()
+    assert limiter.usage(key, [day])[0].used == tenant.pipedrive.daily_budget - left
+    assert pipedrive_sim.state.stats()["rate_limited_429"] == 0
+
+
+def test_the_403_block_page_pauses_the_tenant_for_every_worker_and_is_retryable(
+    pipedrive_sim, tenant, redis_url, redis_prefix
+) -> None:
+    pipedrive_sim.control("settings", {"block_after_429s": 2, "block_seconds": 0.2})
+    pipedrive_sim.control("faults", {"force_429": 2})
+    one = RedisRateLimiter(redis.Redis.from_url(redis_url), prefix=redis_prefix)
+    other = RedisRateLimiter(redis.Redis.from_url(redis_url), prefix=redis_prefix)
+    waits: list[float] = []
+    client = _fed_client(pipedrive_sim, tenant, one, waits)
+
+    with pytest.raises(RemoteError) as raised:
+        client.users_me()  # 429, 429 (now blocked), 403
+
+    blocked = raised.value
+    assert blocked.status == 403 and blocked.retryable and is_transient(blocked)
+    assert blocked.retry_after_s == BLOCK_PAUSE_S
+    assert client.requests_sent == 3 and len(waits) == 2  # the 403 is not retried in place
+    key = rate_limit_key(tenant.id)
+    assert other.paused_for(key) > BLOCK_PAUSE_S - 5
+    sent = pipedrive_sim.state.stats()["requests_total"]
+    elsewhere = _fed_client(pipedrive_sim, tenant, other, [])
+    with pytest.raises(RateLimited) as paused:
+        elsewhere.users_me()  # another worker: refused by the shared pause, nothing sent
+    assert paused.value.retry_after_s > BLOCK_PAUSE_S - 5
+    assert pipedrive_sim.state.stats()["requests_total"] == sent
+    # Pipedrive lifted its block (0.2 s here); once the pause ends, work resumes.
+    one.client.delete(f"{redis_prefix}{{{key}}}:pause")
+    time.sleep(0.3)
+    assert elsewhere.users_me()["id"] == pipedrive_sim.settings.integration_user_id
 
 
 def test_search_burst_limit_is_separate_from_the_general_one(tenant) -> None:

@@ -4,6 +4,7 @@ in tenant_state, and never twice when workers race."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from connector.pipedrive.provisioning import (
     ensure_pipeline,
 )
 from connector.sync.mapping import DEAL_FIELDS, ORGANIZATION_FIELDS, map_customer
+from connector.tenants import TenantConfig
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +169,102 @@ def test_tenant_state_store_round_trip(tenant, tenant_state, database) -> None:
     assert tenant_state.get("other-tenant", "x") is None
     tenant_state.delete(tenant.id, "x")
     assert tenant_state.get(tenant.id, "x") is None
+
+
+EXTRA = {
+    "delivery_terms": {
+        "property": "DeliveryTerms",
+        "field": "Delivery terms",
+        "type": "enum",
+        "options": {"EXW": "Ex works", "DAP": "Delivered at place", "DDP": "Delivered at place"},
+    },
+    "prepayment": {
+        "property": "ProposedPrepaymentAmount",
+        "field": "Prepayment",
+        "type": "monetary",
+    },
+    "lead_days": {"property": "DeliveryLeadtime", "field": "Lead days", "type": "number"},
+    "wanted": {"property": "WantedDeliveryDate", "field": "Wanted delivery", "type": "date"},
+}
+
+
+def _with_extra(tenant: TenantConfig, extra: dict[str, Any]) -> TenantConfig:
+    body = tenant.model_dump()
+    body["order_mapping"]["extra"] = extra
+    return TenantConfig.model_validate(body)
+
+
+def test_extra_fields_are_created_with_their_types_and_enum_options(
+    client, tenant, tenant_state, pipedrive_sim
+):
+    tenant = _with_extra(tenant, EXTRA)
+
+    layout = ensure_layout(client, tenant, tenant_state)
+
+    fields = {f["key"]: f for f in client.list_fields("deal")}
+    made = {logical: fields[layout.deal_fields[f"extra.{logical}"]] for logical in EXTRA}
+    assert {name: f["field_type"] for name, f in made.items()} == {
+        "delivery_terms": "enum",
+        "prepayment": "monetary",
+        "lead_days": "double",
+        "wanted": "date",
+    }
+    assert made["wanted"]["name"] == "Wanted delivery"
+    # Two IFS values share one label: the option exists once.
+    options = {o["label"]: o["id"] for o in made["delivery_terms"]["options"]}
+    assert set(options) == {"Ex works", "Delivered at place"}
+    assert layout.deal_options["extra.delivery_terms"] == options
+    # Cached: a second read asks Pipedrive nothing.
+    sent = client.requests_sent
+    assert ensure_layout(client, tenant, tenant_state) == layout
+    assert client.requests_sent == sent
+
+
+def test_an_extra_field_added_later_is_provisioned_on_the_next_read(
+    client, tenant, tenant_state, pipedrive_sim
+):
+    keys = ensure_custom_fields(client, tenant, tenant_state)
+    created = field_creations(pipedrive_sim)
+    wider = _with_extra(tenant, {"wanted": EXTRA["wanted"]})
+
+    found = ensure_custom_fields(client, wider, tenant_state)
+
+    assert field_creations(pipedrive_sim) == created + 1
+    assert found.deal == {**keys.deal, "extra.wanted": found.deal["extra.wanted"]}
+
+
+def test_an_existing_extra_field_is_adopted_only_when_its_type_and_options_fit(
+    client, tenant, tenant_state, pipedrive_sim
+):
+    seeded = pipedrive_sim.control(
+        "seed",
+        {
+            "deal_fields": [
+                {"name": "Lead days", "field_type": "double"},
+                {"name": "Wanted delivery", "field_type": "varchar"},
+                {
+                    "name": "Delivery terms",
+                    "field_type": "enum",
+                    "options": [{"label": "Ex works"}, {"label": "FCA"}],
+                },
+            ]
+        },
+    )["deal_fields"]
+    number = _with_extra(tenant, {"lead_days": EXTRA["lead_days"]})
+    assert (
+        ensure_custom_fields(client, number, tenant_state).deal["extra.lead_days"]
+        == (seeded[0]["key"])
+    )
+
+    with pytest.raises(FieldMisfit) as wrong_type:
+        ensure_custom_fields(client, _with_extra(tenant, {"wanted": EXTRA["wanted"]}), tenant_state)
+    message = str(wrong_type.value)
+    assert "deal field 'Wanted delivery' of type varchar" in message
+    assert "writes a date there and needs date" in message
+    assert "order_mapping.extra.wanted.field another name" in message
+
+    enum_tenant = _with_extra(tenant, {"delivery_terms": EXTRA["delivery_terms"]})
+    with pytest.raises(FieldMisfit) as lacking:
+        ensure_custom_fields(client, enum_tenant, tenant_state)
+    assert "without the option(s) 'Delivered at place'" in str(lacking.value)
+    assert "order_mapping.extra.delivery_terms.options" in str(lacking.value)

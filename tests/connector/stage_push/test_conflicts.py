@@ -69,20 +69,21 @@ def test_the_default_codes_are_the_ones_error_sys_raises_for_a_modified_or_locke
 
 
 @pytest.mark.parametrize(
-    ("status", "code", "conflict_codes"),
+    ("status", "code", "ora", "conflict_codes"),
     [
-        (412, "ODP_PRECONDITION_FAILED", None),  # the OData answer: always a conflict
-        (400, "DATABASE_ERROR", None),  # Error_SYS.Record_Modified: ORA-20114, a default
-        (409, "ODP_CONFLICT", ["ODP_CONFLICT"]),  # an installation's own code, listed
+        (412, "ODP_PRECONDITION_FAILED", 20114, None),  # the OData answer: always a conflict
+        (400, "DATABASE_ERROR", 20114, None),  # Error_SYS.Record_Modified, a default
+        (400, "DATABASE_ERROR", 20113, None),  # Error_SYS.Record_Locked, a default
+        (409, "ODP_CONFLICT", 20114, ["ODP_CONFLICT"]),  # an installation's own code, listed
     ],
 )
 def test_a_listed_conflict_answer_is_reread_and_redecided(
-    runtime_for, ifs_sim, status: int, code: str, conflict_codes: list[str] | None
+    runtime_for, ifs_sim, status: int, code: str, ora: int, conflict_codes: list[str] | None
 ) -> None:
     ifs = {"conflict_codes": conflict_codes} if conflict_codes is not None else {}
     runtime, tenant_id = runtime_for(ifs=ifs)
     order_no = _planned_order(ifs_sim, runtime, tenant_id)
-    ifs_sim.state.configure(stale_etag_status=status, stale_etag_code=code)
+    ifs_sim.state.configure(stale_etag_status=status, stale_etag_code=code, stale_etag_ora=ora)
     client = EditedBetweenReadAndWrite(
         runtime.ifs_client(tenant_id), ifs_sim, [{"Cf_Cost_Center": "CC-9"}]
     )

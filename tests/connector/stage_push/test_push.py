@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from connector.errors import PreconditionFailed
+from connector.errors import PreconditionFailed, RemoteError, TransientError
 from connector.jobs import PUSH_STAGE
 from connector.stage_push.push import push_stage_to_ifs
 from connector.stage_push.reconcile import WATERMARK_ENTITY, reconcile_stages
+from connector.storage.audit import AuditLog
 from connector.storage.idmap import IdMap
 from connector.storage.models import AuditRecord
 from connector.storage.tenant_state import DatabaseTenantState
@@ -321,6 +322,40 @@ def test_endless_412s_give_up_after_three_retries_and_fail_the_event(
     assert event.status == Status.FAILED
     [audit] = audit_rows(runtime, tenant_id)
     assert audit.status == "failed" and audit.replay_task == PUSH_STAGE
+
+
+class Unavailable(EditedBetweenReadAndWrite):
+    """IFS answering 503 to every read, as during an outage."""
+
+    def get_order(self, order_no: str) -> Any:
+        self.reads += 1
+        raise RemoteError("IFS", "Service Unavailable", status=503, retryable=True)
+
+
+def test_a_transient_ifs_failure_leaves_a_retrying_row_the_task_layer_owns(
+    runtime, tenant_id, ifs_sim, order_no
+):
+    client = Unavailable(runtime.ifs_client(tenant_id), ifs_sim, [])
+    row_id = store(runtime, tenant_id, v2_deal_event(DEAL, stage_id=2))
+
+    with pytest.raises(TransientError) as raised:
+        push_stage_to_ifs(runtime, tenant_id, row_id, ifs=client)
+
+    [audit] = audit_rows(runtime, tenant_id)
+    assert (audit.status, audit.record_key) == ("retrying", order_no)
+    assert raised.value.audit_id == audit.id and "HTTP 503" in str(audit.error)
+    [event] = events_of(runtime, tenant_id)
+    assert event.status == Status.FAILED  # replayable should the retries run out
+
+    # Celery's retry fails the same way: one row, counted; at exhaustion the task layer
+    # (workers/base.py) marks it failed, and only then is it a failure to replay.
+    with pytest.raises(TransientError):
+        push_stage_to_ifs(runtime, tenant_id, row_id, ifs=client, attempt=2)
+    [audit] = audit_rows(runtime, tenant_id)
+    assert (audit.status, audit.occurrences, audit.attempt) == ("retrying", 2, 2)
+    assert AuditLog(runtime.database).latest_failed(tenant_id) == []
+    assert AuditLog(runtime.database).mark_failed(audit.id)
+    assert [row.id for row in AuditLog(runtime.database).latest_failed(tenant_id)] == [audit.id]
 
 
 # -- reconciliation -----------------------------------------------------------------------

@@ -75,6 +75,10 @@ def test_latest_failed_lists_records_whose_newest_attempt_failed_oldest_first(da
     assert fixed not in [row.id for row in log.latest_failed()]
     assert other in [row.id for row in log.latest_failed()]
     assert log.latest_failed(tenant, since=utcnow() + timedelta(minutes=1)) == []
+    # The Tenants page counts them in the database, per tenant.
+    assert log.failed_waiting(tenant) == {tenant: 2}
+    counted = log.failed_waiting()
+    assert (counted[tenant], counted[tenant + "-other"]) == (2, 1)
 
 
 def test_a_failed_row_is_marked_replayed_once(database, tenant):

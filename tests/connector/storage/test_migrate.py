@@ -24,6 +24,7 @@ from connector.storage.migrate import (
     upgrade,
 )
 from connector.storage.models import Base
+from connector.storage.runs import recent_runs, run_progress
 from tests.connector.storage.databases import fresh_postgres
 
 
@@ -238,12 +239,79 @@ def test_0004_counts_existing_audit_rows_as_one_occurrence_and_downgrades_cleanl
         engine.dispose()
 
 
-def test_0005_adds_the_work_items_table_with_its_indexes_and_downgrades_cleanly(empty_url):
-    assert upgrade(empty_url, "0004") == "0004"
+def test_0006_adds_the_webhook_refusals_table_and_downgrades_cleanly(empty_url):
+    assert upgrade(empty_url, "0005") == "0005"
+    engine = sa.create_engine(empty_url)
+    try:
+        assert "webhook_refusals" not in sa.inspect(engine).get_table_names()
+        assert upgrade(empty_url, "0006") == "0006"
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO webhook_refusals (refused_at, tenant, reason, http_status)"
+                    " VALUES (CURRENT_TIMESTAMP, NULL, 'unknown_tenant', 401)"
+                )
+            )
+            assert connection.execute(sa.text("SELECT count FROM webhook_refusals")).scalar() == 1
+        command.downgrade(alembic_config(empty_url), "0005")
+        assert "webhook_refusals" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_0007_enters_existing_runs_in_run_records_and_downgrades_cleanly(empty_url):
+    upgrade(empty_url, "0006")
+    engine = sa.create_engine(empty_url)
+    insert = sa.text(
+        "INSERT INTO audit_log (tenant, direction, entity, record_key, operation, status,"
+        " attempt, occurrences, response_summary, correlation_id, started_at, finished_at)"
+        " VALUES ('t', 'ifs_to_pipedrive', 'order', :key, :operation, :status, 1, 1,"
+        " :summary, :run, :at, :at)"
+    )
+
+    def row(key: str, status: str, run: str | None = "r1", summary: str | None = None) -> dict:
+        operation = "plan" if key == "*" else "update"
+        at = "2026-12-01 10:00:00"
+        return dict(key=key, operation=operation, status=status, summary=summary, run=run, at=at)
+
+    try:
+        with engine.begin() as connection:
+            for values in (
+                row("*", "succeeded", summary='{"read": 3, "queued": 3}'),
+                row("O1", "superseded"),  # a retry of O1 took its place in the run
+                row("O1", "succeeded"),
+                row("O2", "failed"),
+                row("O3", "retrying"),
+                row("O4", "succeeded", run=None),  # a replay outside any run
+            ):
+                connection.execute(insert, values)
+        assert upgrade(empty_url, "0007") == "0007"
+
+        database = Database(empty_url)
+        try:
+            progress = run_progress(database, "r1")
+            assert recent_runs(database, "t") == ["r1"]
+        finally:
+            database.dispose()
+        assert progress is not None
+        assert (progress.planned, progress.done, progress.failed, progress.retrying) == (3, 1, 1, 1)
+        assert upgrade(empty_url) == head_revision()
+        assert _schema_differences(empty_url) == []
+
+        command.downgrade(alembic_config(empty_url), "0006")
+        assert "run_records" not in sa.inspect(engine).get_table_names()
+        indexes = {index["name"] for index in sa.inspect(engine).get_indexes("audit_log")}
+        assert "ix_audit_failed" not in indexes
+    finally:
+        engine.dispose()
+
+
+def test_0008_adds_the_work_items_table_with_its_indexes_and_downgrades_cleanly(empty_url):
+    assert upgrade(empty_url, "0007") == "0007"
     engine = sa.create_engine(empty_url)
     try:
         assert "work_items" not in sa.inspect(engine).get_table_names()
-        assert upgrade(empty_url, "0005") == "0005"
+        assert upgrade(empty_url, "0008") == "0008"
         if engine.dialect.name == "sqlite":  # SQLAlchemy's inspector leaves partial indexes out
             with engine.connect() as connection:
                 names = set(
@@ -255,7 +323,7 @@ def test_0005_adds_the_work_items_table_with_its_indexes_and_downgrades_cleanly(
             names = {index["name"] for index in sa.inspect(engine).get_indexes("work_items")}
         assert {"ix_work_items_waiting", "ix_work_items_released"} <= names
         assert _schema_differences(empty_url) == []
-        command.downgrade(alembic_config(empty_url), "0004")
+        command.downgrade(alembic_config(empty_url), "0007")
         assert "work_items" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()

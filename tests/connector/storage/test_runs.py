@@ -131,3 +131,110 @@ def test_run_progress_counts_replayed_superseded_and_deferred_records_as_done(da
     assert (progress.entities_planned, progress.planned) == (1, 4)
     assert (progress.done, progress.failed, progress.retrying) == (3, 1, 0)
     assert not progress.running
+
+
+def test_a_failure_folded_into_a_later_run_counts_in_both_until_the_record_is_fixed(
+    database, tenant
+):
+    from connector.storage.runs import recent_runs, runs_progress
+
+    log = AuditLog(database)
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+
+    def row(run_id: str | None, key: str, status: str, **summary) -> int:
+        return log.write(
+            Attempt(
+                tenant,
+                IFS_TO_PIPEDRIVE,
+                "order",
+                key,
+                operation="plan" if key == "*" else "update",
+                status=status,
+                error=None if status == SUCCEEDED else "pipedrive HTTP 400: bad currency",
+                response_summary=summary or None,
+                correlation_id=run_id,
+                replay_task="ml_connector.sync_order",
+            )
+        )
+
+    for run_id in (first, second):
+        row(run_id, "*", SUCCEEDED, read=2, queued=2)
+        row(run_id, f"O-{run_id[:4]}", SUCCEEDED)
+        failed = row(run_id, "O-X", FAILED)  # the same failure: folded into one row
+
+    assert log.get(failed).occurrences == 2
+    assert recent_runs(database, tenant) == [second, first]
+    before = runs_progress(database, [second, first])
+    assert [(p.run_id, p.planned, p.done, p.failed) for p in before] == [
+        (second, 2, 1, 1),
+        (first, 2, 1, 1),  # still failed there (not "running" because its row moved on)
+    ]
+
+    row(None, "O-X", SUCCEEDED)  # fixed outside the runs: done in both
+    after = runs_progress(database, [first, second, uuid.uuid4().hex])
+    assert [(p.run_id, p.done, p.failed, p.running) for p in after] == [
+        (first, 2, 0, False),
+        (second, 2, 0, False),
+    ]
+
+
+def test_the_newest_successful_plan_of_each_entity_is_the_last_successful_sync(database, tenant):
+    from connector.storage.runs import last_completed_plans
+
+    log = AuditLog(database)
+    for status in (SUCCEEDED, FAILED):
+        log.write(
+            Attempt(
+                tenant,
+                IFS_TO_PIPEDRIVE,
+                "customer",
+                "*",
+                operation="plan",
+                status=status,
+                error=None if status == SUCCEEDED else "ifs HTTP 401",
+                correlation_id=uuid.uuid4().hex,
+            )
+        )
+    succeeded = log.list(tenant=tenant, status=SUCCEEDED)[0]
+
+    assert last_completed_plans(database, tenant) == {(tenant, "customer"): succeeded.finished_at}
+
+
+def test_workers_writing_one_run_at_once_leave_its_totals_exact(database, tenant):
+    from connector.storage.runs import run_progress
+    from tests.connector.storage.conftest import at_once
+
+    log = AuditLog(database)
+    run_id = uuid.uuid4().hex
+    log.write(
+        Attempt(
+            tenant,
+            IFS_TO_PIPEDRIVE,
+            "order",
+            "*",
+            operation="plan",
+            response_summary={"queued": 40},
+            correlation_id=run_id,
+        )
+    )
+
+    def worker(index: int) -> None:
+        for number in range(5):
+            key = f"O-{index}-{number}"
+            status = FAILED if number == 0 else SUCCEEDED
+            log.write(
+                Attempt(
+                    tenant, IFS_TO_PIPEDRIVE, "order", key, status=status, correlation_id=run_id
+                )
+            )
+
+    at_once(8, worker)
+
+    progress = run_progress(database, run_id)
+    assert progress is not None
+    assert (progress.planned, progress.done, progress.failed, progress.running) == (
+        40,
+        32,
+        8,
+        False,
+    )

@@ -15,7 +15,7 @@ def run_sync(sync: TenantSync, *, full: bool = False) -> dict[str, list[Outcome]
             sync.sync_record(
                 entity,
                 item.key,
-                snapshot={"etag": item.etag, "data": item.data},
+                snapshot=item.snapshot,
                 hint=item.hint,
                 full=full,
                 run_id=plan.run_id,

@@ -12,6 +12,7 @@ from connector.errors import TransientError
 from connector.storage.audit import FAILED, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.models import AuditRecord
+from connector.storage.story import record_story
 from connector.sync import ENTITIES
 from connector.sync.engine import Outcome, TenantSync
 from connector.sync.specs import ORDERS
@@ -196,6 +197,8 @@ def test_archived_deals_are_present_for_the_bulk_index(synced) -> None:
     ]
     assert deal["id"] == deal_id and deal["is_archived"]
     assert deal["custom_fields"][sync.layout().deal_fields["cost_center"]] == "CC-ARCHIVED"
+    newest = record_story(stack.runtime.database, stack.tenant, ORDER, order_no).chapters()[-1]
+    assert newest.what == "update" and "the deal is archived" in newest.detail, newest
 
 
 def test_lost_creates_are_adopted_by_listing_when_search_lags(
@@ -212,9 +215,7 @@ def test_lost_creates_are_adopted_by_listing_when_search_lags(
         for entity in ENTITIES:
             for item in sync.plan(entity).items:
                 try:
-                    sync.sync_record(
-                        entity, item.key, snapshot={"etag": item.etag, "data": item.data}
-                    )
+                    sync.sync_record(entity, item.key, snapshot=item.snapshot)
                 except TransientError:  # a lost answer: the next round retries
                     continue
 
@@ -230,3 +231,87 @@ def test_lost_creates_are_adopted_by_listing_when_search_lags(
     assert stack.pipedrive.stats()["injected_errors_500"] > 0
     assert len(orgs) == 6 and set(orgs.values()) == {1}, orgs
     assert len(deals) == 24 and set(deals.values()) == {1}, deals
+
+
+def _with_open_deal(stack: Stack) -> str:
+    return next(
+        order_no
+        for order_no in stack.ifs.keys(customer_order())
+        if stack.pipedrive.get("deal", _linked(stack, ORDER, order_no))["status"] == "open"
+    )
+
+
+def _writes(stack: Stack, entity: str) -> int:
+    return sum(stack.pipedrive.stats()["writes"][entity].values())
+
+
+def test_an_order_gone_from_ifs_closes_its_deal_once_and_a_gone_customer_is_left_alone(
+    synced,
+) -> None:
+    stack, sync = synced(
+        lifecycle={"on_ifs_missing": "close", "ifs_missing_lost_reason": "Order removed in IFS"}
+    )
+    order_no = _with_open_deal(stack)
+    deal_id = _linked(stack, ORDER, order_no)
+    removed = stack.ifs.get_order(order_no)
+    stack.ifs.remove(customer_order(), order_no)
+    customer = sorted(stack.ifs.keys(stack.ifs.customer_type))[-1]
+    org_id = _linked(stack, CUSTOMER, customer)
+    stack.ifs.remove(stack.ifs.customer_type, customer)
+
+    outcomes = run_sync(sync)
+
+    assert outcomes == {CUSTOMER: [Outcome.UNCHANGED], ORDER: [Outcome.UPDATED]}, outcomes
+    deal = stack.pipedrive.get("deal", deal_id)
+    assert (deal["status"], deal["lost_reason"]) == ("lost", "Order removed in IFS")
+    assert stack.pipedrive.get("organization", org_id)["is_deleted"] is False
+    [closed] = [row for row in _rows(stack, order_no) if row.operation == "close"]
+    assert "on_ifs_missing is close" in closed.response_summary["reason"]
+    [left] = [row for row in _rows(stack, customer) if row.operation == "ifs_missing"]
+    assert "organization left" in (left.error or "")
+    writes = (_writes(stack, "deal"), _writes(stack, "organization"))
+
+    assert run_sync(sync) == {CUSTOMER: [], ORDER: []}  # handled once, never queued again
+    assert (_writes(stack, "deal"), _writes(stack, "organization")) == writes
+
+    # Back in IFS (a read glitch, or restored): the deal follows IFS again.
+    envelope = ("luname", "keyref", "Objgrants")
+    properties = customer_order().properties
+    stack.ifs.insert_order(
+        {k: v for k, v in removed.items() if k in properties and k not in envelope}
+    )
+    assert run_sync(sync)[ORDER] == [Outcome.UPDATED]
+    assert stack.pipedrive.get("deal", deal_id)["status"] == "open"
+    assert IdMap(stack.runtime.database).get(stack.tenant, ORDER, order_no).ifs_missing_at is None
+    assert not [row for row in _rows(stack) if row.status == FAILED]
+
+
+def test_an_order_gone_from_ifs_is_ignored_by_default_nothing_written(synced) -> None:
+    stack, sync = synced()
+    order_no = _with_open_deal(stack)
+    deal_id = _linked(stack, ORDER, order_no)
+    stack.ifs.remove(customer_order(), order_no)
+    writes = _writes(stack, "deal")
+
+    assert run_sync(sync)[ORDER] == [Outcome.UNCHANGED]
+    assert run_sync(sync)[ORDER] == []
+
+    assert _writes(stack, "deal") == writes
+    assert stack.pipedrive.get("deal", deal_id)["status"] == "open"
+    [why] = [row for row in _rows(stack, order_no) if row.operation == "ifs_missing"]
+    assert why.status == "skipped" and "on_ifs_missing is ignore" in (why.error or "")
+    assert not [row for row in _rows(stack) if row.status == FAILED]
+
+
+def test_an_order_moved_to_another_customer_moves_its_deal(synced) -> None:
+    stack, sync = synced()
+    order_no = stack.ifs.keys(customer_order())[2]
+    deal_id = _linked(stack, ORDER, order_no)
+    before = stack.ifs.get_order(order_no)["CustomerNo"]
+    other = next(c for c in sorted(stack.ifs.keys(stack.ifs.customer_type)) if c != before)
+    stack.ifs.edit_order(order_no, CustomerNo=other)
+
+    assert run_sync(sync)[ORDER] == [Outcome.UPDATED]
+
+    [deal] = _live_deals_of(stack, sync, order_no)
+    assert deal["id"] == deal_id and deal["org_id"] == _linked(stack, CUSTOMER, other)

@@ -167,3 +167,76 @@ def test_changed_fields_patches_only_the_difference() -> None:
         "name": "B",
         "custom_fields": {"k2": "z", "k3": None},
     }
+
+
+ORDER_EXTRA = {
+    "terms": {
+        "property": "DeliveryTerms",
+        "field": "Delivery terms",
+        "type": "enum",
+        "options": {"EXW": "Ex works", "DAP": "Delivered"},
+    },
+    "wanted": {"property": "WantedDeliveryDate", "field": "Wanted", "type": "date"},
+    "prepayment": {"property": "Prepayment", "field": "Prepayment", "type": "monetary"},
+    "lead": {"property": "DeliveryLeadtime", "field": "Lead days", "type": "number"},
+    "po": {"property": "CustomerPoNo", "field": "Customer PO", "type": "text"},
+}
+EXTRA_LAYOUT = PipedriveLayout(
+    organization_fields={
+        **LAYOUT.organization_fields,
+        "extra.budget": "org-budget",
+    },
+    deal_fields={**LAYOUT.deal_fields, **{f"extra.{name}": f"deal-{name}" for name in ORDER_EXTRA}},
+    pipeline_id=7,
+    stage_ids=LAYOUT.stage_ids,
+    deal_options={"extra.terms": {"Ex works": 501, "Delivered": 502}},
+)
+
+
+def test_extra_order_fields_are_written_in_their_pipedrive_types() -> None:
+    config = tenant(order_mapping={"extra": ORDER_EXTRA})
+    data = {
+        **ORDER,
+        "DeliveryTerms": "DAP",
+        "WantedDeliveryDate": "2025-10-21T00:00:00Z",
+        "Prepayment": "250.5",
+        "DeliveryLeadtime": 3,
+        "CustomerPoNo": " PO-77 ",
+    }
+
+    custom = map_order(config, data, EXTRA_LAYOUT, organization_id=9)["custom_fields"]
+
+    assert custom["deal-terms"] == 502  # the option id, as v2 takes an enum
+    assert custom["deal-wanted"] == "2025-10-21"
+    assert custom["deal-prepayment"] == {"value": 250.5, "currency": "SEK"}  # the order's
+    assert custom["deal-lead"] == 3.0
+    assert custom["deal-po"] == "PO-77"
+    assert custom["deal-region"] == "EU-NORTH"  # the built-in fields are still there
+    assert {"DeliveryTerms", "WantedDeliveryDate", "Prepayment"} <= set(order_properties(config))
+
+
+def test_empty_extra_values_clear_the_field_and_bad_ones_fail_the_record() -> None:
+    config = tenant(order_mapping={"extra": ORDER_EXTRA})
+    custom = map_order(config, ORDER, EXTRA_LAYOUT, organization_id=9)["custom_fields"]
+    assert all(custom[f"deal-{name}"] is None for name in ORDER_EXTRA)
+
+    with pytest.raises(RecordError) as unmapped:
+        map_order(config, {**ORDER, "DeliveryTerms": "CIF"}, EXTRA_LAYOUT, organization_id=9)
+    message = str(unmapped.value)
+    assert "IFS order C1000000042: DeliveryTerms is 'CIF'" in message
+    assert "order_mapping.extra.terms.options does not map" in message
+    assert "add CIF: <option label>" in message
+    with pytest.raises(RecordError, match="'WantedDeliveryDate' is not a date"):
+        map_order(config, {**ORDER, "WantedDeliveryDate": "soon"}, EXTRA_LAYOUT, organization_id=9)
+    with pytest.raises(RecordError, match="'DeliveryLeadtime' is not a number"):
+        map_order(config, {**ORDER, "DeliveryLeadtime": "x"}, EXTRA_LAYOUT, organization_id=9)
+
+
+def test_an_organization_monetary_extra_field_uses_its_configured_currency() -> None:
+    budget = {"property": "Cf_Budget", "field": "Budget", "type": "monetary", "currency": "EUR"}
+    config = tenant(customer_mapping={"extra": {"budget": budget}})
+
+    body = map_customer(config, {**CUSTOMER, "Cf_Budget": 1000}, EXTRA_LAYOUT)
+
+    assert body["custom_fields"]["org-budget"] == {"value": 1000.0, "currency": "EUR"}
+    assert "Cf_Budget" in customer_properties(config)

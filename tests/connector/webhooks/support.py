@@ -108,3 +108,80 @@ def events_of(runtime: Runtime, tenant_id: str) -> list[WebhookEvent]:
                 .order_by(WebhookEvent.id)
             )
         )
+
+
+# Values Pipedrive never sends at these places; each one alone makes a delivery invalid.
+WRONG_VALUES: dict[tuple[str, ...], list[Any]] = {
+    ("meta",): [[], "meta", 1, None, True],
+    ("meta", "action"): [{}, [], 1, "", "explode", None],
+    ("meta", "entity"): [{}, [], 1, "", "Deal!", None, "x" * 40],
+    ("meta", "entity_id"): [{}, [], "abc", True, 1.5, -1, "12a", 2**64, "1" * 25],
+    ("meta", "id"): [{}, [], 5, "", "x" * 65],
+    ("meta", "user_id"): [{}, [], "abc", True, -3],
+    ("meta", "merged_to_id"): [{}, "x"],
+    ("meta", "timestamp"): [{}, [], "not a time", True],
+    ("meta", "change_source"): [{}, [], 1, "x" * 17],
+    ("meta", "attempt"): ["1", {}, 1.5],
+    ("data",): ["x", [], 1, None],
+    ("previous",): ["x", [], 1],
+    ("data", "id"): [{}, "x", 99, -1],
+    ("data", "stage_id"): ["3", "abc", {}, [], True, 1.5, -1],
+    ("data", "status"): [1, "gone", {}, []],
+    ("data", "pipeline_id"): ["1", {}],
+    ("previous", "stage_id"): ["2", {}, True],
+    ("previous", "status"): [0, "maybe"],
+}
+
+
+def malformed_variants(deal_id: int = 41) -> list[tuple[str, bytes]]:
+    """(name, body) of authenticated-looking deliveries that must be refused with 400: every
+    wrong value above on a valid v2 deal change, plus bodies that are not storable JSON."""
+    variants: list[tuple[str, bytes]] = []
+    for path, values in WRONG_VALUES.items():
+        for number, value in enumerate(values):
+            payload = v2_deal_event(deal_id)
+            payload["previous"] = payload["previous"] or {}
+            target = payload
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+            variants.append((f"{'.'.join(path)}#{number}", encode(payload)))
+    # Fields the connector needs, left out (one delivery each).
+    for name, paths in (
+        ("no-action", [("meta", "action")]),
+        ("no-entity", [("meta", "entity")]),
+        ("no-data-in-a-change", [("data",)]),
+        ("no-record-id", [("meta", "entity_id"), ("data", "id")]),
+    ):
+        payload = v2_deal_event(deal_id)
+        for path in paths:
+            target = payload
+            for key in path[:-1]:
+                target = target[key]
+            del target[path[-1]]
+        variants.append((name, encode(payload)))
+    nested: Any = {"deep": 1}
+    for _ in range(40):
+        nested = {"deeper": nested}
+    deep = v2_deal_event(deal_id)
+    deep["data"]["custom_fields"] = nested
+    variants.append(("nested-40", encode(deep)))
+    variants.append(("nested-100000", b'{"meta":' + b"[" * 100_000 + b"]" * 100_000 + b"}"))
+    for name, raw in (
+        ("nan", b"NaN"),
+        ("infinity", b"-Infinity"),
+        ("huge-float", b"1e999"),
+        ("nul", b'"a\\u0000b"'),
+        ("lone-surrogate", b'"\\ud800"'),
+    ):
+        body = encode(v2_deal_event(deal_id)).replace(b'"title":"Deal"', b'"title":' + raw)
+        variants.append((name, body))
+    variants.append(
+        ("nul-in-key", encode(v2_deal_event(deal_id)).replace(b'"title"', b'"t\\u0000"'))
+    )
+    variants.append(("body-array", b"[1,2,3]"))
+    variants.append(("body-string", b'"deal"'))
+    variants.append(("body-null", b"null"))
+    variants.append(("not-json", b"{'meta': 1}"))
+    variants.append(("not-utf8", b"\xff\xfe{}"))
+    return variants

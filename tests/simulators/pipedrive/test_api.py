@@ -6,6 +6,8 @@ import re
 
 import requests
 
+from simulators.pipedrive.records import render_v1
+
 
 def _org(sim, name, **extra):
     response = sim.api("POST", "/api/v2/organizations", json={"name": name, **extra})
@@ -107,6 +109,35 @@ def test_custom_field_values_are_validated_and_filtered_by_the_custom_fields_par
         "PATCH", f"/api/v2/deals/{deal_id}", json={"custom_fields": {"f" * 40: "x"}}
     )
     assert unknown.status_code == 400
+
+
+def test_monetary_and_date_custom_fields_take_the_v2_shapes(pipedrive_sim):
+    def field(name: str, field_type: str) -> str:
+        return str(
+            pipedrive_sim.api(
+                "POST", "/v1/dealFields", json={"name": name, "field_type": field_type}
+            ).json()["data"]["key"]
+        )
+
+    amount, wanted = field("Prepayment", "monetary"), field("Wanted", "date")
+    good = {amount: {"value": 250.5, "currency": "EUR"}, wanted: "2026-03-02"}
+    created = pipedrive_sim.api("POST", "/api/v2/deals", json={"title": "D", "custom_fields": good})
+    assert created.status_code == 200
+    deal_id = created.json()["data"]["id"]
+    read = pipedrive_sim.api("GET", f"/api/v2/deals/{deal_id}").json()["data"]["custom_fields"]
+    assert read[amount] == {"value": 250.5, "currency": "EUR"} and read[wanted] == "2026-03-02"
+    # A monetary field is its two subfields (value, currency); a date is YYYY-MM-DD.
+    for refused in (
+        {amount: 250.5},
+        {amount: {"value": "250", "currency": "EUR"}},
+        {amount: {"value": 250}},
+        {wanted: "02.03.2026"},
+        {wanted: "2026-03-02T00:00:00Z"},
+    ):
+        answer = pipedrive_sim.api(
+            "PATCH", f"/api/v2/deals/{deal_id}", json={"custom_fields": refused}
+        )
+        assert answer.status_code == 400, refused
 
 
 def test_search_finds_an_org_by_exact_custom_field_value(pipedrive_sim):
@@ -228,3 +259,17 @@ def test_injected_errors_and_latency(pipedrive_sim):
     assert faults["latency_ms"] == 20
     assert pipedrive_sim.api("GET", "/api/v2/deals").status_code == 200
     assert pipedrive_sim.control("stats")["injected_errors_500"] == 2
+
+
+def test_v1_objects_spread_a_monetary_field_over_value_and_currency_keys():
+    record = {
+        "id": 1,
+        "title": "D",
+        "is_deleted": False,
+        "custom_fields": {"a" * 40: {"value": 12.5, "currency": "EUR"}, "b" * 40: "x"},
+    }
+
+    rendered = render_v1("deal", record)
+
+    assert rendered["a" * 40] == 12.5 and rendered["a" * 40 + "_currency"] == "EUR"
+    assert rendered["b" * 40] == "x"

@@ -22,6 +22,26 @@ def test_a_broad_sample_of_responses_matches_the_official_schemas(pipedrive_sim,
             json={"name": "State", "field_type": "enum", "options": [{"label": "Released"}]},
         )
     )
+    typed = {
+        field_type: check(
+            sim.api("POST", "/v1/dealFields", json={"name": field_type, "field_type": field_type})
+        )["data"]["key"]
+        for field_type in ("monetary", "date", "double")
+    }
+    check(
+        sim.api(
+            "POST",
+            "/api/v2/deals",
+            json={
+                "title": "Typed",
+                "custom_fields": {
+                    typed["monetary"]: {"value": 99.5, "currency": "EUR"},
+                    typed["date"]: "2026-03-02",
+                    typed["double"]: 3,
+                },
+            },
+        )
+    )
     check(sim.api("GET", "/v1/dealFields"))
     check(sim.api("GET", "/api/v1/organizationFields"))
     org = check(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 
 
 def test_returns_the_first_truthy_value_without_waiting_longer() -> None:
