@@ -6,11 +6,14 @@ records of an initial sync (creates), of a sync after every IFS record changed (
 of tasks that find nothing to write (unchanged). Plans are counted apart: they read the id map
 once per page, not per record.
 
+`--dispatched` runs each record as a work item the dispatcher released, which its attempt
+deletes in its transaction (how the workers run a plan's records).
+
 `--profile` also profiles the initial sync's record upserts (cProfile, in this process: the
 simulators' request handling is in it too, on its own threads, and not in the profile) and
 prints where a record's time goes.
 
-    python -m bench.statements [--customers 50] [--orders 200] [--profile]
+    python -m bench.statements [--customers 50] [--orders 200] [--dispatched] [--profile]
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from bench.harness import bench_database, bench_stack, benchmark_parser
-from connector.sync import ENTITIES
-from connector.sync.engine import Outcome, TenantSync
+from connector.storage.work_items import WorkItems
+from connector.sync import ENTITIES, JOB_FOR_ENTITY
+from connector.sync.engine import Outcome, Plan, TenantSync
 
 
 @dataclass
@@ -128,16 +132,20 @@ def sync_counted(
     counter: StatementCounter,
     *,
     every_key: bool = False,
+    dispatched: bool = False,
     profile: cProfile.Profile | None = None,
 ) -> tuple[Tally, Tally]:
     """Plan and upsert every entity in this thread, as the workers would; (plans, records).
 
     `every_key`: upsert every IFS record, not only what the plan queued (the tasks of a
-    replayed or repeated run, which find nothing to write)."""
+    replayed or repeated run, which find nothing to write). `dispatched`: each record is a
+    stored work item released by the dispatcher (stored and released uncounted), which its
+    attempt deletes, as a worker's record task does."""
     plans, records = Tally(), Tally()
     for entity in ENTITIES:
         with counter.counting(plans):
             plan = sync.plan(entity, full=every_key)
+        work_items = _released_items(sync, plan) if dispatched else {}
         for item in plan.items:
             if profile is not None:
                 profile.enable()
@@ -148,12 +156,23 @@ def sync_counted(
                     snapshot={"etag": item.etag, "data": item.data},
                     hint=item.hint,
                     run_id=plan.run_id,
+                    work_item=work_items.get(item.key),
                 )
             if profile is not None:
                 profile.disable()
             records.records += 1
             records.outcomes[result.outcome.value] += 1
     return plans, records
+
+
+def _released_items(sync: TenantSync, plan: Plan) -> dict[str, int]:
+    """Store the plan's records as work items and release them all: their ids by key."""
+    items = WorkItems(sync.runtime.database)
+    tenant = sync.tenant.id
+    found = [{"entity": plan.entity, "tenant": tenant, "key": item.key} for item in plan.items]
+    items.add(tenant, plan.run_id, JOB_FOR_ENTITY[plan.entity], found)
+    released = items.release({tenant: len(found)}).get(tenant, [])
+    return {item.record_key: item.id for item in released}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,11 +188,16 @@ def run(args: argparse.Namespace) -> int:
         counter = StatementCounter(stack.runtime.database.engine)
         profile = cProfile.Profile() if args.profile else None
         try:
-            plans, phases["create"] = sync_counted(sync, counter, profile=profile)
+            dispatched = args.dispatched
+            plans, phases["create"] = sync_counted(
+                sync, counter, dispatched=dispatched, profile=profile
+            )
             for key in stack.ifs.keys(stack.ifs.customer_type):
                 stack.ifs.edit_customer(key, Name=f"Renamed {key}")
-            _, phases["update"] = sync_counted(sync, counter)
-            _, phases["unchanged"] = sync_counted(sync, counter, every_key=True)
+            _, phases["update"] = sync_counted(sync, counter, dispatched=dispatched)
+            _, phases["unchanged"] = sync_counted(
+                sync, counter, every_key=True, dispatched=dispatched
+            )
         finally:
             counter.close()
         records = args.customers + args.orders
@@ -223,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     parser.add_argument("--profile", action="store_true", help="profile the record upserts")
+    parser.add_argument(
+        "--dispatched",
+        action="store_true",
+        help="each record a released work item, deleted by its attempt (as workers run them)",
+    )
     return run(parser.parse_args(argv))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -187,6 +188,11 @@ class Coordination:
 
         return take
 
+    def lease(self, name: str, *, ttl_s: float) -> Lease:
+        """A lease on `name` that one holder at a time keeps by renewing it within `ttl_s`
+        (the dispatcher's: one per deployment, taken over when its holder dies)."""
+        return Lease(self, name, ttl_s)
+
     def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
         """How much of each limit under `key` is spent right now, as the limiter counts it.
 
@@ -237,3 +243,48 @@ class Coordination:
     def close(self) -> None:
         if self.redis is not None:
             self.redis.close()
+
+
+# Take the lease when it is free, renew it when this holder has it: one atomic step.
+_HOLD_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Lease:
+    """Held by one process of a deployment at a time; lost `ttl_s` after its last renewal.
+
+    In-process (no Redis) there is one process: it always holds it.
+    """
+
+    def __init__(self, coordination: Coordination, name: str, ttl_s: float) -> None:
+        self.key = f"{coordination.prefix}lease:{name}"
+        self.ttl_ms = max(1, round(ttl_s * 1000))
+        self.token = uuid.uuid4().hex
+        self._redis = coordination.redis
+
+    def hold(self) -> bool:
+        """Take or renew the lease; True while this holder has it."""
+        if self._redis is None:
+            return True
+        return bool(self._redis.eval(_HOLD_LEASE, 1, self.key, self.token, self.ttl_ms))
+
+    def drop(self) -> None:
+        """Give the lease up now (if held), so that another holder need not wait for it."""
+        if self._redis is not None:
+            self._redis.eval(_DROP_LEASE, 1, self.key, self.token)

@@ -21,3 +21,14 @@ ENSURE_WEBHOOK = "ml_connector.ensure_webhook"
 REPLAY = "ml_connector.replay"
 REPLAY_FAILED = "ml_connector.replay_failed"
 SWEEP_WEBHOOK_EVENTS = "ml_connector.sweep_webhook_events"
+
+RECORD_JOBS = frozenset({SYNC_CUSTOMER, SYNC_ORDER})
+
+
+def is_interactive(job: str, kwargs: dict[str, Any]) -> bool:
+    """Work someone waits for (a stage a sales user moved, an operator's replay): it goes to
+    the interactive queue, which bulk work never fills. A record job is interactive when it
+    replays a failed row (`replay_of`); a plan's records are bulk, released by the dispatcher."""
+    if job in (PUSH_STAGE, REPLAY):
+        return True
+    return job in RECORD_JOBS and kwargs.get("replay_of") is not None

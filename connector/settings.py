@@ -35,7 +35,23 @@ class Settings(BaseSettings):
         description="Celery broker URL; unset = the Redis URL, or in-memory when that is unset.",
     )
     queue: str = Field(
-        default="ml-connector", description="Celery queue the workers consume and tasks go to."
+        default="ml-connector",
+        description="Celery queue of bulk work (plans and the records they release).",
+    )
+    interactive_queue: str | None = Field(
+        default=None,
+        description=(
+            "Celery queue of interactive work (stage pushes, replays of single records) with "
+            "its own consumers; unset = the bulk queue's name with `-interactive`."
+        ),
+    )
+    dispatch_in_flight: int = Field(
+        default=200,
+        gt=0,
+        description=(
+            "Records of all tenants released to the bulk queue and not finished, at most; "
+            "about 4 x the bulk workers' total concurrency keeps them busy without a long queue."
+        ),
     )
     broker_visibility_timeout_s: float = Field(
         default=120.0,
@@ -100,6 +116,10 @@ class Settings(BaseSettings):
         default=None,
         description="Signs the console session cookies; unset = derived from the encryption keys.",
     )
+
+    @property
+    def effective_interactive_queue(self) -> str:
+        return self.interactive_queue or f"{self.queue}-interactive"
 
     @property
     def effective_broker_url(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,9 @@ class Stack:
     tenants_file: Path
     tenant_config: dict[str, Any]
     workers: WorkerProcesses
+    # Tenants of other stacks that this stack's processes serve too (serve_tenant_of).
+    other_tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _sender: Any = None  # the Celery app `enqueue` sends with, made on first use
 
     @property
     def ifs(self) -> IfsSim:
@@ -56,11 +59,39 @@ class Stack:
 
     @property
     def queue(self) -> str:
+        """The bulk queue (plans, and the records the dispatcher releases)."""
         return self.runtime.settings.queue
+
+    @property
+    def interactive_queue(self) -> str:
+        """Stage pushes and replays of single records."""
+        return self.runtime.settings.effective_interactive_queue
 
     def write_tenants(self, **overrides: Any) -> None:
         """Rewrite the tenants file with `overrides` merged into this tenant's section."""
-        write_tenants_file(self.tenants_file, self.tenant, merge(self.tenant_config, overrides))
+        write_tenants_file(
+            self.tenants_file,
+            self.tenant,
+            merge(self.tenant_config, overrides),
+            self.other_tenants,
+        )
+
+    def enqueue(self, job: str, kwargs: dict[str, Any]) -> None:
+        """Send a job as this stack's processes would: the app's routes choose the queue
+        (interactive jobs to the interactive queue). A receiver in the test process uses it."""
+        if self._sender is None:
+            from workers.app import create_celery_app
+
+            self._sender = create_celery_app(self.runtime.settings)
+        self._sender.send_task(job, kwargs=kwargs)
+
+    def serve_tenant_of(self, other: Stack, **overrides: Any) -> None:
+        """Serve `other`'s tenant (on its simulators, with `overrides` merged into its section)
+        from this stack's processes too: one deployment with two tenants, as production has
+        many. Start the workers after it."""
+        self.other_tenants[other.tenant] = merge(other.tenant_config, overrides)
+        store_credentials(self.runtime.vault, other.tenant, other.simulators)
+        self.write_tenants()
 
     def cli(
         self, *args: str, timeout: float = 600, input: str | None = None
@@ -82,6 +113,7 @@ class Stack:
         queue: str | None = None,
         include: tuple[str, ...] = (),
     ) -> list[subprocess.Popen[bytes]]:
+        """Worker processes consuming `queue`, by default the bulk and interactive queues."""
         return self.workers.start(count, concurrency, queue, include)
 
     def wait_for_pool(self, process: subprocess.Popen[bytes], size: int, timeout: float) -> None:
@@ -96,12 +128,20 @@ class Stack:
     def close(self) -> None:
         """Stop the workers and simulators; forget this stack's queue and tenant keys."""
         self.stop_workers()
+        if self._sender is not None:
+            self._sender.close()
+        from connector.storage.work_items import WorkItems
+
+        # The session's database outlives the stack: no backlog of its tenant stays behind.
+        WorkItems(self.runtime.database).forget(self.tenant)
         self.runtime.close()
         self.simulators.stop()
         if self.runtime.settings.redis_url:
-            forget_redis_keys(self.runtime.settings.redis_url, self.tenant, self.queue)
+            forget_redis_keys(
+                self.runtime.settings.redis_url, self.tenant, self.queue, self.interactive_queue
+            )
         if is_amqp(self.broker_url):
-            forget_amqp_queues(self.broker_url, self.queue)
+            forget_amqp_queues(self.broker_url, self.queue, self.interactive_queue)
 
     @property
     def broker_url(self) -> str:
@@ -187,6 +227,8 @@ def start_stack(
         "CONNECTOR_REDIS_URL": redis_url,
         "CONNECTOR_BROKER_URL": broker_url,
         "CONNECTOR_QUEUE": queue,
+        # Named outright: a Procfile or compose default cannot derive it from CONNECTOR_QUEUE.
+        "CONNECTOR_INTERACTIVE_QUEUE": f"{queue}-interactive",
         "CONNECTOR_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "CONNECTOR_TENANTS_FILE": str(tenants_file),
         "CONNECTOR_LOG_LEVEL": "WARNING",
@@ -196,6 +238,7 @@ def start_stack(
         redis_url=redis_url,
         broker_url=broker_url,
         queue=queue,
+        interactive_queue=env["CONNECTOR_INTERACTIVE_QUEUE"],
         encryption_keys=env["CONNECTOR_ENCRYPTION_KEYS"],
         tenants_file=tenants_file,
     )

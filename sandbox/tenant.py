@@ -39,8 +39,12 @@ def tenant_config(simulators: Simulators, overrides: dict[str, Any]) -> dict[str
     return merge(base, overrides)
 
 
-def write_tenants_file(path: Path, tenant: str, config: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump({"tenants": {tenant: config}}, sort_keys=False))
+def write_tenants_file(
+    path: Path, tenant: str, config: dict[str, Any], others: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """The tenants file of `tenant`, and of the `others` the same deployment serves."""
+    tenants = {tenant: config, **(others or {})}
+    path.write_text(yaml.safe_dump({"tenants": tenants}, sort_keys=False))
 
 
 def store_credentials(vault: Vault, tenant: str, simulators: Simulators) -> None:

@@ -21,6 +21,12 @@ def child_pids(pid: int) -> list[int]:
     return [int(part) for part in text.split()]
 
 
+def queues_of(env: dict[str, str]) -> tuple[str, str]:
+    """(bulk, interactive) queue names that processes started with `env` use."""
+    bulk = env["CONNECTOR_QUEUE"]
+    return bulk, env.get("CONNECTOR_INTERACTIVE_QUEUE") or f"{bulk}-interactive"
+
+
 class WorkerProcesses:
     """Celery workers started with `env`, each logging to a file in `logs`."""
 
@@ -35,14 +41,18 @@ class WorkerProcesses:
         queue: str | None = None,
         include: tuple[str, ...] = (),
     ) -> list[subprocess.Popen[bytes]]:
-        """`include`: more task modules for the workers to import (a benchmark's own)."""
+        """`count` workers of `concurrency` processes consuming `queue` (comma-separated
+        names), by default both the bulk and the interactive queue of the env's settings.
+        Each also runs a dispatcher thread (one of them ticks at a time). `include`: more
+        task modules for the workers to import (a benchmark's own)."""
+        queues = queue or ",".join(queues_of(self.env))
         started = []
         for _ in range(count):
             number = len(self.processes)
             log = open(self.logs / f"worker{number}.log", "wb")  # noqa: SIM115 - owned by the child
             argv = [
                 *(str(BIN / "celery"), "-A", "workers.app:celery_app", "worker"),
-                *("-Q", queue or self.env["CONNECTOR_QUEUE"], "-c", str(concurrency)),
+                *("-Q", queues, "-c", str(concurrency)),
                 *("-n", f"w{number}-{self.name}@%h", "-l", "WARNING"),
                 # Each worker works alone: no cluster chatter to wait for at start or stop.
                 *("--without-gossip", "--without-mingle", "--without-heartbeat"),

@@ -441,7 +441,8 @@ def _measure_queue_depth() -> None:
     """Refresh mlc_queue_depth from the broker (scrapes are infrequent)."""
     settings = _context().runtime.settings
     try:
-        measured = queue_status(settings.effective_broker_url, [settings.queue], timeout_s=1.0)
+        queues = [settings.queue, settings.effective_interactive_queue]
+        measured = queue_status(settings.effective_broker_url, queues, timeout_s=1.0)
     except Exception as error:  # a misconfigured broker must not break the scrape either
         log.warning("queue depth not measured: %s", error)
         return

@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.exceptions import OperationalError
 
+from connector import jobs
 from connector.errors import BrokerUnavailableError, ConfigError
 from connector.settings import Settings, get_settings, is_amqp
 
@@ -40,6 +41,18 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def interactive_router(interactive_queue: str) -> Any:
+    """A Celery router: interactive jobs (connector.jobs.is_interactive) to their own queue,
+    everything else to the default (bulk) queue. An explicit `queue=` still wins."""
+
+    def route(name: str, args: Any, kwargs: Any, options: Any, *_: Any, **__: Any) -> Any:
+        if jobs.is_interactive(name, kwargs or {}):
+            return {"queue": interactive_queue}
+        return None
+
+    return route
+
+
 def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery(
@@ -55,6 +68,10 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
+        # Stage pushes and single replays never wait behind a backfill: their own queue,
+        # consumed by workers of their own (deploy/, README: Deploy).
+        task_routes=(interactive_router(settings.effective_interactive_queue),),
+        mlc_interactive_queue=settings.effective_interactive_queue,
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
@@ -135,6 +152,24 @@ def _worker_start(**_: Any) -> None:
     port = get_settings().worker_metrics_port
     if port is not None:
         metrics.start_worker_metrics_server(port)
+
+
+@signals.worker_ready.connect
+def _dispatch_start(**_: Any) -> None:
+    # Every worker runs a dispatcher thread in its main process; a lease lets one at a time
+    # work (workers/dispatch.py). The embedded worker starts its own with the shared runtime.
+    from workers.dispatch import start_dispatcher
+    from workers.embedded import embedded_running
+
+    if not embedded_running():
+        start_dispatcher()
+
+
+@signals.worker_shutdown.connect
+def _dispatch_stop(**_: Any) -> None:
+    from workers.dispatch import stop_dispatcher
+
+    stop_dispatcher()
 
 
 @signals.worker_process_init.connect

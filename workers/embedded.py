@@ -34,16 +34,24 @@ def embedded_worker(concurrency: int = 4) -> Iterator[None]:
     }
     global _running
     _running = True
+    from workers.dispatch import start_dispatcher, stop_dispatcher
+    from workers.runtime import get_runtime
+
+    queues = [celery_app.conf.task_default_queue, celery_app.conf.mlc_interactive_queue]
     with start_worker(
         celery_app,
         pool="threads",
         concurrency=concurrency,
         perform_ping_check=False,
-        queues=[celery_app.conf.task_default_queue],
+        queues=queues,
         loglevel="WARNING",
         shutdown_timeout=30.0,
     ):
+        # The plans' records reach the queue through the dispatcher, which shares the
+        # embedded runtime (its in-process limiter is the one the worker threads take from).
+        start_dispatcher(get_runtime())
         try:
             yield
         finally:
+            stop_dispatcher()
             _running = False

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from connector import jobs, metrics
 from connector.errors import ConnectorError, is_transient
+from connector.ratelimit import waits_at_most
 from connector.replay import Replay
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER
+from connector.storage.work_items import WorkItems
 from connector.sync import ENTITIES, JOB_FOR_ENTITY
 from connector.sync.engine import Plan, TenantSync, plan_audit
 from workers.app import celery_app, enqueue
-from workers.base import ConnectorTask, RecordSyncTask, StagePushTask
+from workers.base import DISPATCHED_TOKEN_WAIT_S, ConnectorTask, RecordSyncTask, StagePushTask
 from workers.runtime import get_runtime
 
 
@@ -34,7 +37,7 @@ def plan_sync(
     run_id: str | None = None,
     replay_of: int | None = None,
 ) -> dict[str, Any]:
-    """Read IFS in pages and queue one task per record that needs work.
+    """Read IFS in pages and store each record that needs work for the dispatcher.
 
     `entity` is customer, order, all, or a comma list (what a retry has still to plan).
     An entity whose plan fails for good is reported, and the ones after it are planned.
@@ -68,22 +71,30 @@ def plan_sync(
 
 
 def _plan(sync: TenantSync, plan: Plan, full: bool) -> dict[str, int]:
-    # Tasks go out page by page as IFS is read; the plan row with the totals is written
-    # last, so a run never looks finished before its plan is.
+    # The records are stored page by page as IFS is read, for the dispatcher to release
+    # within the tenant's budget (connector.dispatch), instead of all queued at once; the
+    # plan row with the totals is written last, so a run never looks finished before its
+    # plan is.
     job = JOB_FOR_ENTITY[plan.entity]
+    items = WorkItems(sync.runtime.database)
     for page in sync.plan_pages(plan, full=full):
-        for item in page:
-            enqueue(
-                job,
+        items.add(
+            plan.tenant,
+            plan.run_id,
+            job,
+            [
                 {
+                    "entity": plan.entity,
                     "tenant": plan.tenant,
                     "key": item.key,
                     "snapshot": item.snapshot,
                     "hint": item.hint,
                     "full": full,
                     "run_id": plan.run_id,
-                },
-            )
+                }
+                for item in page
+            ],
+        )
     sync.audit.write(plan_audit(plan))
     return {"read": plan.read, "queued": plan.queued, "unchanged": plan.unchanged}
 
@@ -132,13 +143,27 @@ def _tenant_sync(tenant: str) -> TenantSync:
 
 
 def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) -> str:
+    # A record the dispatcher released names its stored work item (and which attempt this
+    # is); the item is deleted in the transaction of the attempt's audit row when it ends,
+    # or given back when it ends transiently (RecordSyncTask.retry_transient).
+    item = options.pop("work_item", None)
+    options.pop("attempt", None)
     try:
         sync = _tenant_sync(tenant)
     except ConnectorError as error:
         _unknown_tenant_row(tenant, task.entity, key, error)
+        _finish(item)
         return FAILED
-    result = sync.sync_record(task.entity, key, attempt=task.attempt, **options)
+    # Released within the tenant's budget, so tokens are there; if not, the item goes back
+    # to the store at once rather than hold the worker asleep.
+    with waits_at_most(DISPATCHED_TOKEN_WAIT_S) if item is not None else nullcontext():
+        result = sync.sync_record(task.entity, key, attempt=task.attempt, work_item=item, **options)
     return result.outcome.value
+
+
+def _finish(item: int | None) -> None:
+    if item is not None:
+        WorkItems(get_runtime().database).finish(item)
 
 
 def _unknown_tenant_row(tenant: str, entity: str, key: str, error: ConnectorError) -> None:

@@ -120,7 +120,8 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
     ]
     file_problems = [_config_problem(found) for found in reading.problems.get(None, [])]
     checks = config_checks(obj.runtime)
-    queue = queue_status(obj.settings.effective_broker_url, [obj.settings.queue])
+    queues = [obj.settings.queue, obj.settings.effective_interactive_queue]
+    queue = queue_status(obj.settings.effective_broker_url, queues)
     if as_json:
         document = {
             "tenants": [each.as_dict() for each in statuses],

@@ -170,6 +170,21 @@ def check_request(cost: int, limits: Sequence[Limit]) -> None:
             raise ValueError(f"cost {cost} exceeds the capacity of {limit}")
 
 
+# The longest any acquire() in this context may sleep, whatever its caller allows.
+_wait_cap: ContextVar[float | None] = ContextVar("rate_limit_wait_cap", default=None)
+
+
+@contextmanager
+def waits_at_most(seconds: float) -> Iterator[None]:
+    """Inside the block, no acquisition sleeps longer than `seconds` for tokens: it raises
+    RateLimited instead (work that can be handed back rather than hold a worker asleep)."""
+    token = _wait_cap.set(seconds)
+    try:
+        yield
+    finally:
+        _wait_cap.reset(token)
+
+
 def acquire(
     limiter: RateLimiter,
     key: str,
@@ -181,8 +196,12 @@ def acquire(
 ) -> float:
     """Take `cost` from every limit, sleeping up to `max_wait_s` in total; return seconds waited.
 
-    Raises RateLimited (with the wait still needed) when the tokens would come later than that.
+    Raises RateLimited (with the wait still needed) when the tokens would come later than that
+    (or than the cap of an enclosing `waits_at_most`).
     """
+    cap = _wait_cap.get()
+    if cap is not None:
+        max_wait_s = min(max_wait_s, cap)
     waited = 0.0
     while True:
         wait = limiter.try_acquire(key, cost, limits)
@@ -221,4 +240,5 @@ __all__ = [
     "check_request",
     "interactive",
     "interactive_work",
+    "waits_at_most",
 ]

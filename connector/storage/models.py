@@ -1,5 +1,5 @@
 """The connector's tables: vault, id map, audit log, webhook events and refusals, watermarks,
-tenant state."""
+tenant state, run records, work items."""
 
 from __future__ import annotations
 
@@ -264,3 +264,44 @@ class TenantState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WorkItemRecord(Base):
+    """One record a plan found to need work, held until the dispatcher releases it to the bulk
+    queue within its tenant's budget; deleted when its task finishes (connector.dispatch)."""
+
+    __tablename__ = "work_items"
+    __table_args__ = (
+        # A plan retried after a transient error plans the same records again: stored once.
+        UniqueConstraint("run_id", "entity", "record_key"),
+        # The dispatcher's reads: a tenant's oldest waiting items, the tenants with any waiting
+        # (a loose index scan), and what is in flight (few rows: partial indexes stay small).
+        Index(
+            "ix_work_items_waiting",
+            "tenant",
+            "id",
+            postgresql_where=text("released_at IS NULL"),
+            sqlite_where=text("released_at IS NULL"),
+        ),
+        Index(
+            "ix_work_items_released",
+            "released_at",
+            postgresql_where=text("released_at IS NOT NULL"),
+            sqlite_where=text("released_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    entity: Mapped[str] = mapped_column(String(32))
+    record_key: Mapped[str] = mapped_column(String(128))
+    run_id: Mapped[str] = mapped_column(String(64))
+    job: Mapped[str] = mapped_column(String(64))
+    # The task's keyword arguments (snapshot, hint, full, run_id, …) as the plan made them.
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Attempts that ended transiently so far (the next release runs attempt `attempts + 1`).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Not to be released before this time (a retry's backoff, a limiter's wait).
+    not_before: Mapped[datetime | None] = mapped_column(nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

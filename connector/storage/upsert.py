@@ -73,3 +73,12 @@ def insert_if_absent(
     )
     new_id = session.execute(statement, dict(values)).scalar_one_or_none()
     return int(new_id) if new_id is not None else None
+
+
+def insert_many_if_absent(
+    session: Session, model: type[Base], rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
+) -> None:
+    """Insert `rows` in one statement, leaving out each whose `key` columns exist already."""
+    if rows:
+        statement = _insert(session, model).on_conflict_do_nothing(index_elements=list(key))
+        session.execute(statement, [dict(row) for row in rows])

@@ -40,6 +40,7 @@ from connector.storage.audit import (
     AuditLog,
 )
 from connector.storage.idmap import IdMap, PushedState, content_hash
+from connector.storage.work_items import WorkItems
 from connector.sync.lifecycle import NOUN, Followed, LinkChange, follow_gone, record_lock
 from connector.sync.mapping import PipedriveLayout, changed_fields
 from connector.sync.specs import SPECS, EntitySpec
@@ -322,8 +323,13 @@ class TenantSync:
         replay_of: int | None = None,
         run_id: str | None = None,
         dry_run: bool = False,
+        work_item: int | None = None,
     ) -> RecordResult:
         """Upsert one record into Pipedrive and leave one audit row for this attempt.
+
+        `work_item`: the stored item the dispatcher released this attempt for
+        (connector.dispatch); it is deleted in the transaction of the attempt's final audit
+        row, never on a transient ending (the caller gives it back).
 
         A transient failure (rate limit, lock, a remote's 429/5xx) leaves a "retrying" row
         and raises TransientError carrying that row's id (`audit_id`): the caller decides
@@ -350,7 +356,7 @@ class TenantSync:
                 if not dry_run:
                     # Under the lock: the id map and the audit row commit together, before
                     # another attempt of the record may read the id map.
-                    self._write(audit, before, books)
+                    self._write(audit, before, books, finished=work_item)
                 return RecordResult(outcome, audit, books.pipedrive_id)
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)
@@ -370,13 +376,19 @@ class TenantSync:
                 audit_id = None if dry_run else self._write(audit, before)
                 raise TransientError(str(error), retry_after_s(error), audit_id=audit_id) from error
         if not dry_run:
-            self._write(audit, before)
+            self._write(audit, before, finished=work_item)
         return RecordResult(outcome, audit)
 
     def _write(
-        self, audit: Attempt, before: tuple[int, int], books: _Bookkeeping | None = None
+        self,
+        audit: Attempt,
+        before: tuple[int, int],
+        books: _Bookkeeping | None = None,
+        *,
+        finished: int | None = None,
     ) -> int:
-        """The attempt's audit row, and the id-map changes it made, in one transaction."""
+        """The attempt's audit row, the id-map changes it made and the end of its work item
+        (`finished`), in one transaction."""
         summary = dict(audit.response_summary or {})
         summary["requests"] = {
             "ifs": self.ifs.http.requests_sent - before[0],
@@ -388,6 +400,8 @@ class TenantSync:
         def write(session: Session) -> int:
             for save in saves:
                 self.idmap.save(self.tenant.id, session=session, **save)
+            if finished is not None:
+                WorkItems(self.runtime.database).finish(finished, session=session)
             return self.audit.write(audit, session=session)
 
         return self.runtime.database.transaction(write)

@@ -68,7 +68,10 @@ def test_status_after_a_sync_with_one_failure_shows_the_run_and_the_waiting_row(
     assert status["webhook"]["registered"] and status["webhook"]["webhook_id"] == 77
     assert status["webhook"]["events_failed"] == 1
     assert status["webhook"]["last_event_at"].startswith("2026-11-28T10:00")
-    assert document["queue"]["depths"] == {stack.env["CONNECTOR_QUEUE"]: 0}
+    assert document["queue"]["depths"] == {
+        stack.env["CONNECTOR_QUEUE"]: 0,
+        stack.env["CONNECTOR_INTERACTIVE_QUEUE"]: 0,
+    }
 
     text = stack.cli("status", "--tenant", stack.tenant)
     assert text.returncode == 0, text.stderr

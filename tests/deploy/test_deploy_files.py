@@ -35,10 +35,19 @@ CELERY_APP = "workers.app:celery_app"
 WSGI_APP = "webhook_receiver.wsgi:app"
 CONSOLE_WSGI_APP = "console.wsgi:app"
 QUEUE = "ml-connector"
+INTERACTIVE_QUEUE = "ml-connector-interactive"
 RECEIVER_PORT = 8000
 FLOWER_PORT = 5555
 CONSOLE_PORT = 8090
-APP_IMAGE_SERVICES = ("migrate", "receiver", "worker", "beat", "flower", "console")
+APP_IMAGE_SERVICES = (
+    "migrate",
+    "receiver",
+    "worker",
+    "worker-interactive",
+    "beat",
+    "flower",
+    "console",
+)
 
 
 # --- reading the files ------------------------------------------------------------------
@@ -283,16 +292,56 @@ def _app_queues() -> set[str]:
     return queues
 
 
-def test_workers_consume_the_queue_the_app_sends_to() -> None:
+def _consumed_queue(worker: Invocation) -> str:
+    queue = _option_value(worker.argv, "-Q", "--queues") or ""
+    # compose and the Procfile let CONNECTOR_(INTERACTIVE_)QUEUE choose; the default must be
+    # the app's.
+    default = re.fullmatch(r"\$\{CONNECTOR_(?:INTERACTIVE_)?QUEUE:-([^}]*)\}", queue)
+    return default.group(1) if default else queue
+
+
+def test_workers_consume_the_queues_the_app_sends_to() -> None:
     workers = [i for i in _programs("celery") if "worker" in i.argv]
-    assert len(workers) >= 4, "compose, k8s and two Procfile workers"
+    assert len(workers) >= 7, "compose, k8s: two each; Procfile: two bulk, one interactive"
     for worker in workers:
-        queue = _option_value(worker.argv, "-Q", "--queues") or ""
-        # The Procfile lets CONNECTOR_QUEUE choose the queue; its default must be the app's.
-        default = re.fullmatch(r"\$\{CONNECTOR_QUEUE:-([^}]*)\}", queue)
-        queue = default.group(1) if default else queue
-        assert queue == QUEUE, f"{worker}: consumes {queue!r}"
+        assert _consumed_queue(worker) in (QUEUE, INTERACTIVE_QUEUE), str(worker)
     assert QUEUE in _app_queues()
+    app = _resolve(CELERY_APP)
+    assert app.conf.mlc_interactive_queue == INTERACTIVE_QUEUE
+
+
+def test_every_deployment_runs_consumers_of_both_queues() -> None:
+    # Interactive work has consumers of its own wherever workers are shipped: a backfill on
+    # the bulk queue cannot delay a stage push.
+    workers = [i for i in _programs("celery") if "worker" in i.argv]
+    for kind in ("compose", "worker.yaml", "Procfile"):
+        consumed = {_consumed_queue(w) for w in workers if w.where.startswith(kind)}
+        assert consumed == {QUEUE, INTERACTIVE_QUEUE}, kind
+    interactive = _k8s_one("Deployment", "ml-connector-worker-interactive")
+    assert not [
+        h
+        for h in _k8s("HorizontalPodAutoscaler")
+        if h["spec"]["scaleTargetRef"]["name"] == "ml-connector-worker-interactive"
+    ], "sized by hand: CPU says nothing about waiting stage pushes"
+    assert interactive["spec"]["replicas"] >= 1
+
+
+def test_the_app_routes_interactive_jobs_to_their_queue() -> None:
+    from connector import jobs
+
+    app = _resolve(CELERY_APP)
+
+    def queue_of(job: str, kwargs: dict[str, Any]) -> str:
+        route = app.amqp.router.route({}, job, (), kwargs)
+        return str(route["queue"].name)
+
+    assert queue_of(jobs.PUSH_STAGE, {"tenant": "a", "webhook_event_id": 1}) == INTERACTIVE_QUEUE
+    assert queue_of(jobs.REPLAY, {"audit_id": 1}) == INTERACTIVE_QUEUE
+    assert queue_of(jobs.SYNC_ORDER, {"tenant": "a", "key": "1", "replay_of": 7}) == (
+        INTERACTIVE_QUEUE
+    )
+    assert queue_of(jobs.SYNC_ORDER, {"tenant": "a", "key": "1", "work_item": 3}) == QUEUE
+    assert queue_of(jobs.PLAN_SYNC, {"tenant": "a"}) == QUEUE
 
 
 def _is_console(invocation: Invocation) -> bool:
@@ -431,8 +480,20 @@ def test_health_check_calls_the_receiver_health_endpoint() -> None:
         ("POST", "/webhooks/pipedrive/acme"),
     ],
 )
-def test_paths_the_deployment_relies_on_are_routes_of_the_receiver(method: str, path: str) -> None:
-    app = _resolve(WSGI_APP)
+def test_paths_the_deployment_relies_on_are_routes_of_the_receiver(
+    method: str, path: str, monkeypatch, tmp_path: Path
+) -> None:
+    from connector.settings import get_settings
+
+    # Its own deployment settings: the module may not have been imported by an earlier test
+    # of this process (pytest-xdist splits them), and it refuses the embedded defaults.
+    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
+    monkeypatch.setenv("CONNECTOR_BROKER_URL", "redis://127.0.0.1:6379/0")
+    get_settings.cache_clear()
+    try:
+        app = _resolve(WSGI_APP)
+    finally:
+        get_settings.cache_clear()
     url_map = getattr(app, "url_map", None)
     assert url_map is not None, f"{WSGI_APP} is expected to be the Flask app"
     url_map.bind("localhost").match(path, method=method)  # raises NotFound / MethodNotAllowed
@@ -566,7 +627,7 @@ def test_compose_runs_migrations_once_before_the_app() -> None:
     services = _compose()["services"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
-    for name in ("receiver", "worker", "beat", "flower", "console"):
+    for name in ("receiver", "worker", "worker-interactive", "beat", "flower", "console"):
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully", name
 
@@ -612,6 +673,7 @@ def test_k8s_has_every_part() -> None:
         ("Deployment", "ml-connector-receiver"),
         ("Service", "ml-connector-receiver"),
         ("Deployment", "ml-connector-worker"),
+        ("Deployment", "ml-connector-worker-interactive"),
         ("HorizontalPodAutoscaler", "ml-connector-worker"),
         ("Deployment", "ml-connector-beat"),
         ("Deployment", "ml-connector-flower"),
@@ -717,7 +779,7 @@ def test_kustomize_renders_the_manifests() -> None:
     )
     assert rendered.returncode == 0, rendered.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
-    assert kinds.count("Deployment") == 5
+    assert kinds.count("Deployment") == 6
     assert "Ingress" not in kinds
 
 
@@ -766,15 +828,15 @@ def test_dockerfile_copies_every_package_setuptools_installs() -> None:
 # --- Procfile and entry point -----------------------------------------------------------
 
 
-def test_procfile_runs_receiver_two_named_workers_beat_and_the_console() -> None:
+def test_procfile_runs_receiver_named_workers_beat_and_the_console() -> None:
     processes = _procfile()
-    assert set(processes) == {"receiver", "worker1", "worker2", "beat", "console"}
+    assert set(processes) == {"receiver", "worker1", "worker2", "interactive", "beat", "console"}
     names = []
-    for name in ("worker1", "worker2"):
+    for name in ("worker1", "worker2", "interactive"):
         argv, env = _program(shlex.split(processes[name]))
         names.append(_option_value(argv, "-n", "--hostname"))
         assert env["PROMETHEUS_MULTIPROC_DIR"].endswith(name)
-    assert names == ["worker1@%h", "worker2@%h"]
+    assert names == ["worker1@%h", "worker2@%h", "interactive@%h"]
     metrics_dirs = {
         _program(shlex.split(cmd))[1]["PROMETHEUS_MULTIPROC_DIR"] for cmd in processes.values()
     }

@@ -1,4 +1,5 @@
-"""deploy/Procfile run for real with honcho: receiver under gunicorn, two workers, beat."""
+"""deploy/Procfile run for real with honcho: receiver under gunicorn, bulk and interactive
+workers, beat."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("procfile")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS, ORDERS = 3, 8
-WORKERS = ("worker1", "worker2")
+WORKERS = ("worker1", "worker2", "interactive")
 # Settings honcho passes on through its env file, so that a developer's ./.env cannot
 # point this test at another database or queue.
 PASSED_SETTINGS = (

@@ -16,9 +16,10 @@ from celery import Celery, signals
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from connector import jobs
 from connector.errors import RecordError, RemoteError, TransientError
 from connector.metrics import SYNC_OUTCOMES
-from connector.ratelimit import RateLimited
+from connector.ratelimit import RateLimited, interactive
 from connector.runtime import Runtime
 from connector.storage.audit import DEFERRED, FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
 from connector.storage.idmap import IdMap
@@ -119,6 +120,23 @@ def test_a_final_error_is_not_retried(countdowns: list[float]) -> None:
     with pytest.raises(RecordError):
         broken.apply(kwargs={"tenant": "acme"}, throw=True)
     assert countdowns == []
+
+
+def test_interactive_jobs_run_inside_interactive_work_and_bulk_jobs_do_not() -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def body(self: ConnectorTask, tenant: str, **_: Any) -> str:
+        seen.append((self.name, interactive.get()))
+        return "done"
+
+    # Named as the jobs: the routing rule (connector.jobs.is_interactive) decides.
+    replay = app.task(bind=True, base=ConnectorTask, name=jobs.REPLAY)(body)
+    record = app.task(bind=True, base=ConnectorTask, name=jobs.SYNC_ORDER)(body)
+    assert replay.apply(kwargs={"tenant": "acme"}).get() == "done"
+    assert record.apply(kwargs={"tenant": "acme", "key": "O1", "replay_of": 7}).get() == "done"
+    assert record.apply(kwargs={"tenant": "acme", "key": "O1"}).get() == "done"
+    assert seen == [(jobs.REPLAY, True), (jobs.SYNC_ORDER, True), (jobs.SYNC_ORDER, False)]
+    assert interactive.get() is False
 
 
 def test_a_retry_can_carry_what_is_left_to_do(countdowns: list[float]) -> None:

@@ -304,3 +304,26 @@ def test_0007_enters_existing_runs_in_run_records_and_downgrades_cleanly(empty_u
         assert "ix_audit_failed" not in indexes
     finally:
         engine.dispose()
+
+
+def test_0008_adds_the_work_items_table_with_its_indexes_and_downgrades_cleanly(empty_url):
+    assert upgrade(empty_url, "0007") == "0007"
+    engine = sa.create_engine(empty_url)
+    try:
+        assert "work_items" not in sa.inspect(engine).get_table_names()
+        assert upgrade(empty_url, "0008") == "0008"
+        if engine.dialect.name == "sqlite":  # SQLAlchemy's inspector leaves partial indexes out
+            with engine.connect() as connection:
+                names = set(
+                    connection.execute(
+                        sa.text("SELECT name FROM sqlite_master WHERE tbl_name = 'work_items'")
+                    ).scalars()
+                )
+        else:
+            names = {index["name"] for index in sa.inspect(engine).get_indexes("work_items")}
+        assert {"ix_work_items_waiting", "ix_work_items_released"} <= names
+        assert _schema_differences(empty_url) == []
+        command.downgrade(alembic_config(empty_url), "0007")
+        assert "work_items" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()

@@ -1,0 +1,193 @@
+"""The dispatcher: every tick, release each tenant's stored records within its budget.
+
+One dispatcher works per deployment at a time (a lease in Redis, renewed every tick and
+taken over by another worker within seconds when its holder dies). A tick:
+
+1. every few seconds, puts back items released so long ago that their message must be lost
+   (a worker killed mid-task, a broker that lost its queue): the sweep of stale releases;
+2. lists the tenants with stored records and asks the limiter (`usage`, through
+   Coordination: never its keys) how many records each tenant's budget takes now, less what
+   it has on its way; a tenant whose budget is spent is passed over and holds no place in
+   the queue (a tick every 0.5 s keeps up with a budget that frees as its window rolls);
+3. hands out the room left under the deployment's in-flight cap round-robin (pacing.py),
+   marks those items released (one transaction), then sends them, alternating tenants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+from connector.diagnostics.headroom import PIPEDRIVE, tenant_limits
+from connector.dispatch.pacing import Backlog, ItemCost, allowance, counted, interleave, releases
+from connector.errors import ConnectorError, UnknownTenantError
+from connector.jobs import Enqueue
+from connector.pipedrive.client import SEARCH_BUCKET, burst_limits, daily_limit
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
+from connector.storage.models import utcnow
+from connector.storage.work_items import ReleasedItem, WorkItems
+
+if TYPE_CHECKING:
+    from connector.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+LEASE_TTL_S = 5.0
+SWEEP_EVERY_S = 5.0
+# A released item not finished after this long lost its message: released again. Longer than
+# any task runs (a record lock waits up to 30 s, HTTP retries some more); a duplicate run is
+# harmless anyway (every upsert is idempotent), a lost record is not.
+STALE_AFTER_S = 90.0
+# Releases without an end (each a lost message or a crashed task) before an item is given up
+# with a failed audit row, for `replay`.
+MAX_RELEASES = 10
+
+
+@dataclass
+class Tick:
+    """What one tick did (for logs and tests)."""
+
+    released: int = 0
+    swept: int = 0
+    dropped: int = 0
+    passed_over: int = 0  # tenants with stored records whose budget took none now
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        runtime: Runtime,
+        enqueue: Enqueue,
+        *,
+        in_flight_cap: int | None = None,
+        stale_after_s: float = STALE_AFTER_S,
+        cost: ItemCost | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.enqueue = enqueue
+        self.items = WorkItems(runtime.database)
+        self.in_flight_cap = in_flight_cap or runtime.settings.dispatch_in_flight
+        self.stale_after_s = stale_after_s
+        self.cost = cost or ItemCost()
+        self._turn = 0
+        self._last_sweep = 0.0
+
+    def tick(self) -> Tick:
+        done = Tick()
+        now = time.monotonic()
+        if now - self._last_sweep >= SWEEP_EVERY_S:
+            self._last_sweep = now
+            done.swept, done.dropped = self._sweep()
+        tenants = self.items.waiting_tenants()
+        if not tenants:
+            return done
+        in_flight = self.items.in_flight()
+        served = self.runtime.tenants
+        # Items of tenants this deployment does not serve (removed from the file) take no room.
+        room = self.in_flight_cap - sum(n for t, n in in_flight.items() if t in served)
+        backlogs = []
+        for tenant in tenants:
+            budget = self._allowance(tenant)
+            if budget is None:
+                continue
+            if budget <= in_flight.get(tenant, 0):
+                done.passed_over += 1
+            # How many are due is not counted (a tick stays a few index probes per tenant):
+            # a tenant with fewer than its quota simply releases fewer.
+            backlogs.append(Backlog(tenant, budget, in_flight.get(tenant, 0), budget))
+        order = releases(backlogs, room, start=self._turn)
+        self._turn += 1
+        if not order:
+            return done
+        released = self.items.release(counted(order))
+        by_id = {item.id: item for items in released.values() for item in items}
+        ids = interleave({t: [i.id for i in items] for t, items in released.items()}, order)
+        done.released = self._send([by_id[item_id] for item_id in ids])
+        return done
+
+    def _allowance(self, tenant: str) -> int | None:
+        """Records the tenant's Pipedrive budget takes now; None for a tenant
+        this deployment does not serve (left alone: not ours, or removed from the file)."""
+        try:
+            config = self.runtime.tenant(tenant)
+        except UnknownTenantError:
+            return None
+        key, _ = tenant_limits(config, PIPEDRIVE)
+        # Released records are bulk work: the daily reserve is not theirs to take.
+        limits = [
+            *burst_limits(config.pipedrive, SEARCH_BUCKET),
+            daily_limit(config.pipedrive, bulk=True),
+        ]
+        try:
+            usages = self.runtime.coordination.usage(key, limits)
+        except RedisError as error:
+            log.warning("dispatch: limiter of %s unreadable, nothing released: %s", tenant, error)
+            return 0
+        return allowance(usages, self.cost)
+
+    def _send(self, items: list[ReleasedItem]) -> int:
+        for position, item in enumerate(items):
+            kwargs = {**item.kwargs, "work_item": item.id, "attempt": item.attempts + 1}
+            try:
+                self.enqueue(item.job, kwargs)
+            except ConnectorError as error:  # the broker is down: they wait for the next tick
+                log.warning("dispatch: %s; %d items put back", error, len(items) - position)
+                self.items.unrelease([left.id for left in items[position:]])
+                return position
+        return len(items)
+
+    def _sweep(self) -> tuple[int, int]:
+        cutoff = utcnow() - timedelta(seconds=self.stale_after_s)
+        dropped, swept = self.items.sweep_stale(cutoff, MAX_RELEASES)
+        if swept:
+            log.warning(
+                "dispatch: %d items released before %s never finished: again", swept, cutoff
+            )
+        audit = AuditLog(self.runtime.database)
+        for item in dropped:
+            audit.write(
+                Attempt(
+                    tenant=item.tenant,
+                    direction=IFS_TO_PIPEDRIVE,
+                    entity=item.entity,
+                    record_key=item.record_key,
+                    status=FAILED,
+                    error=(
+                        f"released {MAX_RELEASES} times and its task never finished "
+                        "(a worker crashed on it each time?); replay it once the cause is fixed"
+                    ),
+                    correlation_id=item.kwargs.get("run_id"),
+                    attempt=item.attempts + 1,
+                    replay_task=item.job,
+                    replay_args={"tenant": item.tenant, "key": item.record_key},
+                )
+            )
+        return swept, len(dropped)
+
+    def run(self, stop: threading.Event, *, tick_s: float = TICK_S) -> None:
+        """Tick until `stop` is set, while this process holds the deployment's lease; errors
+        (a database or Redis outage) are logged and the next tick tries again."""
+        lease = self.runtime.coordination.lease(
+            f"dispatch:{self.runtime.settings.queue}", ttl_s=LEASE_TTL_S
+        )
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    if lease.hold():
+                        self.runtime.refresh_if_stale()
+                        self.tick()
+                except Exception:  # the loop must outlive any outage
+                    log.exception("dispatch: tick failed; trying again")
+                stop.wait(max(0.0, tick_s - (time.monotonic() - started)))
+        finally:
+            with contextlib.suppress(RedisError):  # else it expires by itself
+                lease.drop()
