@@ -26,12 +26,12 @@ from sqlalchemy import select
 
 from bench.harness import bench_database, bench_stack, benchmark_parser
 from connector.pipedrive.provisioning import PipelineIds
+from connector.polling import wait_until
 from connector.runtime import Runtime
 from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.work_items import WorkItems
-from sandbox.polling import wait_until
 from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
 from simulators.serving import RunningServer

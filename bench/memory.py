@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.harness import bench_database, bench_stack, benchmark_parser, vm_kib
 from connector.jobs import PLAN_SYNC
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 from sandbox.stack import Stack, forget_queues
 from sandbox.workers import child_pids
 

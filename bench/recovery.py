@@ -32,10 +32,10 @@ from sqlalchemy import func, select
 
 from bench.harness import RABBITMQ_URL, BenchStack, bench_database, bench_stack, benchmark_parser
 from connector.pipedrive.provisioning import FieldKeys
+from connector.polling import wait_until
 from connector.settings import Settings
 from connector.storage.models import AuditRecord
 from connector.storage.tenant_state import DatabaseTenantState
-from sandbox.polling import wait_until
 from sandbox.workers import BIN, child_pids
 
 KILL_AT = 1 / 3  # of the records done

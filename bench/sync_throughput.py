@@ -28,7 +28,7 @@ from bench.harness import (
     peak_in_window,
 )
 from bench.noop import NOOP
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 
 PIPEDRIVE_WINDOW_S = 2.0  # Pipedrive's burst window (see BURST_WINDOW_S in client.py)
 

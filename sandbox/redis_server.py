@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 
 
 def free_port() -> int:

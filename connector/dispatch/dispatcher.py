@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from connector.diagnostics.headroom import PIPEDRIVE, tenant_limits
 from connector.dispatch.pacing import Backlog, ItemCost, allowance, counted, interleave, releases
-from connector.errors import ConnectorError, UnknownTenantError
+from connector.errors import ConnectorError, UnknownTenantError, is_connection_loss
 from connector.jobs import Enqueue
 from connector.pipedrive.client import SEARCH_BUCKET, burst_limits, daily_limit
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+# While Postgres or Redis is away, the dispatcher says so at most this often.
+OUTAGE_LOG_S = 30.0
 LEASE_TTL_S = 5.0
 SWEEP_EVERY_S = 5.0
 # A released item not finished after this long lost its message: released again. Longer than
@@ -178,6 +180,7 @@ class Dispatcher:
         lease = self.runtime.coordination.lease(
             f"dispatch:{self.runtime.settings.queue}", ttl_s=LEASE_TTL_S
         )
+        outage_logged_at: float | None = None
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -185,8 +188,20 @@ class Dispatcher:
                     if lease.hold():
                         self.runtime.refresh_if_stale()
                         self.tick()
-                except Exception:  # the loop must outlive any outage
-                    log.exception("dispatch: tick failed; trying again")
+                    outage_logged_at = None
+                except Exception as error:  # the loop must outlive any outage
+                    if not is_connection_loss(error):
+                        log.exception("dispatch: tick failed; trying again")
+                    elif outage_logged_at is None or started - outage_logged_at >= OUTAGE_LOG_S:
+                        # An outage fails every tick: one line now and then, not a traceback
+                        # twice a second.
+                        outage_logged_at = started
+                        log.warning(
+                            "dispatch: paused, connection lost (%s: %s); trying every %.1fs",
+                            type(error).__name__,
+                            str(error).splitlines()[0] if str(error) else "",
+                            tick_s,
+                        )
                 stop.wait(max(0.0, tick_s - (time.monotonic() - started)))
         finally:
             with contextlib.suppress(RedisError):  # else it expires by itself

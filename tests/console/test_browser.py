@@ -10,8 +10,8 @@ import uuid
 import pytest
 import requests
 
+from connector.polling import wait_until
 from connector.storage.audit import IFS_TO_PIPEDRIVE, Attempt, AuditLog
-from sandbox.polling import wait_until
 from simulators.ifs.schema import customer_order
 from tests.console.conftest import OPERATOR, SCREENSHOTS
 

@@ -18,11 +18,11 @@ from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
 from connector.pipedrive.provisioning import FieldKeys, PipelineIds
+from connector.polling import wait_until
 from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.webhook_events import WebhookEventStatus
-from sandbox.polling import wait_until
 from sandbox.stack import Stack
 from sandbox.workers import BIN
 from simulators.ifs.schema import customer_order

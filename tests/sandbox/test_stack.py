@@ -7,7 +7,7 @@ import pytest
 import redis
 import yaml
 
-from sandbox.polling import wait_until
+from connector.polling import wait_until
 from sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ import json
 import pytest
 
 from connector.pipedrive.provisioning import PipelineIds
+from connector.polling import wait_until
 from connector.runtime import Runtime
 from connector.storage.idmap import IdMap
 from connector.storage.runs import latest_run, run_progress
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.work_items import WorkItems
-from sandbox.polling import wait_until
 from simulators.ifs.schema import customer_order
 from simulators.serving import RunningServer
 from webhook_receiver.app import create_app

@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from connector.jobs import REPLAY_FAILED
 from connector.pipedrive.provisioning import FieldKeys
+from connector.polling import wait_until
 from connector.storage.audit import AuditLog
 from connector.storage.models import AuditRecord
 from connector.storage.tenant_state import DatabaseTenantState
-from sandbox.polling import wait_until
 from sandbox.stack import Stack
 from sandbox.workers import BIN
 from simulators.ifs.schema import customer_order

@@ -14,12 +14,12 @@ import pytest
 from celery import Celery
 
 from connector.pipedrive.provisioning import FieldKeys
+from connector.polling import wait_until
 from connector.runtime import Runtime
 from connector.storage.audit import FAILED, AuditLog
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.webhook_events import WebhookEvents
-from sandbox.polling import wait_until
 from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
 from simulators.serving import RunningServer

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from connector.pipedrive.provisioning import FieldKeys, PipelineIds
+from connector.polling import wait_until
 from connector.runtime import Runtime
 from connector.storage.audit import AuditLog
 from connector.storage.database import Database
@@ -31,7 +32,6 @@ from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.runs import latest_run, run_summary
 from connector.storage.tenant_state import DatabaseTenantState
-from sandbox.polling import wait_until
 from sandbox.redis_server import PrivateRedis
 from sandbox.stack import Stack
 from sandbox.tcp_proxy import TcpProxy

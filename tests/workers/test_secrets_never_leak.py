@@ -9,8 +9,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from connector.polling import wait_until
 from connector.storage.models import AuditRecord
-from sandbox.polling import wait_until
 from simulators.ifs.schema import customer_order
 
 pytestmark = pytest.mark.integration

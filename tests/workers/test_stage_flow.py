@@ -15,11 +15,11 @@ from sqlalchemy import select
 
 from connector import jobs
 from connector.pipedrive.provisioning import PipelineIds
+from connector.polling import wait_until
 from connector.runtime import Runtime
 from connector.storage.idmap import IdMap
 from connector.storage.models import WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
-from sandbox.polling import wait_until
 from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
 from simulators.serving import RunningServer

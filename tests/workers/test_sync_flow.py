@@ -195,8 +195,8 @@ def test_bad_records_unknown_tenant_and_revoked_token_fail_with_reasons(stack_fa
         kwargs={"tenant": "no-such-tenant", "key": "C1"},
         queue=stack.env["CONNECTOR_QUEUE"],
     )
+    from connector.polling import wait_until
     from connector.storage.audit import AuditLog
-    from sandbox.polling import wait_until
 
     rows = wait_until(lambda: AuditLog(stack.runtime.database).list(tenant="no-such-tenant"), 60)
     assert rows and rows[0].status == "failed" and "unknown tenant" in (rows[0].error or "")
