@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                     target = f"http://127.0.0.1:{ports[name]}/webhooks/pipedrive/{tenant}"
                     rounds.append(run_wrk(name, target, script, args.seconds, args.connections))
             stored, enqueued = _stored_events(stack)
-            queued = int(redis.Redis.from_url(REDIS_URL).llen(queue))
+            # Stage pushes are interactive work: routed to the interactive queue.
+            queued = int(redis.Redis.from_url(REDIS_URL).llen(stack.interactive_queue))
             profile = profile_receiver(stack) if args.profile else None
         finally:
             for process in processes:
