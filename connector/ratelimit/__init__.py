@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -220,6 +221,28 @@ def _observe_wait(key: str, seconds: float) -> None:
     from connector.metrics import observe_limiter_wait
 
     observe_limiter_wait(key.split(":", 1)[0], seconds)
+
+
+class ThreadGrants:
+    """Each thread's newest grant time per key, in its limiter's own clock: `settle` moves
+    that grant once its request was answered. Per thread, because a limiter is shared by a
+    process's threads and each settles only the grant it took."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _by_key(self) -> dict[str, float]:
+        grants: dict[str, float] | None = getattr(self._local, "by_key", None)
+        if grants is None:
+            grants = self._local.by_key = {}
+        return grants
+
+    def note(self, key: str, at: float) -> None:
+        self._by_key()[key] = at
+
+    def take(self, key: str) -> float | None:
+        """The thread's newest grant of `key`, forgotten: a grant is settled at most once."""
+        return self._by_key().pop(key, None)
 
 
 from connector.ratelimit.local import LocalRateLimiter  # noqa: E402

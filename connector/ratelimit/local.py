@@ -13,6 +13,7 @@ from connector.ratelimit import (
     HISTORY_SLOT_S,
     Limit,
     LimitUsage,
+    ThreadGrants,
     UsageSlot,
     check_limits,
     check_request,
@@ -57,7 +58,7 @@ class LocalRateLimiter:
         self._logs: dict[tuple[str, str], _Log] = {}
         self._history: dict[str, dict[int, list[int]]] = {}  # key -> slot -> [cost, requests]
         self._paused_until: dict[str, float] = {}
-        self._grants = threading.local()  # key -> clock time of this thread's newest grant
+        self._grants = ThreadGrants()
 
     def try_acquire(self, key: str, cost: int, limits: Sequence[Limit]) -> float:
         check_request(cost, limits)
@@ -78,7 +79,7 @@ class LocalRateLimiter:
                 log.entries.append((now, charge))
                 log.total += charge
             self._book(key, cost)
-            self._granted()[key] = now
+            self._grants.note(key, now)
             return 0.0
 
     def _book(self, key: str, cost: int) -> None:
@@ -101,14 +102,8 @@ class LocalRateLimiter:
                 if start + HISTORY_SLOT_S > since
             ]
 
-    def _granted(self) -> dict[str, float]:
-        grants: dict[str, float] | None = getattr(self._grants, "by_key", None)
-        if grants is None:
-            grants = self._grants.by_key = {}
-        return grants
-
     def settle(self, key: str, limits: Sequence[Limit]) -> None:
-        granted = self._granted().pop(key, None)
+        granted = self._grants.take(key)
         if granted is None:
             return
         with self._lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ from connector.ratelimit import (
     HISTORY_SLOT_S,
     Limit,
     LimitUsage,
+    ThreadGrants,
     UsageSlot,
     check_limits,
     check_request,
@@ -35,7 +35,7 @@ class RedisRateLimiter:
         self.prefix = prefix
         self._script: Any = client.register_script(_SCRIPT)
         # key -> Redis time (µs) of this thread's newest grant under it, for settle().
-        self._grants = threading.local()
+        self._grants = ThreadGrants()
 
     def _keys_for(self, key: str, limit: Limit) -> tuple[str, str]:
         # The hash tag keeps every counter of one key in one cluster slot, as Lua requires.
@@ -74,20 +74,15 @@ class RedisRateLimiter:
         check_request(cost, limits)
         answer = int(self._run("acquire", key, cost, limits))
         if answer <= 0:
-            self._granted().__setitem__(key, -answer)
+            self._grants.note(key, -answer)
             return 0.0
         return answer / 1_000_000
 
-    def _granted(self) -> dict[str, int]:
-        grants: dict[str, int] | None = getattr(self._grants, "by_key", None)
-        if grants is None:
-            grants = self._grants.by_key = {}
-        return grants
-
     def settle(self, key: str, limits: Sequence[Limit]) -> None:
-        granted = self._granted().pop(key, None)
+        granted = self._grants.take(key)
         if granted is not None and limits:
-            self._run("settle", key, 1, limits, charge=granted)
+            # The grant time noted is the script's integer microseconds.
+            self._run("settle", key, 1, limits, charge=int(granted))
 
     def usage(self, key: str, limits: Sequence[Limit]) -> list[LimitUsage]:
         check_limits(limits)
