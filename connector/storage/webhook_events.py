@@ -143,26 +143,18 @@ class WebhookEvents:
 
     def mark_enqueued(self, row_id: int) -> None:
         """Received → enqueued; only from received: a worker may already have finished it."""
-        with self.database.session() as session:
-            session.execute(
-                update(WebhookEvent)
-                .where(
-                    WebhookEvent.id == row_id,
-                    WebhookEvent.status == WebhookEventStatus.RECEIVED.value,
-                )
-                .values(status=WebhookEventStatus.ENQUEUED.value)
-            )
+        self._move(row_id, WebhookEventStatus.RECEIVED, WebhookEventStatus.ENQUEUED)
 
     def mark_received(self, row_id: int) -> None:
         """Enqueued → received, after its enqueue failed; only from enqueued (as above)."""
+        self._move(row_id, WebhookEventStatus.ENQUEUED, WebhookEventStatus.RECEIVED)
+
+    def _move(self, row_id: int, source: WebhookEventStatus, target: WebhookEventStatus) -> None:
         with self.database.session() as session:
             session.execute(
                 update(WebhookEvent)
-                .where(
-                    WebhookEvent.id == row_id,
-                    WebhookEvent.status == WebhookEventStatus.ENQUEUED.value,
-                )
-                .values(status=WebhookEventStatus.RECEIVED.value)
+                .where(WebhookEvent.id == row_id, WebhookEvent.status == source.value)
+                .values(status=target.value)
             )
 
     def unfinished(self, grace_s: float, *, limit: int, now: datetime | None = None) -> list[Stuck]:
