@@ -14,24 +14,72 @@ from dataclasses import dataclass
 
 from connector.ratelimit import Limit, LimitUsage
 
+# Pipedrive tokens per request a record's estimate counts (a POST or PATCH costs 5, a GET of
+# one record 1, a search 20): what the daily budget is charged per estimated request.
+TOKENS_PER_REQUEST = 5
+
 
 @dataclass(frozen=True)
 class ItemCost:
-    """What one record's task is expected to take from a tenant's Pipedrive limits.
+    """What one released record's attempt is expected to take from a tenant's Pipedrive
+    limits: `requests` (the burst limit), `tokens` (the daily budget), `search` (the search
+    limit, not counted: it is the burst limit that binds before it for every record shape).
 
-    A record with its IFS snapshot and a plan hint is one write (a POST or PATCH: one
-    request, 5 tokens); `requests` and `tokens` say so, and the search limit is not counted
-    (a search happens only for a record the plan could not place).
+    A mean, not a bound: an order whose customer is linked takes one write, one whose
+    customer is new takes three (search, create the organization, create the deal).
     """
 
-    requests: int = 1
-    tokens: int = 5
-    search: int = 0
+    requests: float = 1.0
+    tokens: float = TOKENS_PER_REQUEST
+    search: float = 0.0
 
-    def charge(self, limit: Limit) -> int:
+    @classmethod
+    def of_requests(cls, requests: float) -> ItemCost:
+        return cls(requests=requests, tokens=requests * TOKENS_PER_REQUEST)
+
+    def charge(self, limit: Limit) -> float:
         if limit.name == "search":
             return self.search
         return self.requests if limit.per_request else self.tokens
+
+
+# A look at this many attempts or more sets a tenant's mean to what they took; a look at
+# fewer moves it that share of the way (a single odd attempt does not decide).
+SETTLED_ATTEMPTS = 10
+# An estimate is never below this: a run of unchanged records (no request at all) must not
+# make a tenant's next records look free.
+MIN_REQUESTS = 0.5
+
+
+class RecordCosts:
+    """Per tenant, the running mean of Pipedrive requests one released attempt takes, learnt
+    from what its recent attempts actually took (each audit row counts its requests).
+
+    The dispatcher releases a tenant's records by this mean, so a tenant whose records need
+    three requests each gets a third as many records per window as one whose records need
+    one: its budget is used and not overdrawn, and no attempt waits for tokens that a record
+    released beside it took.
+    """
+
+    def __init__(self, prior: ItemCost | None = None) -> None:
+        self.prior = prior or ItemCost()
+        self._means: dict[str, float] = {}
+
+    def cost(self, tenant: str) -> ItemCost:
+        mean = self._means.get(tenant)
+        return self.prior if mean is None else ItemCost.of_requests(mean)
+
+    def learn(self, tenant: str, requests: int, attempts: int) -> None:
+        """`attempts` more attempts of `tenant` took `requests` Pipedrive requests together."""
+        if attempts <= 0:
+            return
+        before = self._means.get(tenant, self.prior.requests)
+        weight = min(1.0, attempts / SETTLED_ATTEMPTS)
+        mean = before + (requests / attempts - before) * weight
+        self._means[tenant] = max(MIN_REQUESTS, mean)
+
+    def forget(self, tenant: str) -> None:
+        self._means.pop(tenant, None)
 
 
 @dataclass(frozen=True)
@@ -51,11 +99,10 @@ class Backlog:
 
 def allowance(usages: Sequence[LimitUsage], cost: ItemCost) -> int:
     """Items the tenant's limits can grant now, as the limiter reports them: per limit what is
-    left divided by the item's charge, the smallest over all limits.
+    left divided by the item's expected charge, the smallest over all limits.
 
     Only what is left now, never tokens still to come: a record released ahead of its tokens
-    would find none within its short wait and go back, and a record that needs several
-    requests (an order whose customer is new) would spend some of them each time.
+    would find none within its short wait and go back.
     """
     items = math.inf
     for usage in usages:

@@ -13,7 +13,8 @@ from connector.diagnostics.headroom import PIPEDRIVE, tenant_limits
 from connector.dispatch.dispatcher import MAX_RELEASES, Dispatcher
 from connector.runtime import Runtime
 from connector.settings import Settings
-from connector.storage.audit import FAILED
+from connector.pipedrive.client import rate_limit_key
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.storage.models import AuditRecord
 from connector.storage.work_items import WorkItems
 from connector.tenants import parse_tenants
@@ -110,3 +111,48 @@ def test_releases_that_never_finish_are_released_again_then_given_up_with_a_fail
     assert (row.status, row.record_key, row.correlation_id) == (FAILED, "O0", "r")
     assert row.error is not None and "never finished" in row.error
     assert row.replay_args == {"tenant": fast, "key": "O0"}
+
+
+def _attempts(runtime: Runtime, tenant: str, count: int, requests: int) -> None:
+    """`count` finished attempts of `tenant` that took `requests` Pipedrive requests each."""
+    audit = AuditLog(runtime.database)
+    for i in range(count):
+        audit.write(
+            Attempt(
+                tenant=tenant,
+                direction=IFS_TO_PIPEDRIVE,
+                entity="order",
+                record_key=f"done-{i}",
+                response_summary={"requests": {"ifs": 0, "pipedrive": requests}},
+            )
+        )
+
+
+def test_a_tenant_whose_records_take_three_requests_gets_a_third_as_many(
+    deployment: tuple[Runtime, str, str],
+) -> None:
+    runtime, _, fast = deployment
+    # Orders whose customers are new: search, create the organization, create the deal.
+    _attempts(runtime, fast, 12, requests=3)
+    _plan(runtime, fast, 50)
+    queue = Queue()
+
+    Dispatcher(runtime, queue).tick()
+
+    # 20 requests per window: 6 records of 3, not 20 records sharing 20 requests.
+    assert queue.tenants() == [fast] * 6
+
+
+def test_a_tenant_paused_after_a_block_page_releases_nothing(
+    deployment: tuple[Runtime, str, str],
+) -> None:
+    runtime, slow, fast = deployment
+    _plan(runtime, slow, 5)
+    _plan(runtime, fast, 5)
+    runtime.coordination.limiter.pause(rate_limit_key(fast), 60)
+    queue = Queue()
+
+    done = Dispatcher(runtime, queue).tick()
+
+    assert queue.tenants() == [slow] * 4 and done.passed_over == 1
+    assert WorkItems(runtime.database).backlog(fast) == (5, 0)
