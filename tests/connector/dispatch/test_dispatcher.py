@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from connector.diagnostics.headroom import PIPEDRIVE, tenant_limits
 from connector.dispatch.dispatcher import MAX_RELEASES, Dispatcher
+from connector.pipedrive.client import rate_limit_key
 from connector.runtime import Runtime
 from connector.settings import Settings
-from connector.pipedrive.client import rate_limit_key
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, Attempt, AuditLog
 from connector.storage.models import AuditRecord
 from connector.storage.work_items import WorkItems
