@@ -97,19 +97,27 @@ class Backlog:
         return max(0, min(self.waiting, self.allowance - self.in_flight))
 
 
-def allowance(usages: Sequence[LimitUsage], cost: ItemCost) -> int:
-    """Items the tenant's limits can grant now, as the limiter reports them: per limit what is
-    left divided by the item's expected charge, the smallest over all limits.
+def allowance(usages: Sequence[LimitUsage], cost: ItemCost, ahead_s: float = 0.0) -> int:
+    """Items the tenant's limits can grant by the time released records ask for them, as the
+    limiter reports them: per limit what is left now, plus what leaves its rolling window
+    within `ahead_s` (the time a released record takes to reach its first request), divided
+    by the item's expected charge; the smallest over all limits.
 
-    Only what is left now, never tokens still to come: a record released ahead of its tokens
-    would find none within its short wait and go back.
+    What leaves the window within `ahead_s` is taken as an even share of what is used (grants
+    paced by the dispatcher are spread over the window), and none of it when the limiter
+    says the next unit leaves later than that. `ahead_s` stays well under a record's short
+    wait for its first tokens: a record released ahead of them finds them within it, where
+    one released a window ahead would go back.
     """
     items = math.inf
     for usage in usages:
         charge = cost.charge(usage.limit)
         if charge <= 0:
             continue
-        items = min(items, usage.remaining // charge)
+        left = float(usage.remaining)
+        if ahead_s > 0 and usage.retry_after_s <= ahead_s:
+            left += math.floor(usage.used * min(1.0, ahead_s / usage.limit.window_s))
+        items = min(items, left // charge)
     return 0 if items == math.inf else int(items)
 
 
@@ -157,3 +165,34 @@ def interleave(released: Mapping[str, Sequence[int]], order: Sequence[str]) -> l
             ids.append(items[positions[tenant]])
             positions[tenant] += 1
     return ids
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a tenant's stored records are not released now: the limit (`burst`, `search`,
+    `daily`, or `paused` after Pipedrive's 403 block page) and the seconds until it lets the
+    next record through, as the limiter counts it."""
+
+    limit: str
+    seconds: float
+    used: int = 0
+    capacity: int = 0
+
+
+def holds(usages: Sequence[LimitUsage], paused_s: float, cost: ItemCost) -> list[Hold]:
+    """What keeps a tenant's next record from being released now (empty: nothing, the
+    records go out at the next tick): a pause, and each limit with less left than a record's
+    expected charge."""
+    found = [Hold("paused", paused_s)] if paused_s > 0 else []
+    for usage in usages:
+        charge = cost.charge(usage.limit)
+        if charge > 0 and usage.remaining < charge:
+            found.append(
+                Hold(
+                    usage.limit.name or "requests",
+                    usage.retry_after_s,
+                    usage.used,
+                    usage.limit.available,
+                )
+            )
+    return found
