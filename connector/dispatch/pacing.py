@@ -46,9 +46,10 @@ class ItemCost:
 # A look at this many attempts or more sets a tenant's mean to what they took; a look at
 # fewer moves it that share of the way (a single odd attempt does not decide).
 SETTLED_ATTEMPTS = 10
-# An estimate is never below this: a run of unchanged records (no request at all) must not
-# make a tenant's next records look free.
-MIN_REQUESTS = 0.5
+# An estimate is never below one request: a run of unchanged records (none at all) must not
+# make a tenant's next records look free, and a tenant never has more records on their way
+# than its burst window holds requests (queue positions and worker slots others could use).
+MIN_REQUESTS = 1.0
 
 
 class RecordCosts:

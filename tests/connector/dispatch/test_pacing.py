@@ -110,5 +110,17 @@ def test_a_tenants_cost_is_learnt_from_what_its_attempts_took():
 def test_unchanged_records_never_make_a_tenants_records_look_free():
     costs = RecordCosts()
     costs.learn("a", requests=0, attempts=50)
-    assert costs.cost("a").requests > 0
-    assert allowance([LimitUsage(BURST, 0)], costs.cost("a")) == 40
+    assert costs.cost("a").requests == 1.0
+    assert allowance([LimitUsage(BURST, 0)], costs.cost("a")) == 20
+
+
+def test_tokens_leaving_the_window_before_a_record_asks_count_as_there():
+    # 20 spent over the 2 s window, the oldest leaving in 0.1 s: a quarter of them within 0.5 s.
+    spent = LimitUsage(BURST, 20, retry_after_s=0.1)
+    assert allowance([spent], ItemCost(), ahead_s=0.5) == 5
+    assert allowance([spent], ItemCost(), ahead_s=0.0) == 0
+    # None leaves that soon (a burst just taken, a spent day): none counts.
+    assert allowance([LimitUsage(BURST, 20, retry_after_s=1.5)], ItemCost(), ahead_s=0.5) == 0
+    assert allowance([LimitUsage(DAY, 30_000, retry_after_s=3_600)], ItemCost(), ahead_s=0.5) == 0
+    # Never more than the window holds.
+    assert allowance([LimitUsage(BURST, 4, retry_after_s=0.0)], ItemCost(), ahead_s=9) == 20
