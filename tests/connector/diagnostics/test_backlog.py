@@ -3,7 +3,10 @@ daily budget, a pause after Pipedrive's 403); tenants gone from the file keep th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
+
+import pytest
 
 from connector.diagnostics.backlog import stored_backlog
 from connector.diagnostics.status import tenant_status
@@ -17,7 +20,20 @@ from tests.connector.diagnostics.conftest import MakeRuntime
 SYNC_ORDER = "ml_connector.sync_order"
 
 
+@pytest.fixture(autouse=True)
+def _forget_stored() -> Iterator[None]:
+    """Items stored here are removed after each test (other tests sweep every tenant's)."""
+    yield
+    for runtime, tenant in _STORED:
+        WorkItems(runtime.database).forget(tenant)
+    _STORED.clear()
+
+
+_STORED: list[tuple[Runtime, str]] = []
+
+
 def _store(runtime: Runtime, tenant: str, count: int) -> None:
+    _STORED.append((runtime, tenant))
     run_id = f"{tenant}-run"  # a run id is unique across tenants
     page = [
         {"entity": "order", "tenant": tenant, "key": f"O{i}", "run_id": run_id}
