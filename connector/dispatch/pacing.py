@@ -1,9 +1,11 @@
 """What the dispatcher releases: pure arithmetic over budgets, backlogs and queue room.
 
-Two questions, answered without any I/O so that they can be tested on their own: how many
-of a tenant's records its remaining budget can take now (`allowance`), and which tenants'
+Answered without any I/O so that they can be tested on their own: what a tenant's record
+costs (`RecordCosts`: the running mean of what its recent attempts took), how many of its
+records its remaining budget can take by the time they ask (`allowance`), which tenants'
 records go out, in which order, when the shared room on the bulk queue is smaller than what
-the tenants could take (`releases`: round-robin).
+the tenants could take (`releases`: round-robin), and what holds a tenant's records when
+none can go (`holds`, for `status`).
 """
 
 from __future__ import annotations
