@@ -24,7 +24,13 @@ from connector.storage.work_items import WorkItems
 from connector.sync import ENTITIES, JOB_FOR_ENTITY
 from connector.sync.engine import Plan, TenantSync, plan_audit
 from workers.app import celery_app, enqueue
-from workers.base import DISPATCHED_TOKEN_WAIT_S, ConnectorTask, RecordSyncTask, StagePushTask
+from workers.base import (
+    DISPATCHED_STARTED_WAIT_S,
+    DISPATCHED_TOKEN_WAIT_S,
+    ConnectorTask,
+    RecordSyncTask,
+    StagePushTask,
+)
 from workers.runtime import get_runtime
 
 
@@ -155,8 +161,9 @@ def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) 
         _finish(item)
         return FAILED
     # Released within the tenant's budget, so tokens are there; if not, the item goes back
-    # to the store at once rather than hold the worker asleep.
-    with waits_at_most(DISPATCHED_TOKEN_WAIT_S) if item is not None else nullcontext():
+    # to the store at once rather than hold the worker asleep (unless it has spent some).
+    capped = waits_at_most(DISPATCHED_TOKEN_WAIT_S, once_started_s=DISPATCHED_STARTED_WAIT_S)
+    with capped if item is not None else nullcontext():
         result = sync.sync_record(task.entity, key, attempt=task.attempt, work_item=item, **options)
     return result.outcome.value
 

@@ -204,6 +204,36 @@ class AuditLog:
         with self.database.session() as session:
             return {row_tenant: int(count) for row_tenant, count in session.execute(query)}
 
+    def pipedrive_requests(
+        self, tenants: Sequence[str], after_id: int
+    ) -> tuple[dict[str, tuple[int, int]], int]:
+        """What the record attempts (IFS → Pipedrive, plan rows left out) written after row
+        `after_id` took from Pipedrive: tenant → (requests, attempts), and the newest row id
+        seen (the next call's `after_id`). A range of the primary key, summed in the database."""
+        requests = AuditRecord.response_summary[("requests", "pipedrive")].as_integer()
+        query = (
+            select(AuditRecord.tenant, func.count(), func.sum(requests), func.max(AuditRecord.id))
+            .where(
+                AuditRecord.id > after_id,
+                AuditRecord.tenant.in_(list(tenants)),
+                AuditRecord.direction == IFS_TO_PIPEDRIVE,
+                AuditRecord.record_key != "*",
+            )
+            .group_by(AuditRecord.tenant)
+        )
+        found: dict[str, tuple[int, int]] = {}
+        newest = after_id
+        with self.database.session() as session:
+            for row_tenant, attempts, spent, last_id in session.execute(query):
+                found[str(row_tenant)] = (int(spent or 0), int(attempts))
+                newest = max(newest, int(last_id))
+        return found, newest
+
+    def newest_id(self) -> int:
+        """The id of the newest row (0 for an empty log)."""
+        with self.database.session() as session:
+            return int(session.scalar(select(func.max(AuditRecord.id))) or 0)
+
     def story(self, tenant: str, entity: str, record_keys: Sequence[str]) -> list[AuditRecord]:
         """Every attempt on one record (under any of its keys, e.g. the order number and the
         `deal:<id>` of a stage push that failed before it knew the order), oldest first."""

@@ -52,6 +52,17 @@ class ReleasedItem:
     attempts: int
 
 
+@dataclass(frozen=True)
+class StoredBacklog:
+    """A tenant's stored items as `status` shows them."""
+
+    waiting: int = 0  # not released (due now or later)
+    due: int = 0  # of those, releasable now (no retry delay left)
+    in_flight: int = 0  # released, not finished
+    oldest_waiting_at: datetime | None = None  # when the oldest waiting item was stored
+    next_due_at: datetime | None = None  # when the first delayed item is due, if none is now
+
+
 def _released(row: WorkItemRecord) -> ReleasedItem:
     return ReleasedItem(
         row.id, row.tenant, row.entity, row.record_key, row.job, dict(row.kwargs), row.attempts
@@ -229,6 +240,49 @@ class WorkItems:
         rows = self.database.read(work)
         counts = {bool(waiting): int(count) for waiting, count in rows}
         return counts.get(True, 0), counts.get(False, 0)
+
+    def stored(self, tenant: str, *, now: datetime | None = None) -> StoredBacklog:
+        """What `tenant` has stored: waiting (and due of it), in flight, the oldest waiting
+        item's age and the next delayed one's time. One aggregate over the tenant's rows."""
+        moment = now or utcnow()
+        waiting = WorkItemRecord.released_at.is_(None)
+        due = waiting & or_(
+            WorkItemRecord.not_before.is_(None), WorkItemRecord.not_before <= moment
+        )
+        delayed = waiting & (WorkItemRecord.not_before > moment)
+
+        def work(session: Session) -> Any:
+            return session.execute(
+                select(
+                    func.count().filter(waiting),
+                    func.count().filter(due),
+                    func.count().filter(WorkItemRecord.released_at.is_not(None)),
+                    func.min(WorkItemRecord.created_at).filter(waiting),
+                    func.min(WorkItemRecord.not_before).filter(delayed),
+                ).where(WorkItemRecord.tenant == tenant)
+            ).one()
+
+        row = self.database.read(work)
+        return StoredBacklog(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
+
+    def waiting_by_tenant(self) -> dict[str, int]:
+        """Items waiting per tenant with any (one probe per such tenant, then its count)."""
+
+        def work(session: Session) -> Any:
+            tenants = [str(tenant) for (tenant,) in session.execute(_WAITING_TENANTS)]
+            return {
+                tenant: int(
+                    session.scalar(
+                        select(func.count()).where(
+                            WorkItemRecord.tenant == tenant, WorkItemRecord.released_at.is_(None)
+                        )
+                    )
+                    or 0
+                )
+                for tenant in tenants
+            }
+
+        return dict(self.database.read(work))
 
     def forget(self, tenant: str) -> int:
         """Remove every item of `tenant` (a tenant taken out of service); how many there were."""
