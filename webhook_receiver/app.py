@@ -10,11 +10,12 @@ retries. Refusals are kept (connector.storage.webhook_refusals) for the console.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
@@ -36,6 +37,9 @@ from connector.webhooks.auth import verify_basic, verify_hmac
 from connector.webhooks.credentials import WebhookCredentialCache, WebhookSecrets
 from connector.webhooks.events import PayloadError, WebhookEventData, parse_body
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 log = logging.getLogger("webhook_receiver")
 
 CheckBroker = Callable[[], None]  # returns when the broker answers, raises when it does not
@@ -51,7 +55,16 @@ def celery_enqueue(job: str, kwargs: dict[str, Any]) -> None:
     """The workers' enqueue, imported late: the receiver starts without the Celery app."""
     from workers.app import enqueue
 
-    enqueue(job, kwargs)
+    enqueue(job, kwargs, app=_publisher())
+
+
+@functools.cache
+def _publisher() -> Celery:
+    """This process's Celery app for deliveries: no task-sent event, so that a delivery
+    costs one broker round trip (Pipedrive waits for the answer; workers.app)."""
+    from workers.app import create_celery_app
+
+    return create_celery_app(sent_events=False)
 
 
 def celery_broker_check() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -12,8 +13,9 @@ from sqlalchemy.orm import Session
 from connector.storage.models import Base
 
 
-def _insert(session: Session, model: type[Base] | Any) -> Any:
-    dialect = session.get_bind().dialect.name
+def _insert(session: Session | Connection, model: type[Base] | Any) -> Any:
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    dialect = bind.dialect.name
     if dialect == "postgresql":
         return postgresql_insert(model)
     if dialect == "sqlite":
@@ -56,10 +58,15 @@ def upsert(
 
 
 def insert_if_absent(
-    session: Session, model: type[Base], values: Mapping[str, Any], *, key: Sequence[str]
+    session: Session | Connection,
+    model: type[Base],
+    values: Mapping[str, Any],
+    *,
+    key: Sequence[str],
 ) -> int | None:
     """Insert `values` unless a row with the same `key` columns exists; the new row's id,
     or None when the row was there already (the unique key decides, also under races).
+    A Connection (e.g. Database.statement's, autocommit) skips the ORM session's work.
 
     A Core statement on the table with the values as parameters: its compiled form is
     cached across calls, which halves the client-side CPU of the webhook receiver's insert
