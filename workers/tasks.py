@@ -157,7 +157,14 @@ def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) 
     # Released within the tenant's budget, so tokens are there; if not, the item goes back
     # to the store at once rather than hold the worker asleep.
     with waits_at_most(DISPATCHED_TOKEN_WAIT_S) if item is not None else nullcontext():
-        result = sync.sync_record(task.entity, key, attempt=task.attempt, work_item=item, **options)
+        result = sync.sync_record(
+            task.entity,
+            key,
+            attempt=task.attempt,
+            redelivered=task.redelivered,
+            work_item=item,
+            **options,
+        )
     return result.outcome.value
 
 
