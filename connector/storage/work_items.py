@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
-from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, utcnow
+from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, aware, utcnow
 from connector.storage.upsert import insert_many_if_absent
 
 # The tenants with waiting items, one index probe per tenant (a loose index scan over
@@ -187,7 +187,7 @@ class WorkItems:
             WorkItemRecord.tenant == tenant,
             WorkItemRecord.entity == entity,
             WorkItemRecord.record_key == record_key,
-            text(WORK_ITEM_TRIED),
+            text(f"({WORK_ITEM_TRIED})"),  # parenthesized: an OR among ANDs
         ]
         if mine is not None and not mine_too:
             conditions.append(WorkItemRecord.id != mine)
@@ -195,7 +195,7 @@ class WorkItems:
         def work(session: Session) -> datetime | None:
             oldest: Any = select(func.min(WorkItemRecord.created_at)).where(*conditions)
             found: datetime | None = session.scalar(oldest)
-            return found
+            return aware(found) if found is not None else None
 
         return self.database.read(work)
 
