@@ -34,6 +34,7 @@ from connector.errors import (
 from connector.ifs.client import is_not_found
 from connector.ifs.odata import Query
 from connector.pipedrive.client import is_gone
+from connector.ratelimit import RateLimited
 from connector.storage.audit import (
     FAILED,
     IFS_TO_PIPEDRIVE,
@@ -374,6 +375,7 @@ class TenantSync:
             work_item=work_item,
             repeated=attempt > 1 or redelivered or replay_of is not None,
         )
+        unsure: _Bookkeeping | None = None  # what an attempt that fails writes with its row
         try:
             with self.runtime.coordination.lock(record_lock(self.tenant.id, spec.entity, key)):
                 outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run, books)
@@ -385,7 +387,9 @@ class TenantSync:
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)
             outcome = Outcome.FAILED
+            unsure = _unsure(books, error)
         except ConnectorError as error:  # remote errors, rate limit, lock timeout, vault …
+            unsure = _unsure(books, error)
             if isinstance(error, RemoteError):
                 audit.error = str(error)
                 audit.response_summary = {
@@ -397,10 +401,10 @@ class TenantSync:
             outcome = Outcome.FAILED
             audit.status = RETRYING if is_transient(error) else FAILED
             if audit.status == RETRYING:
-                audit_id = None if dry_run else self._write(audit, before, _unsure(books))
+                audit_id = None if dry_run else self._write(audit, before, unsure)
                 raise TransientError(str(error), retry_after_s(error), audit_id=audit_id) from error
         if not dry_run:
-            self._write(audit, before, _unsure(books), finished=work_item)
+            self._write(audit, before, unsure, finished=work_item)
         return RecordResult(outcome, audit)
 
     def _write(
@@ -826,11 +830,12 @@ class TenantSync:
         return None
 
 
-def _unsure(books: _Bookkeeping) -> _Bookkeeping | None:
+def _unsure(books: _Bookkeeping, error: ConnectorError) -> _Bookkeeping | None:
     """What an attempt that ends without its bookkeeping writes with its audit row: the
     create intent, when it sent a create whose answer it does not know (a 5xx, a timeout:
-    the record may exist), so that the next attempt searches before it creates."""
-    if books.create_sent is None:
+    the record may exist), so that the next attempt searches before it creates. Our own
+    limiter refusing the create's tokens sent nothing."""
+    if books.create_sent is None or isinstance(error, RateLimited):
         return None
     entity, key = books.create_sent
     return _Bookkeeping(saves=[{"entity": entity, "ifs_key": key, "etag": ""}])

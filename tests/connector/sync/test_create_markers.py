@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from connector.errors import RemoteError
+from connector.errors import RemoteError, TransientError
+from connector.ratelimit import RateLimited
 from connector.storage.idmap import CUSTOMER, ORDER, IdMap
 from connector.storage.work_items import ReleasedItem, WorkItems
 from connector.sync import JOB_FOR_ENTITY
@@ -200,6 +201,31 @@ def test_an_attempt_unsure_of_its_post_leaves_the_intent_for_any_later_attempt(
 
     assert _attempt(sync, item, later) is not Outcome.CREATED
     assert _organizations(stack) == [landed]
+
+
+def test_a_create_our_own_limiter_refused_leaves_no_intent(
+    stack_factory: Callable[..., Stack],
+) -> None:
+    # No tokens for the POST: nothing was sent, so the item goes back as the same attempt
+    # (RecordSyncTask) and its next run creates without a search.
+    stack = _stack(stack_factory)
+    sync = TenantSync(stack.runtime, stack.tenant)
+    [item] = sync.plan(CUSTOMER).items
+    released = _release(sync, CUSTOMER, "run-a", [item])
+    real = sync.pipedrive.create
+
+    def refused(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        raise RateLimited("pipedrive:burst", 0.5)
+
+    sync.pipedrive.create = refused  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TransientError):
+            _attempt(sync, item, released)
+    finally:
+        sync.pipedrive.create = real  # type: ignore[method-assign]
+
+    assert IdMap(stack.runtime.database).get(stack.tenant, CUSTOMER, item.key) is None
+    assert _organizations(stack) == []
 
 
 def test_a_record_synced_without_a_work_item_keeps_its_intent_commit(
