@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -110,7 +111,7 @@ def test_a_released_record_commits_no_intent_and_its_crash_leaves_its_item_relea
     assert len(_organizations(stack)) == 1
 
 
-@pytest.mark.parametrize("how", ["re-released", "redelivered"])
+@pytest.mark.parametrize("how", ["re-released", "given back", "redelivered"])
 def test_the_next_attempt_of_a_crashed_item_adopts_what_it_created(
     stack_factory: Callable[..., Stack], how: str
 ) -> None:
@@ -126,6 +127,12 @@ def test_the_next_attempt_of_a_crashed_item_adopts_what_it_created(
         items.sweep_stale(_far_future(), max_attempts=10)
         [again] = items.release({stack.tenant: 1})[stack.tenant]
         assert again.attempts == 1
+        outcome = _attempt(sync, item, again)
+    elif how == "given back":
+        # A transient ending after the POST (a Postgres outage under the bookkeeping): the
+        # task gives the item back as an attempt more (RecordSyncTask.retry_transient).
+        items.give_back(released.id, not_before=_far_future() - timedelta(days=2), attempts=1)
+        [again] = items.release({stack.tenant: 1})[stack.tenant]
         outcome = _attempt(sync, item, again)
     else:
         # The broker delivers the same message again (RabbitMQ, or kombu's Redis restore).
@@ -277,8 +284,6 @@ def test_a_parent_created_inline_by_a_crashed_order_is_adopted_by_its_own_item(
 
 
 def _far_future() -> Any:
-    from datetime import timedelta
-
     from connector.storage.models import utcnow
 
     return utcnow() + timedelta(days=1)
