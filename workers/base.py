@@ -93,6 +93,12 @@ class ConnectorTask(Task):
         """1 for the first run, 2 for the first retry, …"""
         return (self.request.retries or 0) + 1
 
+    @property
+    def redelivered(self) -> bool:
+        """The broker delivered this message before (a consumer died or gave it back unacked):
+        RabbitMQ says so, and kombu's Redis transport when it restores an unacked message."""
+        return bool((self.request.delivery_info or {}).get("redelivered"))
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(
             task=self.name,

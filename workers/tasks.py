@@ -164,7 +164,14 @@ def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) 
     # to the store at once rather than hold the worker asleep (unless it has spent some).
     capped = waits_at_most(DISPATCHED_TOKEN_WAIT_S, once_started_s=DISPATCHED_STARTED_WAIT_S)
     with capped if item is not None else nullcontext():
-        result = sync.sync_record(task.entity, key, attempt=task.attempt, work_item=item, **options)
+        result = sync.sync_record(
+            task.entity,
+            key,
+            attempt=task.attempt,
+            redelivered=task.redelivered,
+            work_item=item,
+            **options,
+        )
     return result.outcome.value
 
 

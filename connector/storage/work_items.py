@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
-from connector.storage.models import WorkItemRecord, utcnow
+from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, aware, utcnow
 from connector.storage.upsert import insert_many_if_absent
 
 # The tenants with waiting items, one index probe per tenant (a loose index scan over
@@ -184,6 +184,31 @@ class WorkItems:
             session.execute(statement)
             return
         self.database.transaction(lambda own: own.execute(statement))
+
+    def tried_before(
+        self, tenant: str, entity: str, record_key: str, *, mine: int | None, mine_too: bool
+    ) -> datetime | None:
+        """When the oldest stored item of the record that may have had an attempt already
+        (released now, or released before and put back) was stored; None if there is none.
+
+        An item released and never finished is the trace a crashed attempt leaves: its POST
+        may have reached Pipedrive. `mine`: the item of the asking attempt, counted only with
+        `mine_too` (its own message says it may not be the first: a redelivery or retry)."""
+        conditions: list[Any] = [
+            WorkItemRecord.tenant == tenant,
+            WorkItemRecord.entity == entity,
+            WorkItemRecord.record_key == record_key,
+            text(f"({WORK_ITEM_TRIED})"),  # parenthesized: an OR among ANDs
+        ]
+        if mine is not None and not mine_too:
+            conditions.append(WorkItemRecord.id != mine)
+
+        def work(session: Session) -> datetime | None:
+            oldest: Any = select(func.min(WorkItemRecord.created_at)).where(*conditions)
+            found: datetime | None = session.scalar(oldest)
+            return aware(found) if found is not None else None
+
+        return self.database.read(work)
 
     def give_back(self, item_id: int, *, not_before: datetime, attempts: int) -> None:
         """The item's task ended transiently: release it again from `not_before` on."""
