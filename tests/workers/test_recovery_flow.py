@@ -249,12 +249,16 @@ def test_a_worker_killed_mid_run_costs_no_record_no_duplicate_and_no_event(
     backfill = Backfill(stack, tmp_path)
     with backfill.receiver():
         backfill.prepare()
-        doomed, survivor = stack.start_workers(count=2, concurrency=2)
+        # The doomed worker alone until the run is under way, so that it surely dies inside
+        # tasks (records and pushes) and holding messages.
+        (doomed,) = stack.start_workers(count=1, concurrency=2)
         stack.wait_for_pool(doomed, 2, timeout=60)
         with backfill.beat() as beat:
             sync = backfill.start_sync()
             backfill.wait_mid_run()
-            backfill.move_deals()  # their pushes go to both workers
+            backfill.move_deals()
+            (survivor,) = stack.start_workers(count=1, concurrency=2)
+            stack.wait_for_pool(survivor, 2, timeout=60)
             _kill_9(doomed)
 
             backfill.check_run(backfill.summary(sync))
