@@ -37,7 +37,7 @@ from connector.webhooks.credentials import WebhookCredentialCache, WebhookSecret
 from connector.webhooks.events import PayloadError, WebhookEventData, parse_body
 
 if TYPE_CHECKING:
-    from celery import Celery
+    from workers.publish import HeldPublisher
 
 log = logging.getLogger("webhook_receiver")
 
@@ -51,19 +51,21 @@ UNKNOWN_TENANT_WEBHOOK = WebhookConfig()
 
 
 def celery_enqueue(settings: Settings) -> Enqueue:
-    """The workers' enqueue through a Celery app of the receiver's own, made on first use
-    (the receiver starts without Celery): it sends no task-sent event, so that a delivery
-    costs one broker round trip, not two, while Pipedrive waits (workers.app)."""
-    publisher: Celery | None = None
+    """The workers' jobs through a Celery app of the receiver's own, made on first use (the
+    receiver starts without Celery): it sends no task-sent event (one broker round trip per
+    delivery, not two, while Pipedrive waits), over one connection held by the process
+    (workers.publish: no retry over time, the stored event and the sweeper cover a failed
+    send)."""
+    publisher: HeldPublisher | None = None
 
     def enqueue(job: str, kwargs: dict[str, Any]) -> None:
         nonlocal publisher
-        from workers.app import create_celery_app
-        from workers.app import enqueue as send
-
         if publisher is None:
-            publisher = create_celery_app(settings, sent_events=False)
-        send(job, kwargs, app=publisher)
+            from workers.app import create_celery_app
+            from workers.publish import HeldPublisher
+
+            publisher = HeldPublisher(create_celery_app(settings, sent_events=False))
+        publisher(job, kwargs)
 
     return enqueue
 
