@@ -27,10 +27,6 @@ from kombu.utils.url import maybe_sanitize_url
 from kombu.utils.uuid import uuid
 
 from connector.errors import BrokerUnavailableError
-from connector.settings import is_amqp
-
-# kombu's connect retries when the broker does not answer: once, then the caller answers 503.
-CONNECT_RETRIES = 1
 
 
 def broker_unavailable(app: Celery, job: str, error: BaseException) -> BrokerUnavailableError:
@@ -101,7 +97,7 @@ class HeldPublisher:
                 self.close()
                 if not self._recoverable(error):
                     raise
-            # The held connection had broken: once more on a new one.
+            # The held connection broke (or the connect failed): once more on a new one.
             try:
                 self._send(job, kwargs)
             except Exception as error:
@@ -146,12 +142,14 @@ class HeldPublisher:
 
     def _connect(self) -> Producer:
         url = str(self.app.conf.broker_write_url or self.app.conf.broker_url)
-        redis_url = url.startswith(("redis://", "rediss://")) and not is_amqp(url)
+        redis_url = url.startswith(("redis://", "rediss://"))
         connection = self.app.connection_for_write(
             transport=HELD_REDIS_TRANSPORT if redis_url else None
         )
         try:
-            connection.ensure_connection(max_retries=CONNECT_RETRIES)
+            # No retry here: a failed connect is tried once more by the caller of _send, at
+            # once; then the caller answers 503 (no wait while Pipedrive waits).
+            connection.ensure_connection(max_retries=0, interval_start=0)
             producer = self.app.amqp.Producer(connection)
         except Exception:
             connection.release()
