@@ -76,6 +76,10 @@ def test_a_send_after_the_held_connection_broke_still_arrives(broker_url, proxie
     publisher = _publisher(url, queue)
     try:
         publisher(jobs.PUSH_STAGE, {"tenant": "t1", "webhook_event_id": 1})
+        if broker_url.startswith("amqp"):
+            # Each publish on the held channel waits for the broker's confirm.
+            assert publisher._producer is not None
+            assert publisher._producer.channel._confirm_selected  # type: ignore[union-attr]
         proxy.cut()  # the broker "restarts": the held connection is closed under it
         proxy.restore()
         publisher(jobs.PUSH_STAGE, {"tenant": "t1", "webhook_event_id": 2})
