@@ -158,8 +158,13 @@ def _gunicorn(
     if code is not None:  # another checkout's receiver, e.g. the main branch's, for comparison
         argv[1:1] = ["--chdir", str(code)]
         env = {**env, "PYTHONPATH": str(code)}
+    # Started in that checkout: gunicorn puts the directory it starts in first on sys.path
+    # (before --chdir and PYTHONPATH), so from this checkout the "other" receiver was this
+    # checkout's code too (measured 2026-12-01: both ran the branch until this fix).
     with log.open("ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(code) if code else None
+        )
 
 
 def _wait_ready(

@@ -9,7 +9,7 @@ from celery import Celery, signals
 from kombu.exceptions import OperationalError
 
 from connector import jobs
-from connector.errors import BrokerUnavailableError, ConfigError
+from connector.errors import ConfigError
 from connector.settings import Settings, get_settings, is_amqp
 
 log = logging.getLogger(__name__)
@@ -101,20 +101,12 @@ def enqueue(job: str, kwargs: dict[str, Any], *, app: Celery | None = None) -> N
 
     Raises BrokerUnavailableError, naming the setting, when the broker cannot be reached.
     """
+    from workers.publish import broker_unavailable
+
     try:
         (app or celery_app).send_task(job, kwargs=kwargs)
     except OperationalError as error:
-        raise BrokerUnavailableError(
-            f"cannot queue {job}: the broker {_safe_broker_url()} (CONNECTOR_BROKER_URL, "
-            f"else CONNECTOR_REDIS_URL) does not answer: {error}"
-        ) from error
-
-
-def _safe_broker_url() -> str:
-    # Celery masks the password the same way in its own banner.
-    from kombu.utils.url import maybe_sanitize_url
-
-    return str(maybe_sanitize_url(str(celery_app.conf.broker_url)))
+        raise broker_unavailable(app or celery_app, job, error) from error
 
 
 @signals.setup_logging.connect

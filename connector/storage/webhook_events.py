@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.exc import DBAPIError
 
 from connector.storage.database import Database
 from connector.storage.idmap import ORDER, IdMap
@@ -64,6 +69,64 @@ class DeliveredEvents:
     last_received_at: datetime | None
 
 
+def _insert_event(connection: Connection, values: Mapping[str, Any]) -> int | None:
+    """The new row's id, or None when the (tenant, event_id) row exists.
+
+    On psycopg2 the statement SQLAlchemy compiles (the same INSERT … ON CONFLICT DO NOTHING
+    RETURNING id as insert_if_absent's) goes straight to the pooled connection's cursor:
+    SQLAlchemy's execution path (cache key, parameter processing, result wrapping) cost
+    about 0.045 of 0.11 ms CPU per delivery, a tenth of the receiver's own work. The one
+    parameter SQLAlchemy would process, the JSON payload, is serialised as it would be
+    (json.dumps, the engine's default serializer); errors and cursor events are handled as
+    SQLAlchemy's execute handles them."""
+    if connection.dialect.driver != "psycopg2":
+        return insert_if_absent(connection, WebhookEvent, values, key=_KEY)
+    sql = _psycopg2_insert_sql(tuple(values))
+    parameters = dict(values)
+    parameters["payload"] = json.dumps(parameters["payload"])
+    raw = connection.connection.dbapi_connection
+    assert raw is not None, "a checked-out connection has its DBAPI connection"
+    cursor = raw.cursor()
+    dbapi_error = connection.dialect.loaded_dbapi.Error
+    # The engine's cursor events still see the statement (statement counts, tracing), as
+    # from SQLAlchemy's execute, without an execution context (None).
+    events = connection.dispatch
+    try:
+        for before in events.before_cursor_execute:
+            sql, parameters = before(connection, cursor, sql, parameters, None, False)
+        cursor.execute(sql, parameters)
+        for after in events.after_cursor_execute:
+            after(connection, cursor, sql, parameters, None, False)
+        row = cursor.fetchone()
+    except dbapi_error as error:
+        # As SQLAlchemy's own execute would: a dead connection leaves the pool, and the
+        # caller sees an SQLAlchemyError (the receiver answers 503, Pipedrive retries).
+        invalidated = connection.dialect.is_disconnect(error, raw, cursor)
+        if invalidated:
+            connection.invalidate(error)
+        raise DBAPIError.instance(
+            sql, parameters, error, dbapi_error, connection_invalidated=invalidated
+        ) from error
+    finally:
+        cursor.close()
+    return int(row[0]) if row is not None else None
+
+
+@functools.lru_cache(maxsize=4)
+def _psycopg2_insert_sql(columns: tuple[str, ...]) -> str:
+    from sqlalchemy.dialects.postgresql.psycopg2 import dialect
+
+    statement = (
+        postgresql_insert(WebhookEvent)
+        .on_conflict_do_nothing(index_elements=list(_KEY))
+        .returning(WebhookEvent.id)
+    )
+    compiled = statement.compile(dialect=dialect(), column_keys=list(columns))
+    # Every parameter is one of ours: no column default added one we would not send.
+    assert set(compiled.binds) == set(columns), sorted(set(compiled.binds) ^ set(columns))
+    return compiled.string
+
+
 class WebhookEvents:
     """The webhook_events table: the unique (tenant, event_id) key drops duplicates."""
 
@@ -98,9 +161,7 @@ class WebhookEvents:
         }
         # One statement in autocommit: one round trip, committed when it returns (the
         # receiver enqueues only after that), where BEGIN … COMMIT would take three.
-        row_id = self.database.statement(
-            lambda connection: insert_if_absent(connection, WebhookEvent, values, key=_KEY)
-        )
+        row_id = self.database.statement(lambda connection: _insert_event(connection, values))
         if row_id is not None:
             return StoredEvent(row_id, status, created=True)
         existing = self._find(tenant, event.event_id)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
+
+from connector.storage.database import Database
 from connector.storage.idmap import ORDER, IdMap
 from connector.storage.webhook_events import (
     RECONCILE_ACTION,
@@ -12,6 +17,7 @@ from connector.storage.webhook_events import (
     WebhookEventStatus,
 )
 from connector.webhooks.events import WebhookEventData
+from sandbox.tcp_proxy import TcpProxy
 from tests.connector.storage.conftest import at_once
 
 T1 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -137,3 +143,28 @@ def test_counts_by_status_and_delivered_events(database, tenant):
     assert delivered.count == 3 and delivered.last_received_at is not None
     assert _aware(delivered.last_received_at) > received_at
     assert events.delivered(tenant + "-none") == DeliveredEvents(0, None)
+
+
+def test_a_pooled_connection_that_died_fails_one_add_as_sqlalchemy_error_and_the_next_succeeds(
+    postgres_url, tenant
+):
+    """The add writes through the pooled connection's cursor: a connection that died while
+    pooled (Postgres restarted) raises an SQLAlchemyError flagged invalidated (the receiver
+    answers 503) and leaves the pool, as SQLAlchemy's own execute would."""
+    direct = make_url(postgres_url)
+    with TcpProxy(direct.host or "127.0.0.1", direct.port or 5432) as proxy:
+        database = Database(direct.set(port=proxy.port).render_as_string(hide_password=False))
+        try:
+            events = WebhookEvents(database)
+            assert events.add(tenant, _event("e-1"), {}, status=Status.ENQUEUED).created
+            proxy.cut()  # the pooled connection is closed under it
+            proxy.restore()
+            with pytest.raises(DBAPIError) as failed:
+                events.add(tenant, _event("e-2"), {}, status=Status.ENQUEUED)
+            assert failed.value.connection_invalidated
+            again = events.add(tenant, _event("e-2"), {"n": 2}, status=Status.ENQUEUED)
+        finally:
+            database.dispose()
+    assert again.created
+    row = WebhookEvents(Database(postgres_url)).get(tenant, again.id)
+    assert row is not None and row.payload == {"n": 2}
