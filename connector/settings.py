@@ -53,6 +53,14 @@ class Settings(BaseSettings):
             "about 4 x the bulk workers' total concurrency keeps them busy without a long queue."
         ),
     )
+    dispatch_batch: int = Field(
+        default=10,
+        gt=0,
+        description=(
+            "Released records of one tenant sent in one message, at most (1 = one message "
+            "per record); each still has its own lock, audit row, retries and work item end."
+        ),
+    )
     broker_visibility_timeout_s: float = Field(
         default=120.0,
         gt=0,

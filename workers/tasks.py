@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -24,7 +23,14 @@ from connector.storage.work_items import WorkItems
 from connector.sync import ENTITIES, JOB_FOR_ENTITY
 from connector.sync.engine import Plan, TenantSync, plan_audit
 from workers.app import celery_app, enqueue
-from workers.base import DISPATCHED_TOKEN_WAIT_S, ConnectorTask, RecordSyncTask, StagePushTask
+from workers.base import (
+    DISPATCHED_TOKEN_WAIT_S,
+    ENTITY_FOR_JOB,
+    ConnectorTask,
+    RecordBatchTask,
+    RecordSyncTask,
+    StagePushTask,
+)
 from workers.runtime import get_runtime
 
 
@@ -154,11 +160,40 @@ def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) 
         _unknown_tenant_row(tenant, task.entity, key, error)
         _finish(item)
         return FAILED
+    if item is None:
+        return sync.sync_record(task.entity, key, attempt=task.attempt, **options).outcome.value
+    return _sync_released(sync, task.entity, key, int(item), task.attempt, options)
+
+
+def _sync_released(
+    sync: TenantSync, entity: str, key: str, item: int, attempt: int, options: dict[str, Any]
+) -> str:
     # Released within the tenant's budget, so tokens are there; if not, the item goes back
     # to the store at once rather than hold the worker asleep.
-    with waits_at_most(DISPATCHED_TOKEN_WAIT_S) if item is not None else nullcontext():
-        result = sync.sync_record(task.entity, key, attempt=task.attempt, work_item=item, **options)
+    with waits_at_most(DISPATCHED_TOKEN_WAIT_S):
+        result = sync.sync_record(entity, key, attempt=attempt, work_item=item, **options)
     return result.outcome.value
+
+
+@celery_app.task(name=jobs.SYNC_RECORDS, bind=True, base=RecordBatchTask)
+def sync_records(
+    self: RecordBatchTask, tenant: str, records: list[dict[str, Any]]
+) -> dict[str, int]:
+    """Upsert several released records of one tenant, one by one (the dispatcher's batch)."""
+    try:
+        sync = _tenant_sync(tenant)
+    except ConnectorError as error:
+        for record in records:
+            entity = ENTITY_FOR_JOB[str(record["job"])]
+            _unknown_tenant_row(tenant, entity, str(record["key"]), error)
+            _finish(int(record["work_item"]))
+            metrics.record_sync(tenant, entity, FAILED)
+        return {FAILED: len(records)}
+
+    def run_one(entity: str, key: str, item: int, attempt: int, options: dict[str, Any]) -> str:
+        return _sync_released(sync, entity, key, item, attempt, options)
+
+    return self.run_records(tenant, records, run_one)
 
 
 def _finish(item: int | None) -> None:

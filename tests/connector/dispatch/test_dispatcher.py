@@ -63,7 +63,8 @@ def test_each_tenant_gets_what_its_budget_takes_and_the_queue_alternates(
     _plan(runtime, slow, 50)
     _plan(runtime, fast, 6)
     queue = Queue()
-    dispatcher = Dispatcher(runtime, queue)
+    # One message per record: what this proves is the alternation of records.
+    dispatcher = Dispatcher(runtime, queue, batch_size=1)
 
     dispatcher.tick()
 
