@@ -259,9 +259,10 @@ class RecordSyncTask(ConnectorTask):
     def failure_row(self, kwargs: dict[str, Any], error: Exception) -> Attempt | None:
         row = super().failure_row(kwargs, error)
         if row is not None:
-            # A record of a batch says its own entity and attempt (RecordBatchTask).
-            row.entity, row.operation = str(kwargs.get("entity") or self.entity), "sync"
-            row.attempt = int(kwargs.get("attempt") or row.attempt)
+            # A record of a batch (RecordBatchTask) names its own job and attempt.
+            job = str(kwargs.get("job") or self.name)
+            row.entity, row.operation = ENTITY_FOR_JOB.get(job, self.entity), "sync"
+            row.replay_task, row.attempt = job, int(kwargs.get("attempt") or row.attempt)
         return row
 
     def retry_transient(
@@ -386,21 +387,22 @@ class RecordBatchTask(RecordSyncTask):
         back for want of tokens, else None.)"""
         # A Reject (an outcome the database cannot take) ends the batch: the message goes
         # back to the queue, and its next run skips the records that ended.
-        kwargs = {**record, "entity": entity}
         try:
             return run_one(entity, key, item, attempt, options), None
         except (Retry, Reject, Ignore):
             raise
         except Exception as error:
             if is_transient(error):
-                outcome = self.end_item(error, item, attempt, kwargs=kwargs)
+                outcome = self.end_item(error, item, attempt, kwargs=record)
                 return outcome, _paced_s(error) if outcome is None else None
             # A lone record's task would fail and its item be released again until given
             # up; in a batch the others go on, and this one ends failed for `replay` at once.
             log.exception("%s: record %s %s failed", self.name, entity, key)
-            outcome = self.fail(error, kwargs=kwargs)
+            failure = self.failure_row(record, error)
+            if failure is not None:
+                self._record(lambda audit: audit.write(failure))
             self._record_item(lambda items: items.finish(item))
-            return outcome, None
+            return FAILED, None
 
     def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
         """Nothing for the batch: each of its records is observed as it ends."""
