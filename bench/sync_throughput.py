@@ -4,8 +4,14 @@ Then a no-change re-sync, then as many bare Celery no-op tasks (bench.noop) thro
 workers, broker and settings; prints records/s and its ratio to no-op tasks/s, request and
 token counts, and the peak Pipedrive burst against the configured limit.
 
+`--batch 1,10` and `--task-events on,off` run the whole measurement once per combination
+(a fresh stack each, back to back) and end with a table of them: records per message
+(CONNECTOR_DISPATCH_BATCH; 1 = one message per record) and Celery's task events
+(CONNECTOR_TASK_EVENTS), side by side under the same load.
+
     python -m bench.sync_throughput [--customers 500] [--orders 2000] [--burst 1000]
                                     [--workers 2] [--concurrency 2]
+                                    [--batch 10] [--task-events on]
 """
 
 from __future__ import annotations
@@ -53,12 +59,13 @@ def run_sync(bench: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float
     return summary, ended - started, started
 
 
-def run_noops(bench: BenchStack, count: int, timeout_s: float) -> float:
-    """Seconds from sending the first of `count` bare no-op tasks to the last one done."""
+def run_noops(bench: BenchStack, count: int, timeout_s: float, task_events: bool) -> float:
+    """Seconds from sending the first of `count` bare no-op tasks to the last one done (sent
+    with the workers' setting of task events, as the dispatcher sends records)."""
     from workers.app import create_celery_app
 
     stack = bench.stack
-    app = create_celery_app(stack.runtime.settings)
+    app = create_celery_app(stack.runtime.settings.model_copy(update={"task_events": task_events}))
     counter = f"mlc-bench-noop:{uuid.uuid4().hex}"
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -77,12 +84,40 @@ def run_noops(bench: BenchStack, count: int, timeout_s: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    rows = []
+    status = 0
+    for batch in args.batch:
+        for events in args.task_events:
+            if len(args.batch) * len(args.task_events) > 1:
+                print(f"== batch {batch}, task events {events}")
+            env = {
+                "CONNECTOR_DISPATCH_BATCH": str(batch),
+                "CONNECTOR_TASK_EVENTS": "true" if events == "on" else "false",
+            }
+            figures, problems = run_once(args, env)
+            rows.append((batch, events, figures))
+            status = status or (1 if problems else 0)
+    if len(rows) > 1:
+        print("\nbatch  events  records/s  no-op tasks/s  ratio")
+        for batch, events, figures in rows:
+            print(
+                f"{batch:5d}  {events:6s}  {figures['records_per_s']:9.1f}  "
+                f"{figures['noop_tasks_per_s']:13.1f}  {figures['ratio']:5.3f}"
+            )
+    return status
+
+
+def run_once(args: argparse.Namespace, env: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     records = args.customers + args.orders
     problems: list[str] = []
     with (
         bench_database() as database_url,
         bench_stack(
-            database_url, customers=args.customers, orders=args.orders, burst=args.burst
+            database_url,
+            customers=args.customers,
+            orders=args.orders,
+            burst=args.burst,
+            settings_env=env,
         ) as bench,
     ):
         stack = bench.stack
@@ -116,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
         resync_pd_requests = stack.pipedrive.stats()["requests_total"] - pd_requests_before
         if resync_writes or second["created"] or second["updated"] or second["failed"]:
             problems.append(f"no-change re-sync wrote {resync_writes} times: {second}")
-        noop_seconds = run_noops(bench, records, args.timeout)
+        noop_seconds = run_noops(
+            bench, records, args.timeout, env["CONNECTOR_TASK_EVENTS"] == "true"
+        )
 
     cli_seconds = float(first.get("seconds", wall))
     print(
@@ -157,29 +194,31 @@ def run(args: argparse.Namespace) -> int:
         f"writes {resync_writes}, pipedrive requests {resync_pd_requests}, "
         f"unchanged {second['unchanged']}"
     )
+    figures = {
+        "records": records,
+        "seconds": cli_seconds,
+        "records_per_s": records_per_s,
+        "noop_tasks_per_s": noops_per_s,
+        "ratio": records_per_s / noops_per_s,
+        "pipedrive_requests": pd["requests_total"],
+        "pipedrive_tokens": pd["tokens_spent"],
+        "pipedrive_429": pd["rate_limited_429"],
+        "ifs_requests": ifs_requests,
+        "peak_2s": peak,
+        "burst": args.burst,
+        "resync_seconds": second.get("seconds"),
+        "resync_writes": resync_writes,
+        **env,
+    }
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "records": records,
-                    "seconds": cli_seconds,
-                    "records_per_s": records_per_s,
-                    "noop_tasks_per_s": noops_per_s,
-                    "ratio": records_per_s / noops_per_s,
-                    "pipedrive_requests": pd["requests_total"],
-                    "pipedrive_tokens": pd["tokens_spent"],
-                    "pipedrive_429": pd["rate_limited_429"],
-                    "ifs_requests": ifs_requests,
-                    "peak_2s": peak,
-                    "burst": args.burst,
-                    "resync_seconds": second.get("seconds"),
-                    "resync_writes": resync_writes,
-                }
-            )
-        )
+        print(json.dumps(figures))
     for problem in problems:
         print(f"PROBLEM: {problem}")
-    return 1 if problems else 0
+    return figures, problems
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--concurrency", type=int, default=2, help="pool size of each worker")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per sync run")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument(
+        "--batch",
+        type=_numbers,
+        default=[10],
+        help="records of one tenant per message (CONNECTOR_DISPATCH_BATCH), a comma list to "
+        "compare; 1 = one message per record",
+    )
+    parser.add_argument(
+        "--task-events",
+        type=lambda text: text.split(","),
+        default=["on"],
+        help="Celery task events (CONNECTOR_TASK_EVENTS): on, off, or on,off to compare",
+    )
+    parser.add_argument("--json", action="store_true", help="also print one JSON line per run")
     return run(parser.parse_args(argv))
 
 

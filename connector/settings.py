@@ -61,6 +61,13 @@ class Settings(BaseSettings):
             "per record); each still has its own lock, audit row, retries and work item end."
         ),
     )
+    task_events: bool = Field(
+        default=True,
+        description=(
+            "Celery task events (what Flower shows: received, started, succeeded, failed, "
+            "and sent by the sender); off = none, for deployments without Flower."
+        ),
+    )
     broker_visibility_timeout_s: float = Field(
         default=120.0,
         gt=0,

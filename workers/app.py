@@ -80,8 +80,10 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_transport_options(settings),
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # What Flower shows; each task costs a few event messages on the broker with them
+        # (bench/README.md: measured), so a deployment without Flower turns them off.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         # Beat's schedule comes from the tenants file and follows its changes while it runs.
         beat_scheduler="workers.schedule:LiveScheduler",
     )
