@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import uuid
@@ -81,6 +82,28 @@ def run_noops(bench: BenchStack, count: int, timeout_s: float, task_events: bool
     finally:
         client.delete(counter)
         client.close()
+
+
+def events_rounds(bench: BenchStack, count: int, rounds: int, timeout_s: float) -> None:
+    """No-op bursts with Celery's task events on and off in turns, on the same workers (the
+    events toggled by Celery's remote control), so both see the same load: what the events
+    cost per task."""
+    from workers.app import create_celery_app
+
+    control = create_celery_app(bench.stack.runtime.settings).control
+    seen: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for events in (True, False):
+            (control.enable_events if events else control.disable_events)()
+            time.sleep(0.5)  # the broadcast reaches every worker
+            seen[events].append(count / run_noops(bench, count, timeout_s, events))
+    for events, rates in seen.items():
+        print(
+            f"  no-op tasks/s, task events {'on ' if events else 'off'}: median "
+            f"{statistics.median(rates):7.1f}  ({', '.join(f'{r:.0f}' for r in rates)})"
+        )
+    on, off = statistics.median(seen[True]), statistics.median(seen[False])
+    print(f"  task events cost per task: {1000 / on - 1000 / off:.2f} ms of {1000 / on:.2f} ms")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,6 +177,8 @@ def run_once(args: argparse.Namespace, env: dict[str, str]) -> tuple[dict[str, A
         noop_seconds = run_noops(
             bench, records, args.timeout, env["CONNECTOR_TASK_EVENTS"] == "true"
         )
+        if args.events_rounds:
+            events_rounds(bench, records, args.events_rounds, args.timeout)
 
     cli_seconds = float(first.get("seconds", wall))
     print(
@@ -247,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda text: text.split(","),
         default=["on"],
         help="Celery task events (CONNECTOR_TASK_EVENTS): on, off, or on,off to compare",
+    )
+    parser.add_argument(
+        "--events-rounds",
+        type=int,
+        default=0,
+        help="then this many rounds of no-op tasks with task events on and off in turns "
+        "(Celery's remote control toggles them on the same workers)",
     )
     parser.add_argument("--json", action="store_true", help="also print one JSON line per run")
     return run(parser.parse_args(argv))
