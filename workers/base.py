@@ -25,6 +25,11 @@ A task body only calls the library; the library raises and never counts. Around 
   database is down), the message is rejected back to the queue (`Reject(requeue=True)`);
 - a record the dispatcher released retries through its stored work item instead of a
   countdown message (RecordSyncTask);
+- several released records of one tenant in one message (RecordBatchTask) end each on its
+  own, as a lone record's task would: one that fails or retries never fails or repeats the
+  others;
+- a queued task and a released record decide what a transient error makes of them in one
+  place (`transient_end`: defer, retry, fail);
 - each run that ends is observed once, with its outcome; a run that retries has none yet.
 
 Jobs are sent with keyword arguments (connector.jobs), which is what these read.
