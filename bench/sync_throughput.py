@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -59,6 +60,24 @@ def run_sync(bench: BenchStack, timeout_s: float) -> tuple[dict[str, Any], float
         sys.exit(f"sync failed ({result.returncode}):\n{result.stderr}\n{stack.worker_logs()}")
     summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return summary, ended - started, started
+
+
+def worker_cpu_s(bench: BenchStack) -> float:
+    """CPU seconds (user + system) the worker processes and their pools have used so far: a
+    cost per record or per task that moves far less with the machine's load than a rate."""
+    import os
+
+    from sandbox.workers import child_pids
+
+    ticks = 0
+    for process in bench.stack.workers.processes:
+        for pid in [process.pid, *child_pids(process.pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_noops(bench: BenchStack, count: int, timeout_s: float, task_events: bool) -> float:
@@ -122,11 +141,13 @@ def run(args: argparse.Namespace) -> int:
             rows.append((batch, events, figures))
             status = status or (1 if problems else 0)
     if len(rows) > 1:
-        print("\nbatch  events  records/s  no-op tasks/s  ratio")
+        print("\nbatch  events  records/s  no-op tasks/s  ratio  CPU ms/record  CPU ms/no-op")
         for batch, events, figures in rows:
             print(
                 f"{batch:5d}  {events:6s}  {figures['records_per_s']:9.1f}  "
-                f"{figures['noop_tasks_per_s']:13.1f}  {figures['ratio']:5.3f}"
+                f"{figures['noop_tasks_per_s']:13.1f}  {figures['ratio']:5.3f}  "
+                f"{figures['worker_cpu_ms_per_record']:13.2f}  "
+                f"{figures['worker_cpu_ms_per_noop']:12.2f}"
             )
     return status
 
@@ -151,8 +172,11 @@ def run_once(args: argparse.Namespace, env: dict[str, str]) -> tuple[dict[str, A
         events = env["CONNECTOR_TASK_EVENTS"] == "true"
         # No-op tasks right before and right after the syncs: on a shared machine the load
         # moves within a run, and their mean is what the sync saw more nearly than either.
+        cpu_0 = worker_cpu_s(bench)
         noop_before = run_noops(bench, records, args.timeout, events)
+        cpu_1 = worker_cpu_s(bench)
         first, wall, started = run_sync(bench, args.timeout)
+        cpu_2 = worker_cpu_s(bench)
         pd = stack.pipedrive.stats()
         ifs_requests = bench.ifs_requests()
         stamps = bench.pipedrive_clock.since(started)
@@ -179,7 +203,9 @@ def run_once(args: argparse.Namespace, env: dict[str, str]) -> tuple[dict[str, A
         resync_pd_requests = stack.pipedrive.stats()["requests_total"] - pd_requests_before
         if resync_writes or second["created"] or second["updated"] or second["failed"]:
             problems.append(f"no-change re-sync wrote {resync_writes} times: {second}")
+        cpu_3 = worker_cpu_s(bench)
         noop_after = run_noops(bench, records, args.timeout, events)
+        cpu_4 = worker_cpu_s(bench)
         if args.events_rounds:
             events_rounds(bench, records, args.events_rounds, args.timeout)
 
@@ -200,6 +226,13 @@ def run_once(args: argparse.Namespace, env: dict[str, str]) -> tuple[dict[str, A
         f"{records / noop_before:.1f}, {records / noop_after:.1f}; same workers, broker, settings)"
     )
     print(f"  records/s / no-op/s   {records_per_s / noops_per_s:8.3f}")
+    # Pool processes are replaced only when one dies, so the sums are of the same processes.
+    record_ms = 1000 * (cpu_2 - cpu_1) / records
+    noop_ms = 1000 * ((cpu_1 - cpu_0) + (cpu_4 - cpu_3)) / (2 * records)
+    print(
+        f"  worker CPU            {record_ms:8.2f} ms per record, {noop_ms:.2f} ms per no-op "
+        f"task (cost ratio {noop_ms / record_ms:.3f}; the workers' own processes only)"
+    )
     print(
         f"  pipedrive requests    {pd['requests_total']:8d}  ({pd['requests_total'] / records:.2f}"
         " per record)"
@@ -229,6 +262,8 @@ def run_once(args: argparse.Namespace, env: dict[str, str]) -> tuple[dict[str, A
         "records_per_s": records_per_s,
         "noop_tasks_per_s": noops_per_s,
         "ratio": records_per_s / noops_per_s,
+        "worker_cpu_ms_per_record": record_ms,
+        "worker_cpu_ms_per_noop": noop_ms,
         "pipedrive_requests": pd["requests_total"],
         "pipedrive_tokens": pd["tokens_spent"],
         "pipedrive_429": pd["rate_limited_429"],
