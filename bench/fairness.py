@@ -10,7 +10,13 @@ say when the plan and the records were done). Then A's backfill is planned, and 
 stored whole, the same is measured for B while A's backlog waits. The first push of each
 round warms the workers and is not counted. Prints both and their ratios.
 
+Then A's own pace for --a-seconds, its backlog still large: the requests arriving at A's
+Pipedrive simulator per second against its plan (20 per 2 s = 10 per second), the records
+done per second, and the attempts handed back meanwhile (audit rows `retrying`, later
+`superseded`: a record that went back to the store for want of tokens).
+
     python -m bench.fairness [--a-orders 3000] [--pushes 10] [--workers 2] [--concurrency 2]
+                             [--a-seconds 30]
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ import sys
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from bench.harness import bench_database, bench_stack, benchmark_parser
+from bench.harness import BenchStack, bench_database, bench_stack, benchmark_parser, peak_in_window
 from connector.pipedrive.provisioning import PipelineIds
 from connector.polling import wait_until
 from connector.runtime import Runtime
+from connector.storage.audit import RETRYING, SUPERSEDED
 from connector.storage.idmap import IdMap
-from connector.storage.models import WebhookEvent
+from connector.storage.models import AuditRecord, WebhookEvent
 from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.work_items import WorkItems
 from sandbox.stack import Stack
@@ -119,10 +126,6 @@ def _timeline(deployment: Stack, run_id: str, started: float) -> dict[str, float
 
 def _statuses(deployment: Stack) -> dict[str, int]:
     """The deployment's own tenant's audit rows by status (retrying: attempts handed back)."""
-    from sqlalchemy import func
-
-    from connector.storage.models import AuditRecord
-
     with deployment.runtime.database.session() as session:
         rows = session.execute(
             select(AuditRecord.status, func.count())
@@ -130,6 +133,45 @@ def _statuses(deployment: Stack) -> dict[str, int]:
             .group_by(AuditRecord.status)
         ).all()
     return {str(status): int(count) for status, count in rows}
+
+
+def _a_pace(bench_a: BenchStack, items: WorkItems, seconds: float) -> dict[str, Any]:
+    """A's use of its budget over `seconds` while its backlog is large: Pipedrive requests per
+    second (arrivals at its simulator) against the plan's rate, records done per second, and
+    the attempts handed back meanwhile (a `retrying` row: the record went back to the store)."""
+    a = bench_a.stack
+    database = a.runtime.database
+    with database.session() as session:
+        newest = session.scalar(select(func.max(AuditRecord.id))) or 0
+    waiting_before = sum(items.backlog(a.tenant)[:2])
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    waiting_after = sum(items.backlog(a.tenant)[:2])
+    stamps = bench_a.pipedrive_clock.since(started)
+    with database.session() as session:
+        rows = session.execute(
+            select(AuditRecord.status, func.count())
+            .where(AuditRecord.tenant == a.tenant, AuditRecord.id > newest)
+            .group_by(AuditRecord.status)
+        ).all()
+    by_status = {str(status): int(count) for status, count in rows}
+    attempts = sum(by_status.values())
+    handed_back = by_status.get(RETRYING, 0) + by_status.get(SUPERSEDED, 0)
+    in_window = [stamp for stamp in stamps if stamp < started + elapsed]
+    return {
+        "seconds": round(elapsed, 1),
+        "requests_per_s": round(len(in_window) / elapsed, 2),
+        "budget_per_s": A_BURST / 2.0,
+        "budget_used": round(len(in_window) / elapsed / (A_BURST / 2.0), 3),
+        "busiest_rolling_2s": peak_in_window(in_window, 2.0),
+        "records_per_s": round((waiting_before - waiting_after) / elapsed, 2),
+        "requests_per_record": round(len(in_window) / max(1, waiting_before - waiting_after), 2),
+        "attempts": attempts,
+        "handed_back": handed_back,
+        "rows_by_status": by_status,
+        "rate_limited_429": a.pipedrive.stats()["rate_limited_429"],
+    }
 
 
 def _planned(deployment: Stack) -> bool:
@@ -199,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             a_waiting_after = items.backlog(a.tenant)[0]
             a_rate = (a_waiting_before - a_waiting_after) / (time.monotonic() - measured_from)
             a_rows = _statuses(a)
+            a_pace = _a_pace(bench_a, items, args.a_seconds)
             a.stop_workers()
         receiving.close()
 
@@ -209,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         "a_waiting_during_b": [a_waiting_before, a_waiting_after],
         "a_records_per_s_during_b": round(a_rate, 2),
         "a_audit_rows_by_status": a_rows,
+        "a_pace": a_pace,
         "alone": alone,
         "behind_a_backlog": behind,
         "ratio_behind_over_alone": ratio,
@@ -219,6 +263,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"tenant A: {args.a_orders} orders at {A_BURST} requests / 2 s")
     print(f"A's records waiting while B was measured: {a_waiting_before} -> {a_waiting_after}")
     print(f"A meanwhile: {a_rate:.2f} records/s; A's audit rows by status: {a_rows}")
+    print(
+        f"A's pace over {a_pace['seconds']} s: {a_pace['requests_per_s']} Pipedrive requests/s "
+        f"of {a_pace['budget_per_s']:g} allowed = {a_pace['budget_used']:.3f} of its budget "
+        f"(busiest rolling 2 s: {a_pace['busiest_rolling_2s']}); {a_pace['records_per_s']} "
+        f"records/s, {a_pace['requests_per_record']} requests each; "
+        f"{a_pace['handed_back']} of {a_pace['attempts']} attempts handed back; "
+        f"429s so far {a_pace['rate_limited_429']}"
+    )
     print(f"B's small sync: {alone['small_sync_records']} / {behind['small_sync_records']} records")
     for name, shown in (("alone", alone), ("behind A", behind)):
         print(f"  {name}: seconds from the command's start {shown['small_sync_timeline']}")
@@ -235,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="bulk worker processes")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--a-seconds", type=float, default=30, help="how long A's own pace is measured"
+    )
     parser.add_argument("--json", action="store_true")
     return run(parser.parse_args(argv))
 

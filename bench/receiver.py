@@ -3,14 +3,16 @@
     PYTHONPATH=$PWD python -m bench.receiver [--seconds 8] [--rounds 2] [--connections 8]
                                              [--profile] [--json]
 
-Both apps run under gunicorn at once with the same settings (2 sync workers, as deployed),
+Both apps run under gunicorn at once with the same settings (2 sync workers),
 and wrk (Debian: `apt-get install wrk`) drives them in turns, `--rounds` times each, with
 `--connections` keep-alive connections: every request is a new, authenticated Pipedrive v2
 deal change (a fresh meta.id), so the receiver authenticates, validates, stores, commits and
 enqueues each one to a real Celery queue on Redis (no worker consumes it). Prints each app's
 req/s and p99 latency, the ratio, and whether anything was lost: every 2xx answer must have a
-stored event and a message in the queue. `--profile` also runs the receiver in-process under
-cProfile (Flask test client, same database) and prints where its time goes.
+stored event and a message in the queue, and the CPU per request of each app's gunicorn
+workers (from /proc: less sensitive to a busy machine than the rates). `--profile` also runs
+the receiver in-process under cProfile (Flask test client, same database and broker) and
+prints where its time goes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 import requests
@@ -82,10 +83,17 @@ class Round:
     errors: int
     p50_ms: float
     p99_ms: float
+    cpu_s: float | None = None  # CPU of the app's gunicorn workers during the round
 
     @property
     def per_s(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """CPU per request of the app's own processes: waits for a core do not count, so
+        it varies less with the machine's load than the rates do."""
+        return None if self.cpu_s is None else self.cpu_s / self.requests * 1000.0
 
 
 def free_port() -> int:
@@ -171,6 +179,21 @@ def _wait_ready(
     raise SystemExit(f"gunicorn for {url} did not answer within {timeout:.0f} s:\n{tail}")
 
 
+def workers_cpu_s(master: subprocess.Popen[bytes]) -> float | None:
+    """User + system CPU seconds used so far by a gunicorn master's worker processes (Linux
+    /proc; None elsewhere)."""
+    try:
+        children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+        total = 0
+        for child in children:
+            # The fields after the command name: utime and stime are the 12th and 13th.
+            fields = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _duration_ms(text: str) -> float:
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
@@ -220,8 +243,8 @@ def profile_receiver(stack: Stack, requests_count: int = 2000) -> str:
     """The receiver in-process under cProfile: where one delivery's time goes."""
     from webhook_receiver.app import create_app
 
-    sent: list[Any] = []
-    app = create_app(stack.runtime, lambda job, kwargs: sent.append((job, kwargs)))
+    # The receiver's own enqueue, as deployed: a real publish to the stack's broker.
+    app = create_app(stack.runtime)
     client = app.test_client()
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
@@ -251,7 +274,7 @@ def profile_receiver(stack: Stack, requests_count: int = 2000) -> str:
     profiler.disable()
     stream = io.StringIO()
     stream.write(
-        f"in-process, {count} deliveries each, enqueue stubbed: receiver "
+        f"in-process, {count} deliveries each, published to Redis: receiver "
         f"{receiver_cpu / count * 1000:.2f} ms CPU and {receiver_wall / count * 1000:.2f} ms "
         f"wall per delivery; trivial Flask {flask_cpu / count * 1000:.2f} ms CPU and "
         f"{flask_wall / count * 1000:.2f} ms wall\n"
@@ -341,13 +364,19 @@ def main(argv: list[str] | None = None) -> int:
             logs = [folder / f"{name}.log" for name in ports]
             for process, port, log in zip(processes, ports.values(), logs, strict=True):
                 _wait_ready(f"http://127.0.0.1:{port}/healthz", process, log)
+            masters = dict(zip(ports, processes, strict=True))
             rounds: list[Round] = []
             for _ in range(args.rounds):
                 for name in ports:
                     # New event ids in every round: a repeated one would be a duplicate.
                     script = _wrk_script(folder, uuid.uuid4().hex[:8])
                     target = f"http://127.0.0.1:{ports[name]}/webhooks/pipedrive/{tenant}"
-                    rounds.append(run_wrk(name, target, script, args.seconds, args.connections))
+                    cpu_before = workers_cpu_s(masters[name])
+                    done = run_wrk(name, target, script, args.seconds, args.connections)
+                    cpu_after = workers_cpu_s(masters[name])
+                    if cpu_before is not None and cpu_after is not None:
+                        done.cpu_s = cpu_after - cpu_before
+                    rounds.append(done)
             stored, enqueued = _stored_events(stack)
             # Stage pushes are interactive work: routed to the interactive queue.
             queued = int(redis.Redis.from_url(REDIS_URL).llen(stack.interactive_queue))
@@ -365,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     def of(name: str) -> list[Round]:
         return [r for r in rounds if r.app == name]
 
+    def cpu_ms(name: str) -> float | None:
+        measured = [r.cpu_ms for r in of(name) if r.cpu_ms is not None]
+        return round(statistics.median(measured), 3) if measured else None
+
     flask_rate = statistics.median(r.per_s for r in of("flask"))
     receiver_rate = statistics.median(r.per_s for r in of("receiver"))
     receiver_p99 = max(r.p99_ms for r in of("receiver"))
@@ -376,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         "flask_p99_ms": round(max(r.p99_ms for r in of("flask")), 1),
         "receiver_p50_ms": round(statistics.median(r.p50_ms for r in of("receiver")), 1),
         "receiver_p99_ms": round(receiver_p99, 1),
+        "flask_cpu_ms_per_request": cpu_ms("flask"),
+        "receiver_cpu_ms_per_request": cpu_ms("receiver"),
         "connections": args.connections,
         "synchronous_commit": args.synchronous_commit,
         "receiver_accepted": accepted,
@@ -392,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["other_req_s"] = round(other_rate, 1)
         figures["other_ratio"] = round(other_rate / flask_rate, 3)
         figures["other_p99_ms"] = round(max(r.p99_ms for r in of("other")), 1)
+        figures["other_cpu_ms_per_request"] = cpu_ms("other")
     problems = []
     # wrk stops with requests in flight, which the receiver may still store: at least, not equal.
     if stored < accepted:
@@ -402,9 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**figures, "problems": problems}, indent=2))
     else:
         for r in rounds:
+            cpu = f"  cpu {r.cpu_ms:5.2f} ms/req" if r.cpu_ms is not None else ""
             print(
                 f"{r.app:9} {r.per_s:8.1f} req/s  p50 {r.p50_ms:6.1f} ms  p99 {r.p99_ms:6.1f} ms"
-                f"  ({r.requests} requests, {r.non_2xx} non-2xx, {r.errors} socket errors)"
+                f"{cpu}  ({r.requests} requests, {r.non_2xx} non-2xx, {r.errors} socket errors)"
             )
         print(
             f"receiver / flask: {figures['ratio']:.3f} (target >= {TARGET_RATIO}); receiver p99 "
@@ -415,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"receiver of {args.compare_with} / flask: {figures['other_ratio']:.3f}, "
                 f"p99 {figures['other_p99_ms']:.1f} ms"
             )
+        print(
+            "CPU per request of the gunicorn workers (median of the rounds): "
+            + ", ".join(
+                f"{name} {cpu_ms(name)} ms" for name in ("flask", "receiver", "other") if of(name)
+            )
+        )
         print(
             f"nothing lost: {accepted} accepted, {stored} stored, {enqueued} enqueued, "
             f"{queued} messages in the queue"

@@ -68,6 +68,15 @@ class Settings(BaseSettings):
             "and sent by the sender); off = none, for deployments without Flower."
         ),
     )
+    absent_tenant_backlog_days: float = Field(
+        default=7.0,
+        gt=0,
+        description=(
+            "Stored records of a tenant missing from the tenants file are kept this long (a "
+            "typo in its id brings them back when fixed), listed by `status`, then dropped by "
+            "the dispatcher with one audit row saying how many (a later sync plans them again)."
+        ),
+    )
     broker_visibility_timeout_s: float = Field(
         default=120.0,
         gt=0,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,7 +27,7 @@ from connector.errors import ConfigError, VaultError
 from connector.jobs import PUSH_STAGE, Enqueue
 from connector.live_config import config_checks
 from connector.runtime import Runtime
-from connector.settings import get_settings
+from connector.settings import Settings, get_settings
 from connector.storage.migrate import require_migrated
 from connector.storage.webhook_events import StoredEvent, WebhookEvents, WebhookEventStatus
 from connector.storage.webhook_refusals import Refusal, WebhookRefusals
@@ -35,6 +35,9 @@ from connector.tenants import TenantConfig, WebhookConfig
 from connector.webhooks.auth import verify_basic, verify_hmac
 from connector.webhooks.credentials import WebhookCredentialCache, WebhookSecrets
 from connector.webhooks.events import PayloadError, WebhookEventData, parse_body
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger("webhook_receiver")
 
@@ -47,11 +50,22 @@ READ_CHUNK = 64 * 1024
 UNKNOWN_TENANT_WEBHOOK = WebhookConfig()
 
 
-def celery_enqueue(job: str, kwargs: dict[str, Any]) -> None:
-    """The workers' enqueue, imported late: the receiver starts without the Celery app."""
-    from workers.app import enqueue
+def celery_enqueue(settings: Settings) -> Enqueue:
+    """The workers' enqueue through a Celery app of the receiver's own, made on first use
+    (the receiver starts without Celery): it sends no task-sent event, so that a delivery
+    costs one broker round trip, not two, while Pipedrive waits (workers.app)."""
+    publisher: Celery | None = None
 
-    enqueue(job, kwargs)
+    def enqueue(job: str, kwargs: dict[str, Any]) -> None:
+        nonlocal publisher
+        from workers.app import create_celery_app
+        from workers.app import enqueue as send
+
+        if publisher is None:
+            publisher = create_celery_app(settings, sent_events=False)
+        send(job, kwargs, app=publisher)
+
+    return enqueue
 
 
 def celery_broker_check() -> None:
@@ -106,7 +120,7 @@ def create_app(
         app.config.update(config)
     app.extensions[EXTENSION] = ReceiverContext(
         runtime=runtime,
-        enqueue=enqueue if enqueue is not None else celery_enqueue,
+        enqueue=enqueue if enqueue is not None else celery_enqueue(runtime.settings),
         check_broker=check_broker if check_broker is not None else celery_broker_check,
         credentials=WebhookCredentialCache(runtime.vault, version_of=_credential_version(runtime)),
         refusals=WebhookRefusals(runtime.database),

@@ -53,7 +53,11 @@ def interactive_router(interactive_queue: str) -> Any:
     return route
 
 
-def create_celery_app(settings: Settings | None = None) -> Celery:
+def create_celery_app(settings: Settings | None = None, *, sent_events: bool = True) -> Celery:
+    """The app; `sent_events=False` for a publisher whose caller waits on each send (the
+    webhook receiver): no `task-sent` event, which costs a broker round trip of its own
+    per task (a Redis PUBLISH, an AMQP publish and its confirm). Flower then shows those
+    tasks from the moment a worker receives them (the workers' events are unchanged)."""
     settings = settings or get_settings()
     app = Celery(
         "ml_connector",
@@ -80,10 +84,10 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_transport_options(settings),
         worker_hijack_root_logger=False,
-        # What Flower shows; each task costs a few event messages on the broker with them
-        # (bench/README.md: measured), so a deployment without Flower turns them off.
+        # What Flower shows; each message costs a few event messages on the broker with them
+        # (bench/README.md: measured), so a deployment without Flower may turn them off.
         worker_send_task_events=settings.task_events,
-        task_send_sent_event=settings.task_events,
+        task_send_sent_event=sent_events and settings.task_events,
         # Beat's schedule comes from the tenants file and follows its changes while it runs.
         beat_scheduler="workers.schedule:LiveScheduler",
     )
@@ -93,13 +97,14 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 celery_app = create_celery_app()
 
 
-def enqueue(job: str, kwargs: dict[str, Any]) -> None:
-    """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app.
+def enqueue(job: str, kwargs: dict[str, Any], *, app: Celery | None = None) -> None:
+    """Queue one job (a connector.jobs name) on the workers: the `Enqueue` of this app (or
+    of `app`, made by create_celery_app).
 
     Raises BrokerUnavailableError, naming the setting, when the broker cannot be reached.
     """
     try:
-        celery_app.send_task(job, kwargs=kwargs)
+        (app or celery_app).send_task(job, kwargs=kwargs)
     except OperationalError as error:
         raise BrokerUnavailableError(
             f"cannot queue {job}: the broker {_safe_broker_url()} (CONNECTOR_BROKER_URL, "

@@ -53,6 +53,7 @@ from connector import jobs, metrics
 from connector.errors import is_connection_loss, is_transient, retry_after_s
 from connector.http import RetryPolicy
 from connector.logs import log_context
+from connector.pipedrive.client import BURST_WINDOW_S
 from connector.ratelimit import interactive_work
 from connector.storage.audit import (
     DEFERRED,
@@ -77,6 +78,9 @@ MAX_RETRIES = 10
 # The longest a released record's task sleeps for rate-limit tokens (the dispatcher released
 # it within budget; when they are not there, it is handed back instead).
 DISPATCHED_TOKEN_WAIT_S = 0.5
+# Once it has been granted some tokens, it waits for the rest when they come within one burst
+# window: handed back, its next attempt would spend again what this one spent.
+DISPATCHED_STARTED_WAIT_S = BURST_WINDOW_S
 MAX_COUNTDOWN_S = VISIBILITY_TIMEOUT_S / 2
 # Task-level waits are longer than HTTP-level ones: these follow a failure that the HTTP
 # policy already retried, or a limiter that said how long to wait.
@@ -98,6 +102,12 @@ class ConnectorTask(Task):
     def attempt(self) -> int:
         """1 for the first run, 2 for the first retry, …"""
         return (self.request.retries or 0) + 1
+
+    @property
+    def redelivered(self) -> bool:
+        """The broker delivered this message before (a consumer died or gave it back unacked):
+        RabbitMQ says so, and kombu's Redis transport when it restores an unacked message."""
+        return bool((self.request.delivery_info or {}).get("redelivered"))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with log_context(

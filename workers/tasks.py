@@ -24,6 +24,7 @@ from connector.sync import ENTITIES, JOB_FOR_ENTITY
 from connector.sync.engine import Plan, TenantSync, plan_audit
 from workers.app import celery_app, enqueue
 from workers.base import (
+    DISPATCHED_STARTED_WAIT_S,
     DISPATCHED_TOKEN_WAIT_S,
     ENTITY_FOR_JOB,
     ConnectorTask,
@@ -161,17 +162,30 @@ def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) 
         _finish(item)
         return FAILED
     if item is None:
-        return sync.sync_record(task.entity, key, attempt=task.attempt, **options).outcome.value
-    return _sync_released(sync, task.entity, key, int(item), task.attempt, options)
+        result = sync.sync_record(
+            task.entity, key, attempt=task.attempt, redelivered=task.redelivered, **options
+        )
+        return result.outcome.value
+    attempt, redelivered = task.attempt, task.redelivered
+    return _sync_released(sync, task.entity, key, int(item), attempt, redelivered, options)
 
 
 def _sync_released(
-    sync: TenantSync, entity: str, key: str, item: int, attempt: int, options: dict[str, Any]
+    sync: TenantSync,
+    entity: str,
+    key: str,
+    item: int,
+    attempt: int,
+    redelivered: bool,
+    options: dict[str, Any],
 ) -> str:
     # Released within the tenant's budget, so tokens are there; if not, the item goes back
-    # to the store at once rather than hold the worker asleep.
-    with waits_at_most(DISPATCHED_TOKEN_WAIT_S):
-        result = sync.sync_record(entity, key, attempt=attempt, work_item=item, **options)
+    # to the store at once rather than hold the worker asleep (unless it has spent some).
+    capped = waits_at_most(DISPATCHED_TOKEN_WAIT_S, once_started_s=DISPATCHED_STARTED_WAIT_S)
+    with capped:
+        result = sync.sync_record(
+            entity, key, attempt=attempt, redelivered=redelivered, work_item=item, **options
+        )
     return result.outcome.value
 
 
@@ -190,8 +204,12 @@ def sync_records(
             metrics.record_sync(tenant, entity, FAILED)
         return {FAILED: len(records)}
 
+    # A message that came again may have sent some of its records' creates already: each of
+    # them then searches before it creates (TenantSync.sync_record).
+    redelivered = self.redelivered
+
     def run_one(entity: str, key: str, item: int, attempt: int, options: dict[str, Any]) -> str:
-        return _sync_released(sync, entity, key, item, attempt, options)
+        return _sync_released(sync, entity, key, item, attempt, redelivered, options)
 
     return self.run_records(tenant, records, run_one)
 

@@ -1,4 +1,5 @@
-"""`ml-connector status`: per tenant the last run, waiting failures, webhook, budget, queue."""
+"""`ml-connector status`: per tenant the last run, waiting failures, stored records, webhook,
+budget, queue; tenants no longer in the file that still have records stored."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import click
 
 from cli.commands.db import migrated_database, reported_errors
 from cli.context import CliContext, pass_context
+from connector.diagnostics.backlog import AbsentTenant, absent_tenants
 from connector.diagnostics.queues import QueueStatus, queue_status
 from connector.diagnostics.status import TenantStatus, tenant_status
 from connector.live_config import ConfigCheck, config_checks
@@ -22,6 +24,8 @@ def _last_run_line(run: dict[str, Any] | None) -> str:
         return "last sync: never"
     when = run["finished_at"] or run["started_at"]
     state = "" if run["state"] == "finished" else f" (running: {run['queued']} queued)"
+    if run.get("waiting_for"):
+        state = f" (running: {run['queued']} queued, waiting for its budget, not stuck)"
     return (
         f"last sync: {when}{state}: created {run['created']}, updated {run['updated']}, "
         f"unchanged {run['unchanged']}, failed {run['failed']} (run {run['run_id']})"
@@ -56,6 +60,48 @@ def _headroom_line(system: str, budget: dict[str, Any]) -> str:
     return f"{system} budget: {budget.get('error')}"
 
 
+def _backlog_line(backlog: dict[str, Any]) -> str:
+    if not backlog.get("waiting") and not backlog.get("in_flight"):
+        return "stored records: none"
+    text = (
+        f"stored records: {backlog['waiting']} waiting ({backlog['due']} due"
+        + (
+            f", oldest stored {backlog['oldest_waiting_at']}"
+            if backlog["oldest_waiting_at"]
+            else ""
+        )
+        + f"), {backlog['in_flight']} released and not finished"
+    )
+    if "requests_per_record" in backlog:
+        text += f"; {backlog['requests_per_record']:g} Pipedrive requests per record lately"
+    if "error" in backlog:
+        return f"{text}; why they wait: {backlog['error']}"
+    waits = backlog.get("waits_for") or []
+    if waits:
+        text += "; waiting for: " + "; ".join(hold["detail"] for hold in waits)
+    return text
+
+
+def _absent_line(absent: AbsentTenant) -> str:
+    if not absent.ours:
+        when = (
+            "not served by this deployment's dispatcher: kept until "
+            f"`ml-connector tenant drop-backlog {absent.tenant}`"
+        )
+    elif absent.absent_since:
+        when = (
+            f"absent since {absent.absent_since}; dropped with an audit row at "
+            f"{absent.dropped_at} unless it comes back (CONNECTOR_ABSENT_TENANT_BACKLOG_DAYS), "
+            f"or now with `ml-connector tenant drop-backlog {absent.tenant}`"
+        )
+    else:
+        when = "the dispatcher notes its absence within a minute"
+    return (
+        f"tenant {absent.tenant} not in the tenants file: {absent.waiting} stored record(s) "
+        f"kept ({when})"
+    )
+
+
 def _print_tenant(status: TenantStatus) -> None:
     click.echo(f"tenant {status.tenant}")
     click.echo(f"{_INDENT}{_last_run_line(status.last_run)}")
@@ -68,6 +114,8 @@ def _print_tenant(status: TenantStatus) -> None:
         click.echo(
             f"{_INDENT}{mark['entity']}: last run {mark['last_run_at']} {mark['last_status']}"
         )
+    if status.backlog:
+        click.echo(f"{_INDENT}{_backlog_line(status.backlog)}")
     click.echo(f"{_INDENT}{_webhook_line(status.webhook)}")
     click.echo(f"{_INDENT}{_headroom_line('IFS', status.headroom['ifs'])}")
     click.echo(f"{_INDENT}{_headroom_line('Pipedrive', status.headroom['pipedrive'])}")
@@ -93,8 +141,10 @@ def _print_queue(queue: QueueStatus) -> None:
 )
 @pass_context
 def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) -> None:
-    """Show each tenant's last sync, overdue syncs, failed records waiting, webhook,
-    rate-limit headroom, problems of the tenants file (as read here and as the running
+    """Show each tenant's last sync, overdue syncs, failed records waiting, stored records
+    (waiting, released, the oldest, and what they wait for: the burst or daily budget, a
+    pause after Pipedrive's 403), webhook, rate-limit headroom, tenants no longer in the file
+    that still have records stored, problems of the tenants file (as read here and as the running
     workers, beat and receivers last saw it), and the depth of the workers' queue.
 
     Reads the database, Redis and our limiter only (with --remote, also Pipedrive's
@@ -119,6 +169,10 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
         _broken_tenant(each, found) for each, found in broken.items() if tenant_id in (None, each)
     ]
     file_problems = [_config_problem(found) for found in reading.problems.get(None, [])]
+    absent: list[AbsentTenant] = []
+    if tenant_id is None:
+        with reported_errors():
+            absent = absent_tenants(obj.runtime, {*reading.tenants, *broken})
     checks = config_checks(obj.runtime)
     queues = [obj.settings.queue, obj.settings.effective_interactive_queue]
     queue = queue_status(obj.settings.effective_broker_url, queues)
@@ -126,6 +180,7 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
         document = {
             "tenants": [each.as_dict() for each in statuses],
             "tenants_file_problems": file_problems,
+            "tenants_not_in_file": [each.as_dict() for each in absent],
             "config_checks": [check.as_dict() for check in checks],
             "queue": queue.as_dict(),
         }
@@ -135,6 +190,8 @@ def status(obj: CliContext, tenant_id: str | None, as_json: bool, remote: bool) 
         click.echo(f"! {problem}")
     for line in _reported_problems(checks, reading):
         click.echo(f"! {line}")
+    for gone in absent:
+        click.echo(f"! {_absent_line(gone)}")
     if not statuses:
         click.echo(f"no tenants defined in {obj.tenants_path}")
     for each in statuses:

@@ -1,4 +1,5 @@
-"""`ml-connector tenant list|show|validate`: inspect and check the tenants file."""
+"""`ml-connector tenant list|show|validate|drop-backlog`: inspect and check the tenants file;
+drop the stored records of a tenant taken out of it."""
 
 from __future__ import annotations
 
@@ -198,3 +199,40 @@ def _print_fit(reports: dict[str, CheckReport | str]) -> None:
             click.echo(f"  {finding.subject}: {finding.message}")
             if finding.fix:
                 click.echo(f"    fix: {finding.fix}")
+
+
+@tenant.command("drop-backlog")
+@click.argument("tenant_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def tenant_drop_backlog(obj: CliContext, tenant_id: str, yes: bool) -> None:
+    """Drop the stored records (work items) of TENANT_ID, a tenant no longer in the tenants
+    file, with one audit row saying how many. Without it they are kept: `status` lists them,
+    and the dispatcher drops them after CONNECTOR_ABSENT_TENANT_BACKLOG_DAYS. Refused for a
+    tenant in the file (its records are being released)."""
+    from connector.dispatch.dispatcher import drop_backlog
+    from connector.storage.work_items import WorkItems
+
+    reading = read_tenants(obj.tenants_path)
+    if tenant_id in reading.tenants or tenant_id in reading.problems:
+        raise click.ClickException(
+            f"tenant {tenant_id} is in {obj.tenants_path}: its stored records are its sync's "
+            "work; remove it from the file first"
+        )
+    migrated_database(obj)
+    with reported_errors():
+        waiting, in_flight = WorkItems(obj.runtime.database).backlog(tenant_id)
+        if not waiting + in_flight:
+            click.echo(f"tenant {tenant_id} has no stored records")
+            return
+        if not yes:
+            click.confirm(
+                f"drop {waiting + in_flight} stored record(s) of {tenant_id}?", abort=True
+            )
+        count = drop_backlog(
+            obj.runtime, tenant_id, "dropped by an operator (`tenant drop-backlog`)"
+        )
+    click.echo(
+        f"dropped {count} stored record(s) of {tenant_id}; `ml-connector audit list "
+        f"--tenant {tenant_id}` shows the row"
+    )

@@ -1,4 +1,5 @@
-"""A tenant's stored status: last run, failures waiting, webhook, missing secrets, headroom."""
+"""A tenant's stored status: last run, failures waiting, stored records, webhook, missing
+secrets, headroom."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from connector.diagnostics.backlog import LONG_HOLDS, stored_backlog
 from connector.diagnostics.freshness import last_successful_syncs, overdue_by
 from connector.diagnostics.headroom import IFS, PIPEDRIVE, headroom
 from connector.errors import ConnectorError
@@ -36,6 +38,8 @@ class TenantStatus:
     webhook: dict[str, Any] = field(default_factory=dict)
     missing_credentials: list[dict[str, str]] = field(default_factory=list)
     headroom: dict[str, Any] = field(default_factory=dict)
+    # Stored records: waiting, due, in flight, the oldest, and what they wait for.
+    backlog: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     # A tenant whose section of the tenants file does not validate: only its problems.
     config_problems_only: bool = False
@@ -153,6 +157,20 @@ def _last_run_problems(status: TenantStatus, tenant_id: str) -> None:
         )
 
 
+def _backlog_waits(status: TenantStatus) -> None:
+    """Records held by the daily budget or a 403 pause wait for hours or minutes, by design:
+    the status says so (and the running run says what it waits for), so that it does not
+    look stuck."""
+    backlog = status.backlog
+    long_holds = [hold for hold in backlog.get("waits_for", []) if hold["limit"] in LONG_HOLDS]
+    if not long_holds or not backlog.get("waiting"):
+        return
+    reason = "; ".join(hold["detail"] for hold in long_holds)
+    if status.last_run is not None and status.last_run["state"] == "running":
+        status.last_run["waiting_for"] = reason
+    status.problems.append(f"{backlog['waiting']} stored record(s) wait, not stuck: {reason}")
+
+
 def tenant_status(
     runtime: Runtime, tenant_id: str, *, remote: bool = False, now: datetime | None = None
 ) -> TenantStatus:
@@ -179,6 +197,8 @@ def tenant_status(
         IFS: headroom(runtime.coordination, tenant, IFS),
         PIPEDRIVE: headroom(runtime.coordination, tenant, PIPEDRIVE),
     }
+    status.backlog = stored_backlog(runtime, tenant, now or datetime.now(UTC))
+    _backlog_waits(status)
     if status.last_run is None:
         status.problems.append(f"never synced: run `ml-connector sync {tenant_id}`")
     else:

@@ -171,15 +171,35 @@ def check_request(cost: int, limits: Sequence[Limit]) -> None:
             raise ValueError(f"cost {cost} exceeds the capacity of {limit}")
 
 
-# The longest any acquire() in this context may sleep, whatever its caller allows.
-_wait_cap: ContextVar[float | None] = ContextVar("rate_limit_wait_cap", default=None)
+@dataclass
+class _WaitCap:
+    """The longest an acquisition in a `waits_at_most` block may sleep: `first_s` until the
+    block's first grant, `started_s` after it."""
+
+    first_s: float
+    started_s: float
+    granted: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.started_s if self.granted else self.first_s
+
+
+# The cap of the enclosing `waits_at_most` block, if any.
+_wait_cap: ContextVar[_WaitCap | None] = ContextVar("rate_limit_wait_cap", default=None)
 
 
 @contextmanager
-def waits_at_most(seconds: float) -> Iterator[None]:
+def waits_at_most(seconds: float, *, once_started_s: float | None = None) -> Iterator[None]:
     """Inside the block, no acquisition sleeps longer than `seconds` for tokens: it raises
-    RateLimited instead (work that can be handed back rather than hold a worker asleep)."""
-    token = _wait_cap.set(seconds)
+    RateLimited instead (work that can be handed back rather than hold a worker asleep).
+
+    `once_started_s`: the cap after the block's first grant. Work that has spent some of its
+    tokens (an order that created its customer and now creates its deal) would, handed
+    back, spend them again on its next attempt; it waits for tokens due that soon instead.
+    """
+    started = seconds if once_started_s is None else max(seconds, once_started_s)
+    token = _wait_cap.set(_WaitCap(seconds, started))
     try:
         yield
     finally:
@@ -202,11 +222,13 @@ def acquire(
     """
     cap = _wait_cap.get()
     if cap is not None:
-        max_wait_s = min(max_wait_s, cap)
+        max_wait_s = min(max_wait_s, cap.seconds)
     waited = 0.0
     while True:
         wait = limiter.try_acquire(key, cost, limits)
         if wait <= 0:
+            if cap is not None:
+                cap.granted = True
             if waited:
                 _observe_wait(key, waited)
             return waited

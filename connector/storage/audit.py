@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, true, update
 from sqlalchemy.orm import Session, aliased
 
 from connector.storage import run_records
@@ -125,22 +125,11 @@ class AuditLog:
             finished_at=utcnow(),
             duration_ms=duration_ms,
         )
-        session.add(row)
-        session.flush()
         # A success closes the record's earlier failures; any new attempt takes the place
         # of an earlier retrying row (its retry is this attempt, or was given up), so no
         # row stays "retrying" once the record has moved on.
         closed = _SUPERSEDED_BY_SUCCESS if _fixes_record(attempt) else (RETRYING,)
-        superseded = session.scalars(
-            update(AuditRecord)
-            .where(
-                *_same_record(attempt),
-                AuditRecord.id < row.id,
-                AuditRecord.status.in_(closed),
-            )
-            .values(status=SUPERSEDED)
-            .returning(AuditRecord.id)
-        ).all()
+        row.id, superseded = _insert_superseding(session, row, attempt, closed)
         # The run tables change in this same transaction: a run's totals never count a row
         # that was rolled back, nor miss one that was committed.
         run_records.restate(session, superseded, SUPERSEDED)
@@ -203,6 +192,36 @@ class AuditLog:
         )
         with self.database.session() as session:
             return {row_tenant: int(count) for row_tenant, count in session.execute(query)}
+
+    def pipedrive_requests(
+        self, tenants: Sequence[str], after_id: int
+    ) -> tuple[dict[str, tuple[int, int]], int]:
+        """What the record attempts (IFS → Pipedrive, plan rows left out) written after row
+        `after_id` took from Pipedrive: tenant → (requests, attempts), and the newest row id
+        seen (the next call's `after_id`). A range of the primary key, summed in the database."""
+        requests = AuditRecord.response_summary[("requests", "pipedrive")].as_integer()
+        query = (
+            select(AuditRecord.tenant, func.count(), func.sum(requests), func.max(AuditRecord.id))
+            .where(
+                AuditRecord.id > after_id,
+                AuditRecord.tenant.in_(list(tenants)),
+                AuditRecord.direction == IFS_TO_PIPEDRIVE,
+                AuditRecord.record_key != "*",
+            )
+            .group_by(AuditRecord.tenant)
+        )
+        found: dict[str, tuple[int, int]] = {}
+        newest = after_id
+        with self.database.session() as session:
+            for row_tenant, attempts, spent, last_id in session.execute(query):
+                found[str(row_tenant)] = (int(spent or 0), int(attempts))
+                newest = max(newest, int(last_id))
+        return found, newest
+
+    def newest_id(self) -> int:
+        """The id of the newest row (0 for an empty log)."""
+        with self.database.session() as session:
+            return int(session.scalar(select(func.max(AuditRecord.id))) or 0)
 
     def story(self, tenant: str, entity: str, record_keys: Sequence[str]) -> list[AuditRecord]:
         """Every attempt on one record (under any of its keys, e.g. the order number and the
@@ -333,4 +352,46 @@ def _fixes_record(attempt: Attempt) -> bool:
     stage push, an echo for instance, says nothing about an earlier failed push)."""
     return attempt.status == SUCCEEDED or (
         attempt.status == SKIPPED and attempt.direction == IFS_TO_PIPEDRIVE
+    )
+
+
+def _insert_superseding(
+    session: Session, row: AuditRecord, attempt: Attempt, closed: Sequence[str]
+) -> tuple[int, list[int]]:
+    """Insert `row` (a transient AuditRecord: only its values are used) and mark the record's
+    earlier rows in `closed` superseded; (the new row's id, the superseded ids).
+
+    On Postgres one statement: the INSERT and the UPDATE are data-modifying CTEs of one
+    SELECT, so both see one snapshot (every earlier row, not the new one). SQLite, which has
+    no such CTEs, runs the two in turn.
+    """
+    values: dict[str, Any] = {}
+    for column in AuditRecord.__table__.columns:
+        value = getattr(row, column.key)
+        # An INSERT in a CTE gets no Python-side defaults (the statement run is a SELECT).
+        if value is None and column.default is not None and column.default.is_scalar:
+            value = column.default.arg
+        if value is not None:
+            values[column.key] = value
+    if session.get_bind().dialect.name != "postgresql":
+        new_id = int(
+            session.execute(
+                insert(AuditRecord).values(values).returning(AuditRecord.id)
+            ).scalar_one()
+        )
+        return new_id, list(session.scalars(_supersede(attempt, closed, new_id)).all())
+    new = insert(AuditRecord).values(values).returning(AuditRecord.id).cte("new_row")
+    superseded = _supersede(attempt, closed, select(new.c.id).scalar_subquery()).cte("superseded")
+    rows = session.execute(
+        select(new.c.id, superseded.c.id).select_from(new.outerjoin(superseded, true()))
+    ).all()
+    return int(rows[0][0]), [int(old) for _, old in rows if old is not None]
+
+
+def _supersede(attempt: Attempt, closed: Sequence[str], newer_than: Any) -> Any:
+    return (
+        update(AuditRecord)
+        .where(*_same_record(attempt), AuditRecord.id < newer_than, AuditRecord.status.in_(closed))
+        .values(status=SUPERSEDED)
+        .returning(AuditRecord.id)
     )

@@ -35,6 +35,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """A stored moment with its zone: SQLite drops it, and stored values are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
@@ -266,6 +271,10 @@ class TenantState(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+# A work item whose attempt may have run: released now, or released before and put back.
+WORK_ITEM_TRIED = "attempts > 0 OR released_at IS NOT NULL"
+
+
 class WorkItemRecord(Base):
     """One record a plan found to need work, held until the dispatcher releases it to the bulk
     queue within its tenant's budget; deleted when its task finishes (connector.dispatch)."""
@@ -288,6 +297,15 @@ class WorkItemRecord(Base):
             "released_at",
             postgresql_where=text("released_at IS NOT NULL"),
             sqlite_where=text("released_at IS NOT NULL"),
+        ),
+        # A create's question "was this record released before?" (WorkItems.tried_before).
+        Index(
+            "ix_work_items_tried",
+            "tenant",
+            "entity",
+            "record_key",
+            postgresql_where=text(WORK_ITEM_TRIED),
+            sqlite_where=text(WORK_ITEM_TRIED),
         ),
     )
 

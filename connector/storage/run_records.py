@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.orm import Session
 
 from connector.storage.models import AuditRecord, RunRecord, RunTotals, utcnow
 from connector.storage.upsert import dialect_insert, upsert
 
 PLAN_KEY = "*"
+ENTRY_KEY = ("run_id", "entity", "record_key")
 COUNTERS = (
     "plans",
     "entities_planned",
@@ -88,6 +89,34 @@ def enter(session: Session, row: AuditRecord, started_at: datetime | None = None
         return
     plan = row.record_key == PLAN_KEY
     queued = int((row.response_summary or {}).get("queued", 0)) if plan else None
+    started = started_at or row.started_at
+    finished = row.finished_at or utcnow()
+    values = {
+        "run_id": row.correlation_id,
+        "entity": row.entity,
+        "record_key": row.record_key,
+        "tenant": row.tenant,
+        "audit_id": row.id,
+        "status": row.status,
+        "queued": queued,
+        "started_at": started,
+        "finished_at": finished,
+    }
+    totals = {
+        "run_id": row.correlation_id,
+        "tenant": row.tenant,
+        "planned_at": finished if plan else None,
+        "started_at": started,
+        "finished_at": finished,
+        **_difference(None, _Entry(plan, row.status, queued or 0)),
+    }
+    # The record's first row in the run (the usual case): a new entry moves the totals by
+    # its own counts, and nobody else can hold an entry that is not committed yet.
+    if _enter_new(session, values, totals):
+        return
+    # The run has an entry for the record already: read it locked, so that the totals move
+    # by exactly the difference from what it stood for, whoever else changes it meanwhile
+    # (restate by mark_failed/mark_replayed, another attempt of the record).
     key = (
         RunRecord.run_id == row.correlation_id,
         RunRecord.entity == row.entity,
@@ -96,24 +125,7 @@ def enter(session: Session, row: AuditRecord, started_at: datetime | None = None
     before = session.execute(
         select(RunRecord.status, RunRecord.queued).where(*key).with_for_update()
     ).first()
-    started = started_at or row.started_at
-    finished = row.finished_at or utcnow()
-    upsert(
-        session,
-        RunRecord,
-        {
-            "run_id": row.correlation_id,
-            "entity": row.entity,
-            "record_key": row.record_key,
-            "tenant": row.tenant,
-            "audit_id": row.id,
-            "status": row.status,
-            "queued": queued,
-            "started_at": started,
-            "finished_at": finished,
-        },
-        key=("run_id", "entity", "record_key"),
-    )
+    upsert(session, RunRecord, values, key=ENTRY_KEY)
     old = _Entry(plan, before.status, before.queued or 0) if before is not None else None
     _move(
         session,
@@ -124,6 +136,50 @@ def enter(session: Session, row: AuditRecord, started_at: datetime | None = None
         finished=finished,
         planned_at=finished if plan else None,
     )
+
+
+def _enter_new(session: Session, values: dict[str, Any], totals: dict[str, Any]) -> bool:
+    """Insert the entry unless the run has one for the record, and if it was inserted, add
+    `totals` to the run's; whether it was. One statement on Postgres (the entry's INSERT a
+    data-modifying CTE whose RETURNING feeds the totals' INSERT), two on SQLite."""
+    entry = (
+        dialect_insert(session, RunRecord)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=list(ENTRY_KEY))
+        .returning(RunRecord.run_id)
+    )
+    if session.get_bind().dialect.name != "postgresql":
+        if session.execute(entry).first() is None:
+            return False
+        step = {name: totals[name] for name in COUNTERS}
+        _move(
+            session,
+            totals["run_id"],
+            totals["tenant"],
+            step,
+            started=totals["started_at"],
+            finished=totals["finished_at"],
+            planned_at=totals["planned_at"],
+        )
+        return True
+    new = entry.cte("new_entry")
+    table = RunTotals.__table__
+    columns = list(totals)
+    source = select(
+        *(literal(totals[name], type_=table.c[name].type).label(name) for name in columns)
+    ).select_from(new)
+    statement = dialect_insert(session, RunTotals).from_select(columns, source)
+    moved = session.execute(
+        _totals_conflict(
+            statement,
+            started=True,
+            finished=True,
+            planned_at=totals["planned_at"] is not None,
+        )
+        .returning(table.c.run_id)
+        .add_cte(new)
+    ).first()
+    return moved is not None
 
 
 def restate(session: Session, audit_ids: Sequence[int], status: str) -> None:
@@ -177,25 +233,38 @@ def _move(
         finished_at=finished,
         **step,
     )
+    session.execute(
+        _totals_conflict(
+            statement,
+            started=started is not None,
+            finished=finished is not None,
+            planned_at=planned_at is not None,
+        )
+    )
+
+
+def _totals_conflict(statement: Any, *, started: bool, finished: bool, planned_at: bool) -> Any:
+    """`statement` (an INSERT of a run's totals) adding its counters to a row there already
+    and widening its time span by the given ones."""
     table = RunTotals.__table__.c
     new = statement.excluded
     changes: dict[str, Any] = {name: table[name] + new[name] for name in COUNTERS}
-    if started is not None:
+    if started:
         changes["started_at"] = case(
             (table.started_at.is_(None), new.started_at),
             (new.started_at < table.started_at, new.started_at),
             else_=table.started_at,
         )
-    if finished is not None:
+    if finished:
         changes["finished_at"] = case(
             (table.finished_at.is_(None), new.finished_at),
             (new.finished_at > table.finished_at, new.finished_at),
             else_=table.finished_at,
         )
-    if planned_at is not None:
+    if planned_at:
         changes["planned_at"] = case(
             (table.planned_at.is_(None), new.planned_at),
             (new.planned_at > table.planned_at, new.planned_at),
             else_=table.planned_at,
         )
-    session.execute(statement.on_conflict_do_update(index_elements=["run_id"], set_=changes))
+    return statement.on_conflict_do_update(index_elements=["run_id"], set_=changes)

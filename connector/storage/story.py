@@ -9,13 +9,13 @@ tell the story from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from connector.storage.audit import IFS_TO_PIPEDRIVE, AuditLog
 from connector.storage.database import Database
 from connector.storage.idmap import ORDER, IdMap
-from connector.storage.models import AuditRecord, IdMapEntry, WebhookEvent
+from connector.storage.models import AuditRecord, IdMapEntry, WebhookEvent, aware
 from connector.storage.webhook_events import RECONCILE_ACTION, WebhookEvents
 
 # Pipedrive's name of the record standing for each IFS entity (webhook meta.entity).
@@ -92,7 +92,7 @@ class RecordStory:
         """Audit rows and webhook events merged in time order."""
         chapters = [_attempt_chapter(row) for row in self.attempts]
         chapters += [_event_chapter(event) for event in self.events]
-        return sorted(chapters, key=lambda chapter: _aware(chapter.at))
+        return sorted(chapters, key=lambda chapter: aware(chapter.at))
 
     def as_dict(self) -> dict[str, Any]:
         link = self.link
@@ -213,10 +213,5 @@ def _event_chapter(event: WebhookEvent) -> Chapter:
     )
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite drops the zone; stored values are UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime | None) -> str | None:
-    return _aware(moment).isoformat() if moment is not None else None
+    return aware(moment).isoformat() if moment is not None else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from sqlalchemy import select
+
 from connector.storage.database import Database
 from connector.storage.models import TenantState, utcnow
 from connector.storage.upsert import upsert
@@ -37,6 +39,12 @@ class DatabaseTenantState:
                 {"tenant": tenant, "key": key, "value": dict(value), "updated_at": utcnow()},
                 key=("tenant", "key"),
             )
+
+    def with_key(self, key: str) -> dict[str, dict[str, Any]]:
+        """Every tenant's value under `key`, by tenant."""
+        with self.database.session() as session:
+            rows = session.scalars(select(TenantState).where(TenantState.key == key))
+            return {row.tenant: dict(row.value) for row in rows}
 
     def delete(self, tenant: str, key: str) -> None:
         with self.database.session() as session:

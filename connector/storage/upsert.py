@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -12,8 +14,12 @@ from sqlalchemy.orm import Session
 from connector.storage.models import Base
 
 
-def _insert(session: Session, model: type[Base] | Any) -> Any:
-    dialect = session.get_bind().dialect.name
+def _insert(session: Session | Connection, model: type[Base] | Any) -> Any:
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    return _dialect_insert(bind.dialect.name, model)
+
+
+def _dialect_insert(dialect: str, model: type[Base] | Any) -> Any:
     if dialect == "postgresql":
         return postgresql_insert(model)
     if dialect == "sqlite":
@@ -56,23 +62,34 @@ def upsert(
 
 
 def insert_if_absent(
-    session: Session, model: type[Base], values: Mapping[str, Any], *, key: Sequence[str]
+    session: Session | Connection,
+    model: type[Base],
+    values: Mapping[str, Any],
+    *,
+    key: Sequence[str],
 ) -> int | None:
     """Insert `values` unless a row with the same `key` columns exists; the new row's id,
     or None when the row was there already (the unique key decides, also under races).
+    A Connection (e.g. Database.statement's, autocommit) skips the ORM session's work.
 
-    A Core statement on the table with the values as parameters: its compiled form is
-    cached across calls, which halves the client-side CPU of the webhook receiver's insert
-    (measured: 1.6 → 0.75 ms per row) compared with an ORM insert built with `.values()`.
+    A Core statement on the table with the values as parameters, built once per table and
+    key: its compiled form is cached across calls, which halves the client-side CPU of the
+    webhook receiver's insert (measured: 1.6 → 0.75 ms per row) compared with an ORM insert
+    built with `.values()`, and building it each time cost another 0.05 ms.
     """
-    table = model.__table__
-    statement = (
-        _insert(session, table)
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    statement = _insert_if_absent_statement(bind.dialect.name, model.__table__, tuple(key))
+    new_id = session.execute(statement, dict(values)).scalar_one_or_none()
+    return int(new_id) if new_id is not None else None
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_if_absent_statement(dialect: str, table: Table, key: tuple[str, ...]) -> Any:
+    return (
+        _dialect_insert(dialect, table)
         .on_conflict_do_nothing(index_elements=list(key))
         .returning(table.c.id)
     )
-    new_id = session.execute(statement, dict(values)).scalar_one_or_none()
-    return int(new_id) if new_id is not None else None
 
 
 def insert_many_if_absent(

@@ -96,8 +96,11 @@ class WebhookEvents:
             "detail": detail,
             "received_at": received_at or utcnow(),
         }
-        with self.database.session() as session:
-            row_id = insert_if_absent(session, WebhookEvent, values, key=_KEY)
+        # One statement in autocommit: one round trip, committed when it returns (the
+        # receiver enqueues only after that), where BEGIN … COMMIT would take three.
+        row_id = self.database.statement(
+            lambda connection: insert_if_absent(connection, WebhookEvent, values, key=_KEY)
+        )
         if row_id is not None:
             return StoredEvent(row_id, status, created=True)
         existing = self._find(tenant, event.event_id)

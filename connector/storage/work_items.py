@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
-from connector.storage.models import WorkItemRecord, utcnow
+from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, aware, utcnow
 from connector.storage.upsert import insert_many_if_absent
 
 # The tenants with waiting items, one index probe per tenant (a loose index scan over
@@ -50,6 +50,17 @@ class ReleasedItem:
     job: str
     kwargs: dict[str, Any]
     attempts: int
+
+
+@dataclass(frozen=True)
+class StoredBacklog:
+    """A tenant's stored items as `status` shows them."""
+
+    waiting: int = 0  # not released (due now or later)
+    due: int = 0  # of those, releasable now (no retry delay left)
+    in_flight: int = 0  # released, not finished
+    oldest_waiting_at: datetime | None = None  # when the oldest waiting item was stored
+    next_due_at: datetime | None = None  # when the first delayed item is due, if none is now
 
 
 def _released(row: WorkItemRecord) -> ReleasedItem:
@@ -189,6 +200,31 @@ class WorkItems:
             return
         self.database.transaction(lambda own: own.execute(statement))
 
+    def tried_before(
+        self, tenant: str, entity: str, record_key: str, *, mine: int | None, mine_too: bool
+    ) -> datetime | None:
+        """When the oldest stored item of the record that may have had an attempt already
+        (released now, or released before and put back) was stored; None if there is none.
+
+        An item released and never finished is the trace a crashed attempt leaves: its POST
+        may have reached Pipedrive. `mine`: the item of the asking attempt, counted only with
+        `mine_too` (its own message says it may not be the first: a redelivery or retry)."""
+        conditions: list[Any] = [
+            WorkItemRecord.tenant == tenant,
+            WorkItemRecord.entity == entity,
+            WorkItemRecord.record_key == record_key,
+            text(f"({WORK_ITEM_TRIED})"),  # parenthesized: an OR among ANDs
+        ]
+        if mine is not None and not mine_too:
+            conditions.append(WorkItemRecord.id != mine)
+
+        def work(session: Session) -> datetime | None:
+            oldest: Any = select(func.min(WorkItemRecord.created_at)).where(*conditions)
+            found: datetime | None = session.scalar(oldest)
+            return aware(found) if found is not None else None
+
+        return self.database.read(work)
+
     def give_back(self, item_id: int, *, not_before: datetime, attempts: int) -> None:
         """The item's task ended transiently: release it again from `not_before` on."""
 
@@ -244,6 +280,49 @@ class WorkItems:
         rows = self.database.read(work)
         counts = {bool(waiting): int(count) for waiting, count in rows}
         return counts.get(True, 0), counts.get(False, 0)
+
+    def stored(self, tenant: str, *, now: datetime | None = None) -> StoredBacklog:
+        """What `tenant` has stored: waiting (and due of it), in flight, the oldest waiting
+        item's age and the next delayed one's time. One aggregate over the tenant's rows."""
+        moment = now or utcnow()
+        waiting = WorkItemRecord.released_at.is_(None)
+        due = waiting & or_(
+            WorkItemRecord.not_before.is_(None), WorkItemRecord.not_before <= moment
+        )
+        delayed = waiting & (WorkItemRecord.not_before > moment)
+
+        def work(session: Session) -> Any:
+            return session.execute(
+                select(
+                    func.count().filter(waiting),
+                    func.count().filter(due),
+                    func.count().filter(WorkItemRecord.released_at.is_not(None)),
+                    func.min(WorkItemRecord.created_at).filter(waiting),
+                    func.min(WorkItemRecord.not_before).filter(delayed),
+                ).where(WorkItemRecord.tenant == tenant)
+            ).one()
+
+        row = self.database.read(work)
+        return StoredBacklog(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
+
+    def waiting_by_tenant(self) -> dict[str, int]:
+        """Items waiting per tenant with any (one probe per such tenant, then its count)."""
+
+        def work(session: Session) -> Any:
+            tenants = [str(tenant) for (tenant,) in session.execute(_WAITING_TENANTS)]
+            return {
+                tenant: int(
+                    session.scalar(
+                        select(func.count()).where(
+                            WorkItemRecord.tenant == tenant, WorkItemRecord.released_at.is_(None)
+                        )
+                    )
+                    or 0
+                )
+                for tenant in tenants
+            }
+
+        return dict(self.database.read(work))
 
     def forget(self, tenant: str) -> int:
         """Remove every item of `tenant` (a tenant taken out of service); how many there were."""

@@ -1,10 +1,14 @@
 """IFS → Pipedrive sync engine: plan a run of one entity, and upsert one record, for any
 entity spec (connector.sync.specs); nothing here knows which entity it is moving.
 
-Idempotent under at-least-once delivery: every upsert runs under a per-record lock,
-matches through the id map first and Pipedrive search second, and records a create
-intent before it POSTs, so a crash between POST and bookkeeping is repaired by a search
-instead of becoming a duplicate.
+Idempotent under at-least-once delivery: every upsert runs under a per-record lock and
+matches through the id map first and Pipedrive second. A create whose attempt may not be
+the record's first (see `_earlier_attempt`) searches Pipedrive before it POSTs, so a crash
+between an earlier POST and its bookkeeping is repaired by a search instead of becoming a
+duplicate. What tells an attempt that: for a record the dispatcher released, its message
+(a retry, a redelivery) and the stored work items of the record (one released and never
+finished is the trace a crash leaves); for any other attempt, a create intent in the id
+map committed before its POST (nothing else would be left to tell).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from connector.errors import (
 from connector.ifs.client import is_not_found
 from connector.ifs.odata import Query
 from connector.pipedrive.client import is_gone
+from connector.ratelimit import RateLimited
 from connector.storage.audit import (
     FAILED,
     IFS_TO_PIPEDRIVE,
@@ -40,6 +45,7 @@ from connector.storage.audit import (
     AuditLog,
 )
 from connector.storage.idmap import IdMap, PushedState, content_hash
+from connector.storage.models import utcnow
 from connector.storage.work_items import WorkItems
 from connector.sync.lifecycle import NOUN, Followed, LinkChange, follow_gone, record_lock
 from connector.sync.mapping import PipedriveLayout, changed_fields
@@ -61,6 +67,9 @@ SEARCHES_BEFORE_INDEX = 20
 
 # Clock skew between this host and Pipedrive, when listing records updated since an intent.
 LIST_MARGIN = timedelta(minutes=2)
+# How far back a repeated attempt whose work item is gone lists records (its message came
+# back within the broker's visibility timeout or the task retry policy's waits).
+REPEAT_LOOKBACK = timedelta(hours=1)
 
 
 class _ParentTombstoned(Exception):
@@ -90,6 +99,13 @@ class _Bookkeeping:
     entries: dict[tuple[str, str], IdMapEntry] = field(default_factory=dict)
     saves: list[dict[str, Any]] = field(default_factory=list)
     pipedrive_id: int | None = None
+    work_item: int | None = None  # the stored item the dispatcher released this attempt for
+    # The attempt's message says an earlier attempt may have run (a retry, a redelivery, a
+    # replay, a re-release of its work item).
+    repeated: bool = False
+    # A create was sent and its answer is not recorded yet: an attempt that ends without it
+    # leaves the create intent with its audit row.
+    create_sent: tuple[str, str] | None = None
 
     def save(self, entity: str, key: str, **changes: Any) -> None:
         """An id-map change to commit with the attempt's audit row."""
@@ -324,12 +340,18 @@ class TenantSync:
         run_id: str | None = None,
         dry_run: bool = False,
         work_item: int | None = None,
+        redelivered: bool = False,
     ) -> RecordResult:
         """Upsert one record into Pipedrive and leave one audit row for this attempt.
 
         `work_item`: the stored item the dispatcher released this attempt for
         (connector.dispatch); it is deleted in the transaction of the attempt's final audit
-        row, never on a transient ending (the caller gives it back).
+        row, never on a transient ending (the caller gives it back). A create of such a
+        record commits no intent before its POST: the item stays released and unfinished
+        if the attempt dies, and every later attempt is told so (`_earlier_attempt`).
+
+        `attempt` > 1, `redelivered` (the broker delivered the message before) and
+        `replay_of` say that an earlier attempt of the record may have run.
 
         A transient failure (rate limit, lock, a remote's 429/5xx) leaves a "retrying" row
         and raises TransientError carrying that row's id (`audit_id`): the caller decides
@@ -349,7 +371,11 @@ class TenantSync:
             attempt=attempt,
         )
         before = (self.ifs.http.requests_sent, self.pipedrive.requests_sent)
-        books = _Bookkeeping()
+        books = _Bookkeeping(
+            work_item=work_item,
+            repeated=attempt > 1 or redelivered or replay_of is not None,
+        )
+        unsure: _Bookkeeping | None = None  # what an attempt that fails writes with its row
         try:
             with self.runtime.coordination.lock(record_lock(self.tenant.id, spec.entity, key)):
                 outcome = self._upsert(spec, key, snapshot, hint, full, audit, dry_run, books)
@@ -361,7 +387,9 @@ class TenantSync:
         except RecordError as error:
             audit.status, audit.operation, audit.error = FAILED, "map", str(error)
             outcome = Outcome.FAILED
+            unsure = _unsure(books, error)
         except ConnectorError as error:  # remote errors, rate limit, lock timeout, vault …
+            unsure = _unsure(books, error)
             if isinstance(error, RemoteError):
                 audit.error = str(error)
                 audit.response_summary = {
@@ -373,10 +401,10 @@ class TenantSync:
             outcome = Outcome.FAILED
             audit.status = RETRYING if is_transient(error) else FAILED
             if audit.status == RETRYING:
-                audit_id = None if dry_run else self._write(audit, before)
+                audit_id = None if dry_run else self._write(audit, before, unsure)
                 raise TransientError(str(error), retry_after_s(error), audit_id=audit_id) from error
         if not dry_run:
-            self._write(audit, before, finished=work_item)
+            self._write(audit, before, unsure, finished=work_item)
         return RecordResult(outcome, audit)
 
     def _write(
@@ -454,7 +482,8 @@ class TenantSync:
         payload = spec.map(self.tenant, data, layout, parent_id)
         pipedrive_id = entry.pipedrive_id if entry else None
         if pipedrive_id is None:
-            pipedrive_id = self._find_existing(spec, key, layout, entry, hint)
+            earlier = self._earlier_attempt(spec, key, entry, books)
+            pipedrive_id = self._find_existing(spec, key, layout, hint, earlier)
 
         if pipedrive_id is not None:
             try:
@@ -486,10 +515,14 @@ class TenantSync:
         if dry_run:
             audit.request_summary["payload"] = payload
             return Outcome.CREATED
-        # The intent row makes a crash after the POST visible to the next attempt: it is the
-        # one write that cannot wait for the attempt's transaction.
-        self.idmap.save(tenant, spec.entity, key, etag="")
+        if books.work_item is None:
+            # Nothing stored says that this attempt ran: the intent row makes a crash after
+            # the POST visible to the next attempt, the one write that cannot wait for the
+            # attempt's transaction. (A released record's work item says it already.)
+            self.idmap.save(tenant, spec.entity, key, etag="")
+        books.create_sent = (spec.entity, key)
         created = int(self.pipedrive.create(spec.resource, payload)["id"])
+        books.create_sent = None
         books.save(spec.entity, key, pipedrive_id=created, etag=etag, payload=payload)
         audit.response_summary = {"pipedrive_id": created}
         return Outcome.CREATED
@@ -719,23 +752,41 @@ class TenantSync:
             )
         return result.pipedrive_id
 
+    def _earlier_attempt(
+        self, spec: EntitySpec, key: str, entry: IdMapEntry | None, books: _Bookkeeping
+    ) -> datetime | None:
+        """Since when an earlier attempt of this unlinked record may have sent a create that
+        it never recorded; None when none can have.
+
+        An id-map entry without a Pipedrive id is one (a create intent, or an attempt that
+        ended unsure of its POST); else a stored work item of the record released before
+        (another run's, or, when the message says it may not be the first, this one's);
+        else, for a repeated message whose item is gone, the last REPEAT_LOOKBACK."""
+        if entry is not None:
+            return entry.updated_at
+        tried = WorkItems(self.runtime.database).tried_before(
+            self.tenant.id, spec.entity, key, mine=books.work_item, mine_too=books.repeated
+        )
+        if tried is None and books.repeated:
+            return utcnow() - REPEAT_LOOKBACK
+        return tried
+
     def _find_existing(
         self,
         spec: EntitySpec,
         key: str,
         layout: PipedriveLayout,
-        entry: IdMapEntry | None,
         hint: int | None,
+        earlier: datetime | None,
     ) -> int | None:
         """Adopt a Pipedrive record that already carries this IFS key (made by hand, or by a
-        crashed earlier attempt), so that it is updated rather than duplicated."""
-        had_intent = entry is not None
-        if hint is not None and hint != ABSENT and not had_intent:
+        crashed earlier attempt: `earlier`, see `_earlier_attempt`), so that it is updated
+        rather than duplicated."""
+        if hint is not None and hint != ABSENT and earlier is None:
             return hint
-        if hint == ABSENT and not had_intent:
+        if hint == ABSENT and earlier is None:
             return None
-        since = entry.updated_at if entry is not None else None
-        return self._find_by_key(spec, key, layout, since=since)
+        return self._find_by_key(spec, key, layout, since=earlier)
 
     def _find_by_key(
         self,
@@ -777,6 +828,17 @@ class TenantSync:
             if str((current.get("custom_fields") or {}).get(key_field)) == key:
                 return candidate
         return None
+
+
+def _unsure(books: _Bookkeeping, error: ConnectorError) -> _Bookkeeping | None:
+    """What an attempt that ends without its bookkeeping writes with its audit row: the
+    create intent, when it sent a create whose answer it does not know (a 5xx, a timeout:
+    the record may exist), so that the next attempt searches before it creates. Our own
+    limiter refusing the create's tokens sent nothing."""
+    if books.create_sent is None or isinstance(error, RateLimited):
+        return None
+    entity, key = books.create_sent
+    return _Bookkeeping(saves=[{"entity": entity, "ifs_key": key, "etag": ""}])
 
 
 def _owned_changes(

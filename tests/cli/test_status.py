@@ -204,3 +204,48 @@ def test_a_tenants_file_only_a_worker_sees_broken_is_named_with_who_saw_it(
         assert worker.coordination.redis is not None
         worker.coordination.redis.delete(f"mlc:config-checks:{queue}")
         worker.close()
+
+
+def _stored(migrated, tenant: str, count: int) -> None:
+    from connector.storage.database import Database
+    from connector.storage.work_items import WorkItems
+
+    database = Database(str(migrated.env["CONNECTOR_DATABASE_URL"]))
+    page = [{"entity": "order", "tenant": tenant, "key": f"O{i}"} for i in range(count)]
+    WorkItems(database).add(tenant, f"{tenant}-run", "ml_connector.sync_order", page)
+    database.dispose()
+
+
+def test_stored_records_are_shown_and_a_tenant_gone_from_the_file_keeps_its_own(
+    migrated,
+) -> None:
+    _stored(migrated, "acme", 3)
+    _stored(migrated, "acme-typo", 2)  # the id it had before an edit of the file
+
+    document = json.loads(migrated("status", "--json").output)
+
+    (acme,) = [each for each in document["tenants"] if each["tenant"] == "acme"]
+    backlog = acme["backlog"]
+    assert (backlog["waiting"], backlog["due"], backlog["in_flight"]) == (3, 3, 0)
+    assert backlog["oldest_waiting_at"] is not None and backlog["waits_for"] == []
+    (gone,) = document["tenants_not_in_file"]
+    assert (gone["tenant"], gone["waiting"], gone["ours"]) == ("acme-typo", 2, False)
+    text = migrated("status").output
+    assert "stored records: 3 waiting (3 due, oldest stored" in text, text
+    assert "! tenant acme-typo not in the tenants file: 2 stored record(s) kept" in text, text
+    assert "`ml-connector tenant drop-backlog acme-typo`" in text
+
+    refused = migrated("tenant", "drop-backlog", "acme", "--yes")
+    assert refused.exit_code == 1 and "is in" in refused.output, refused.output
+    dropped = migrated("tenant", "drop-backlog", "acme-typo", "--yes")
+    assert dropped.exit_code == 0, dropped.output
+    assert "dropped 2 stored record(s) of acme-typo" in dropped.output
+
+    after = json.loads(migrated("status", "--json").output)
+    assert after["tenants_not_in_file"] == []
+    rows = [
+        json.loads(line)
+        for line in migrated("audit", "list", "--tenant", "acme-typo", "--json").output.splitlines()
+    ]
+    assert [(row["operation"], row["status"]) for row in rows] == [("drop_backlog", "skipped")]
+    assert "2 stored record(s) dropped: dropped by an operator" in rows[0]["error"]

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Any
 
+import psycopg2.extensions
 import pytest
 import redis
 import requests
@@ -414,20 +415,25 @@ def _record(statements: list[str]) -> Any:
     return before_cursor_execute
 
 
-def test_one_statement_and_commit_per_webhook_and_the_enqueue_comes_after_it(
+def test_one_statement_per_webhook_committed_by_itself_and_the_enqueue_comes_after_it(
     app, runtime, broker, tenants
 ):
     tenant = tenants["basic"]
     client = app.test_client()
     client.post(f"/webhooks/pipedrive/{tenant}", data=encode(v2_deal_event(1)), headers=basic())
-    work: list[tuple[str, bool]] = []  # (statement verb, in autocommit mode), ("COMMIT", False)
+    # (statement verb, its connection's transaction status once it ran): idle means that it
+    # ran in autocommit, its own commit, with no BEGIN before it and no COMMIT after it.
+    work: list[tuple[str, str]] = []
+    statuses = {
+        psycopg2.extensions.TRANSACTION_STATUS_IDLE: "idle",
+        psycopg2.extensions.TRANSACTION_STATUS_INTRANS: "in transaction",
+    }
 
-    def before_cursor_execute(conn, _cursor, statement, *_args) -> None:
-        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-        work.append((statement.split()[0], autocommit))
+    def after_cursor_execute(conn, _cursor, statement, *_args) -> None:
+        status = conn.connection.dbapi_connection.info.transaction_status
+        work.append((statement.split()[0], statuses.get(status, str(status))))
 
-    sa.event.listen(runtime.database.engine, "before_cursor_execute", before_cursor_execute)
-    sa.event.listen(runtime.database.engine, "commit", lambda _conn: work.append(("COMMIT", False)))
+    sa.event.listen(runtime.database.engine, "after_cursor_execute", after_cursor_execute)
     seen_at_enqueue: list[Any] = []
 
     def enqueue(name: str, kwargs: dict[str, Any]) -> None:
@@ -444,8 +450,8 @@ def test_one_statement_and_commit_per_webhook_and_the_enqueue_comes_after_it(
     )
 
     assert answer.status_code == 200 and len(broker.calls) == 2
-    # One INSERT and its commit, then the enqueue, then nothing.
-    assert seen_at_enqueue == [[("INSERT", False), ("COMMIT", False)], ["enqueued", "enqueued"]]
+    # One INSERT, committed by itself, then the enqueue, then nothing.
+    assert seen_at_enqueue == [[("INSERT", "idle")], ["enqueued", "enqueued"]]
     assert work == []
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import requests
@@ -73,12 +72,8 @@ def flow(stack_factory) -> Iterator[Flow]:
         stack.ifs.edit_order(order_no, Objstate="Planned")
     runtime = Runtime(stack.runtime.settings)
     sender = Celery(broker=stack.env["CONNECTOR_BROKER_URL"])
-    queue = stack.env["CONNECTOR_QUEUE"]
-
-    def enqueue(name: str, kwargs: dict[str, Any]) -> None:
-        sender.send_task(name, kwargs=kwargs, queue=queue)
-
-    app = create_app(runtime=runtime, enqueue=enqueue, check_broker=lambda: None)
+    # The receiver's own publisher, as deployed: stage pushes go to the interactive queue.
+    app = create_app(runtime=runtime, check_broker=lambda: None)
     with RunningServer(app) as receiver:
         url = f"{receiver.url}/webhooks/pipedrive/{stack.tenant}"
         stack.write_tenants(webhook={"auth": "basic", "subscription_url": url})

@@ -9,14 +9,17 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from connector.diagnostics.backlog import absent_tenants
 from connector.diagnostics.headroom import PIPEDRIVE, tenant_limits
-from connector.dispatch.dispatcher import MAX_RELEASES, Dispatcher, message, messages
+from connector.dispatch.dispatcher import MAX_RELEASES, OWNER_KEY, Dispatcher, message, messages
 from connector.errors import BrokerUnavailableError
 from connector.jobs import SYNC_RECORDS
+from connector.pipedrive.client import rate_limit_key
 from connector.runtime import Runtime
 from connector.settings import Settings
-from connector.storage.audit import FAILED
+from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
 from connector.storage.models import AuditRecord
+from connector.storage.tenant_state import DatabaseTenantState
 from connector.storage.work_items import ReleasedItem, WorkItems
 from connector.tenants import parse_tenants
 from tests.connector.webhooks.support import tenant_body, unique_tenant
@@ -32,7 +35,8 @@ class Queue:
         self.sent.append((job, kwargs))
 
     def tenants(self) -> list[str]:
-        return [kwargs["tenant"] for _, kwargs in self.sent]
+        """The tenant of each record sent, a batch's records one by one."""
+        return [record["tenant"] for _, record in _records(self.sent)]
 
 
 @pytest.fixture
@@ -113,6 +117,127 @@ def test_releases_that_never_finish_are_released_again_then_given_up_with_a_fail
     assert (row.status, row.record_key, row.correlation_id) == (FAILED, "O0", "r")
     assert row.error is not None and "never finished" in row.error
     assert row.replay_args == {"tenant": fast, "key": "O0"}
+
+
+def _attempts(runtime: Runtime, tenant: str, count: int, requests: int) -> None:
+    """`count` finished attempts of `tenant` that took `requests` Pipedrive requests each."""
+    audit = AuditLog(runtime.database)
+    for i in range(count):
+        audit.write(
+            Attempt(
+                tenant=tenant,
+                direction=IFS_TO_PIPEDRIVE,
+                entity="order",
+                record_key=f"done-{i}",
+                response_summary={"requests": {"ifs": 0, "pipedrive": requests}},
+            )
+        )
+
+
+def test_a_tenant_whose_records_take_three_requests_gets_a_third_as_many(
+    deployment: tuple[Runtime, str, str],
+) -> None:
+    runtime, _, fast = deployment
+    # Orders whose customers are new: search, create the organization, create the deal.
+    _attempts(runtime, fast, 12, requests=3)
+    _plan(runtime, fast, 50)
+    queue = Queue()
+
+    Dispatcher(runtime, queue).tick()
+
+    # 20 requests per window: 6 records of 3, not 20 records sharing 20 requests.
+    assert queue.tenants() == [fast] * 6
+
+
+def test_a_tenant_paused_after_a_block_page_releases_nothing(
+    deployment: tuple[Runtime, str, str],
+) -> None:
+    runtime, slow, fast = deployment
+    _plan(runtime, slow, 5)
+    _plan(runtime, fast, 5)
+    runtime.coordination.limiter.pause(rate_limit_key(fast), 60)
+    queue = Queue()
+
+    done = Dispatcher(runtime, queue).tick()
+
+    assert queue.tenants() == [slow] * 4 and done.passed_over == 1
+    assert WorkItems(runtime.database).backlog(fast) == (5, 0)
+
+
+def _serving(postgres_url: str, tenants: list[str], **settings: Any) -> Runtime:
+    bodies = {tenant: tenant_body() for tenant in tenants}
+    return Runtime(
+        Settings(database_url=postgres_url, redis_url=None, **settings),
+        tenants=parse_tenants({"tenants": bodies}),
+    )
+
+
+def _served_once(postgres_url: str, tenant: str) -> None:
+    """A tick of this deployment while it served `tenant` (paused: nothing released)."""
+    serving = _serving(postgres_url, [tenant])
+    try:
+        serving.coordination.limiter.pause(rate_limit_key(tenant), 60)
+        Dispatcher(serving, Queue()).tick()
+    finally:
+        serving.close()
+
+
+def test_records_of_a_tenant_gone_from_the_file_are_kept_and_come_back_with_it(
+    deployment: tuple[Runtime, str, str], postgres_url: str
+) -> None:
+    runtime, slow, fast = deployment
+    typo = unique_tenant("typo")
+    _plan(runtime, typo, 3)
+    _served_once(postgres_url, typo)
+    # Its id mistyped in the file: kept, its absence noted, listed with when it would go.
+    without = _serving(postgres_url, [slow, fast])
+    try:
+        queue = Queue()
+        Dispatcher(without, queue).tick()
+        assert queue.sent == [] and WorkItems(runtime.database).backlog(typo) == (3, 0)
+        (absent,) = [each for each in absent_tenants(without, {slow, fast}) if each.tenant == typo]
+        assert absent.waiting == 3 and absent.absent_since is not None
+        assert absent.dropped_at is not None and absent.dropped_at > absent.absent_since
+    finally:
+        without.close()
+    # The file fixed: its records go out, and its absence is forgotten.
+    back = _serving(postgres_url, [typo])
+    try:
+        Dispatcher(back, queue).tick()
+        assert queue.tenants() == [typo] * 3
+        note = DatabaseTenantState(back.database).get(typo, OWNER_KEY)
+        assert note is not None and "absent_since" not in note
+    finally:
+        WorkItems(back.database).forget(typo)
+        back.close()
+
+
+def test_records_of_a_tenant_absent_past_the_grace_are_dropped_with_an_audit_row(
+    deployment: tuple[Runtime, str, str], postgres_url: str
+) -> None:
+    runtime, slow, fast = deployment
+    gone, theirs = unique_tenant("gone"), unique_tenant("theirs")
+    _plan(runtime, gone, 4)
+    _plan(runtime, theirs, 2)  # another deployment's tenant on the same database
+    _served_once(postgres_url, gone)
+    # A grace of about a millisecond.
+    without = _serving(postgres_url, [slow, fast], absent_tenant_backlog_days=1e-8)
+    try:
+        dispatcher = Dispatcher(without, Queue())
+        assert dispatcher.tick().absent_dropped == 0  # noted, kept
+        dispatcher._last_absent = 0.0  # the next look, a minute later
+        assert dispatcher.tick().absent_dropped == 4
+    finally:
+        without.close()
+    assert WorkItems(runtime.database).backlog(gone) == (0, 0)
+    with runtime.database.session() as session:
+        row = session.scalars(select(AuditRecord).where(AuditRecord.tenant == gone)).one()
+    assert (row.operation, row.status) == ("drop_backlog", SKIPPED)
+    assert row.error is not None and row.error.startswith("4 stored record(s) dropped")
+    assert DatabaseTenantState(runtime.database).get(gone, OWNER_KEY) is None
+    # Never served here: never dropped here.
+    assert WorkItems(runtime.database).backlog(theirs) == (2, 0)
+    WorkItems(runtime.database).forget(theirs)
 
 
 def _records(sent: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from connector.dispatch.pacing import (
     Backlog,
     ItemCost,
+    RecordCosts,
     allowance,
     counted,
     interleave,
@@ -83,3 +84,43 @@ def test_interleave_alternates_tenants_and_skips_what_was_not_there():
     order = ["a", "b", "a", "b", "a"]
     # a had only two items due although three were asked for.
     assert interleave({"a": [1, 2], "b": [10, 11]}, order) == [1, 10, 2, 11]
+
+
+def test_records_that_take_three_requests_get_a_third_of_the_window():
+    usages = [LimitUsage(BURST, 0), LimitUsage(SEARCH, 0), LimitUsage(DAY, 0)]
+    assert allowance(usages, ItemCost.of_requests(3)) == 6
+    # The daily budget is charged 5 tokens per estimated request.
+    assert allowance([LimitUsage(DAY, 30_000 - 30)], ItemCost.of_requests(3)) == 2
+
+
+def test_a_tenants_cost_is_learnt_from_what_its_attempts_took():
+    costs = RecordCosts()
+    assert costs.cost("a") == ItemCost()  # nothing measured: one write
+    costs.learn("a", requests=30, attempts=10)  # orders whose customers are new
+    assert costs.cost("a").requests == 3.0
+    assert costs.cost("b") == ItemCost()  # tenants apart
+    # A look at a few attempts moves the mean part of the way only.
+    costs.learn("a", requests=1, attempts=1)
+    assert 2.7 < costs.cost("a").requests < 3.0
+    # Their customers linked, the records take one request each again.
+    costs.learn("a", requests=20, attempts=20)
+    assert costs.cost("a").requests == 1.0
+
+
+def test_unchanged_records_never_make_a_tenants_records_look_free():
+    costs = RecordCosts()
+    costs.learn("a", requests=0, attempts=50)
+    assert costs.cost("a").requests == 1.0
+    assert allowance([LimitUsage(BURST, 0)], costs.cost("a")) == 20
+
+
+def test_tokens_leaving_the_window_before_a_record_asks_count_as_there():
+    # 20 spent over the 2 s window, the oldest leaving in 0.1 s: a quarter of them within 0.5 s.
+    spent = LimitUsage(BURST, 20, retry_after_s=0.1)
+    assert allowance([spent], ItemCost(), ahead_s=0.5) == 5
+    assert allowance([spent], ItemCost(), ahead_s=0.0) == 0
+    # None leaves that soon (a burst just taken, a spent day): none counts.
+    assert allowance([LimitUsage(BURST, 20, retry_after_s=1.5)], ItemCost(), ahead_s=0.5) == 0
+    assert allowance([LimitUsage(DAY, 30_000, retry_after_s=3_600)], ItemCost(), ahead_s=0.5) == 0
+    # Never more than the window holds.
+    assert allowance([LimitUsage(BURST, 4, retry_after_s=0.0)], ItemCost(), ahead_s=9) == 20

@@ -20,6 +20,7 @@ from connector.ratelimit import (
     RateLimiter,
     RedisRateLimiter,
     acquire,
+    waits_at_most,
 )
 
 # Grant times are taken by the clients, a little after the limiter decided; windows this much
@@ -139,6 +140,22 @@ def test_acquire_raises_rate_limited_when_the_wait_is_too_long(limiter: RateLimi
     with pytest.raises(RateLimited) as raised:
         acquire(limiter, "t", 1, limits, max_wait_s=1)
     assert 58 < raised.value.retry_after_s <= 60.1
+
+
+def test_work_that_was_granted_tokens_waits_longer_for_the_rest(limiter: RateLimiter):
+    window = [Limit(1, 0.8)]
+    assert acquire(limiter, "deal", 1, window, max_wait_s=5) == 0
+    # Nothing granted in the block yet: 0.8 s is longer than its 0.5 s, it is handed back.
+    with waits_at_most(0.5, once_started_s=2.0), pytest.raises(RateLimited):
+        acquire(limiter, "deal", 1, window, max_wait_s=5)
+    # Granted some (its customer created): it waits for the rest, due within 2 s ...
+    with waits_at_most(0.5, once_started_s=2.0):
+        assert acquire(limiter, "customer", 1, window, max_wait_s=5) == 0
+        assert acquire(limiter, "deal", 1, window, max_wait_s=5) > 0.5
+        # ... but never for tokens due later than that.
+        acquire(limiter, "day", 1, [Limit(1, 60)], max_wait_s=5)
+        with pytest.raises(RateLimited):
+            acquire(limiter, "day", 1, [Limit(1, 60)], max_wait_s=5)
 
 
 def test_redis_counters_expire_when_idle(redis_url: str, redis_prefix: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg2.extensions
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
@@ -72,3 +73,37 @@ def test_the_plain_session_still_fails_on_a_killed_connection(
         session.execute(sa.text("SELECT 1"))
     with postgres.session() as session:
         assert session.scalar(sa.text("SELECT 1")) == 1
+
+
+def test_a_statement_opens_no_transaction_and_the_pool_gets_a_transactional_connection_back(
+    postgres: Database, tenant: str
+) -> None:
+    seen: list[int] = []
+
+    def work(connection: sa.Connection) -> int:
+        value = connection.execute(sa.text("SELECT 41 + 1")).scalar_one()
+        seen.append(connection.connection.dbapi_connection.info.transaction_status)  # type: ignore[union-attr]
+        return int(value)
+
+    assert postgres.statement(work) == 42
+    # Idle after the statement: no BEGIN went before it and no COMMIT follows (one round trip).
+    assert seen == [psycopg2.extensions.TRANSACTION_STATUS_IDLE]
+    # The same pooled connection serves transactions again: this one rolls back.
+    idmap = IdMap(postgres)
+    with pytest.raises(RuntimeError), postgres.session() as session:
+        idmap.save(tenant, CUSTOMER, "C1", pipedrive_id=7, etag="e1", session=session)
+        raise RuntimeError("undo")
+    assert idmap.get_many(tenant, [(CUSTOMER, "C1")]) == {}
+    assert postgres.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+
+
+def test_a_statement_on_a_killed_connection_fails_and_the_next_runs_on_a_fresh_one(
+    postgres: Database, postgres_url: str
+) -> None:
+    # Not run again: the statement is its own commit, which may have happened.
+    _kill_pooled_connection(postgres, postgres_url)
+    with pytest.raises(OperationalError):
+        postgres.statement(lambda connection: connection.execute(sa.text("SELECT 1")).scalar())
+    assert (
+        postgres.statement(lambda connection: connection.execute(sa.text("SELECT 2")).scalar()) == 2
+    )

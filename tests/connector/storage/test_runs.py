@@ -238,3 +238,71 @@ def test_workers_writing_one_run_at_once_leave_its_totals_exact(database, tenant
         8,
         False,
     )
+
+
+def test_a_record_fixed_while_its_failure_is_marked_leaves_the_totals_exact(database, tenant):
+    # The record's new attempt and an operator's (or a task's) mark of its earlier row change
+    # one run entry at once; whichever goes first, the totals move by what the entry stood for.
+    from connector.storage.runs import run_progress
+    from tests.connector.storage.conftest import at_once
+
+    log = AuditLog(database)
+    run_id = uuid.uuid4().hex
+    keys = [f"O-{number}" for number in range(6)]
+    new_keys = [f"N-{number}" for number in range(3)]  # first written by two attempts at once
+    log.write(
+        Attempt(
+            tenant,
+            IFS_TO_PIPEDRIVE,
+            "order",
+            "*",
+            operation="plan",
+            response_summary={"queued": len(keys) + len(new_keys)},
+            correlation_id=run_id,
+        )
+    )
+    earlier = {
+        key: log.write(
+            Attempt(
+                tenant,
+                IFS_TO_PIPEDRIVE,
+                "order",
+                key,
+                status=RETRYING if number % 2 else FAILED,
+                error="HTTP 503",
+                correlation_id=run_id,
+            )
+        )
+        for number, key in enumerate(keys)
+    }
+
+    def work(index: int) -> None:
+        if index >= 2 * len(keys):
+            key = new_keys[(index - 2 * len(keys)) // 2]
+            log.write(
+                Attempt(
+                    tenant, IFS_TO_PIPEDRIVE, "order", key, status=SUCCEEDED, correlation_id=run_id
+                )
+            )
+            return
+        key = keys[index // 2]
+        if index % 2:
+            mark = log.mark_failed if (index // 2) % 2 else log.mark_replayed
+            mark(earlier[key])
+        else:
+            log.write(
+                Attempt(
+                    tenant, IFS_TO_PIPEDRIVE, "order", key, status=SUCCEEDED, correlation_id=run_id
+                )
+            )
+
+    at_once(2 * (len(keys) + len(new_keys)), work)
+
+    progress = run_progress(database, run_id)
+    assert progress is not None
+    assert (progress.planned, progress.done, progress.failed, progress.running) == (
+        len(keys) + len(new_keys),
+        len(keys) + len(new_keys),
+        0,
+        False,
+    )

@@ -84,3 +84,35 @@ def test_stale_releases_come_back_and_an_item_that_never_ends_is_dropped(
     assert (back.record_key, back.attempts) == ("1", 1)
     assert items.forget(tenant) == 1
     assert items.backlog(tenant) == (0, 0)
+
+
+def test_tried_before_names_items_of_the_record_released_now_or_before(
+    database: Database, tenant: str
+):
+    items = WorkItems(database)
+
+    def tried(key: str, mine: int | None = None, mine_too: bool = False):
+        return items.tried_before(tenant, "order", key, mine=mine, mine_too=mine_too)
+
+    items.add(tenant, f"{tenant}-a", "ml_connector.sync_order", _page(tenant, ["1", "2"]))
+    assert tried("1") is None  # stored, never released: no attempt can have run
+    [first] = items.release({tenant: 1})[tenant]
+    assert first.record_key == "1"
+
+    # Released and unfinished: another attempt of the record asks, and meets it.
+    assert tried("1") is not None
+    # Its own attempt does not count it, unless its message says it may not be the first.
+    assert tried("1", mine=first.id) is None
+    assert tried("1", mine=first.id, mine_too=True) is not None
+    # Put back by the sweep of stale releases (waiting again, an attempt more): still tried.
+    items.sweep_stale(utcnow() + timedelta(seconds=1), max_attempts=10)
+    assert items.backlog(tenant) == (2, 0)
+    assert tried("1") is not None
+    assert tried("2") is None
+    # Another run's item of the same record: the earlier one is the answer.
+    items.add(tenant, f"{tenant}-b", "ml_connector.sync_order", _page(tenant, ["1"]))
+    oldest = tried("1")
+    assert oldest is not None and oldest <= utcnow()
+    # Finished: no trace left.
+    items.finish(first.id)
+    assert tried("1") is None
