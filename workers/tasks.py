@@ -205,8 +205,10 @@ def sync_records(
         return {FAILED: len(records)}
 
     # A message that came again may have sent some of its records' creates already: each of
-    # them then searches before it creates (TenantSync.sync_record).
-    redelivered = self.redelivered
+    # them then searches before it creates (TenantSync.sync_record). Besides a redelivery,
+    # that is a retry of the whole message (sent again when the database was away before
+    # any record could be given back): its records keep the attempt they were released with.
+    redelivered = self.redelivered or bool(self.request.retries)
 
     def run_one(entity: str, key: str, item: int, attempt: int, options: dict[str, Any]) -> str:
         return _sync_released(sync, entity, key, item, attempt, redelivered, options)
