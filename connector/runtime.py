@@ -165,5 +165,9 @@ class Runtime:
         return PipedriveClient.for_tenant(tenant, vault=self.vault, coordination=self.coordination)
 
     def close(self) -> None:
+        """Stop following the configuration (its watcher thread ends) and close the pools."""
+        if self.live is not None:
+            # Else the thread keeps checking a file and a database this runtime let go of.
+            self.live.stop_watching()
         if "database" in self.__dict__:
             self.database.dispose()

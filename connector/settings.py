@@ -77,6 +77,16 @@ class Settings(BaseSettings):
             "the dispatcher with one audit row saying how many (a later sync plans them again)."
         ),
     )
+    dispatch_stale_after_s: float = Field(
+        default=90.0,
+        gt=0,
+        description=(
+            "A record released this long ago and not finished lost its message (a killed "
+            "worker, a broker restarted without its queue): the dispatcher releases it again. "
+            "Longer than any record's task runs (a record lock waits up to 30 s, HTTP retries "
+            "some more); a duplicate run is harmless, a lost record is not."
+        ),
+    )
     broker_visibility_timeout_s: float = Field(
         default=120.0,
         gt=0,

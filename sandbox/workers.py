@@ -33,6 +33,8 @@ class WorkerProcesses:
     def __init__(self, env: dict[str, str], logs: Path, name: str) -> None:
         self.env, self.logs, self.name = env, logs, name
         self.processes: list[subprocess.Popen[bytes]] = []
+        # Workers started so far, stopped ones too: a new one never overwrites an old log.
+        self._started = 0
 
     def start(
         self,
@@ -48,7 +50,7 @@ class WorkerProcesses:
         queues = queue or ",".join(queues_of(self.env))
         started = []
         for _ in range(count):
-            number = len(self.processes)
+            number, self._started = self._started, self._started + 1
             log = open(self.logs / f"worker{number}.log", "wb")  # noqa: SIM115 - owned by the child
             argv = [
                 *(str(BIN / "celery"), "-A", "workers.app:celery_app", "worker"),

@@ -72,10 +72,6 @@ SWEEP_EVERY_S = 5.0
 COSTS_EVERY_S = 2.0
 # The audit rows the first look reads (of every tenant: the newest of the log).
 COSTS_FIRST_LOOK = 2000
-# A released item not finished after this long lost its message: released again. Longer than
-# any task runs (a record lock waits up to 30 s, HTTP retries some more); a duplicate run is
-# harmless anyway (every upsert is idempotent), a lost record is not.
-STALE_AFTER_S = 90.0
 # The tenant_state key under which the dispatcher notes which deployment (queue) a tenant's
 # stored records belong to, and since when the tenant is missing from its tenants file; and
 # how often it looks.
@@ -180,7 +176,7 @@ class Dispatcher:
         enqueue: Enqueue,
         *,
         in_flight_cap: int | None = None,
-        stale_after_s: float = STALE_AFTER_S,
+        stale_after_s: float | None = None,
         cost: ItemCost | None = None,
         batch_size: int | None = None,
     ) -> None:
@@ -188,7 +184,10 @@ class Dispatcher:
         self.enqueue = enqueue
         self.items = WorkItems(runtime.database)
         self.in_flight_cap = in_flight_cap or runtime.settings.dispatch_in_flight
-        self.stale_after_s = stale_after_s
+        # A released item not finished after this long lost its message: released again.
+        self.stale_after_s = (
+            runtime.settings.dispatch_stale_after_s if stale_after_s is None else stale_after_s
+        )
         # `cost`: what a record is taken to cost until its tenant's attempts say otherwise.
         self.costs = RecordCosts(cost)
         self.batch_size = batch_size or runtime.settings.dispatch_batch

@@ -12,6 +12,7 @@ import yaml
 from connector.tenants import DEFAULT_STAGE_MAP
 from sandbox.stack import Stack
 from sandbox.tenant import merge, store_credentials
+from tests.fixtures.tenants import EXTRA_ORDER_FIELDS
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +38,7 @@ MISFIT = {
 CORRECTED = {
     "order_mapping": {
         "region": "RegionCode",
-        "extra": {
-            "delivery_terms": {
-                "property": "DeliveryTerms",
-                "field": "Delivery terms",
-                "type": "enum",
-                "options": {"EXW": "Ex works", "DAP": "Delivered at place"},
-            },
-            "prepayment": {
-                "property": "ProposedPrepaymentAmount",
-                "field": "Proposed prepayment",
-                "type": "monetary",
-            },
-        },
+        "extra": EXTRA_ORDER_FIELDS,
     },
     "fields": {"region": "IFS region"},
     "stage_map": _stage_map(

@@ -9,7 +9,9 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -183,6 +185,29 @@ def _programs(program: str) -> list[Invocation]:
     return found
 
 
+@pytest.fixture
+def receiver_wsgi_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    """The receiver's WSGI app as gunicorn imports it, with a deployment's settings (it
+    refuses the embedded defaults at import); imported afresh, and its configuration-check
+    thread stopped after the test, or it would check a tenants file nobody wrote for the
+    rest of the session."""
+    from connector.settings import get_settings
+    from webhook_receiver.app import EXTENSION
+
+    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
+    monkeypatch.setenv("CONNECTOR_BROKER_URL", "redis://127.0.0.1:6379/0")
+    module = WSGI_APP.partition(":")[0]
+    sys.modules.pop(module, None)
+    get_settings.cache_clear()
+    try:
+        app = _resolve(WSGI_APP)
+    finally:
+        get_settings.cache_clear()
+    yield app
+    app.extensions[EXTENSION].runtime.close()
+    sys.modules.pop(module, None)
+
+
 def _resolve(spec: str) -> Any:
     """`package.module:attribute` → the object, the way celery -A and gunicorn resolve it."""
     module_name, _, attribute = spec.partition(":")
@@ -350,11 +375,9 @@ def _is_console(invocation: Invocation) -> bool:
 
 @pytest.mark.parametrize("invocation", _programs("gunicorn"), ids=_ids(_programs("gunicorn")))
 def test_gunicorn_serves_the_wsgi_app_on_its_port(
-    invocation: Invocation, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    invocation: Invocation, request: pytest.FixtureRequest
 ) -> None:
     from gunicorn.config import Config
-
-    from connector.settings import get_settings
 
     parsed = Config().parser().parse_args(invocation.argv[1:])
     bind = parsed.bind[0]
@@ -367,14 +390,7 @@ def test_gunicorn_serves_the_wsgi_app_on_its_port(
             assert bind == f"0.0.0.0:{CONSOLE_PORT}", str(invocation)
         return
     assert parsed.args == [WSGI_APP], str(invocation)
-    # The receiver refuses the embedded defaults at import: give it a deployment's settings.
-    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
-    monkeypatch.setenv("CONNECTOR_BROKER_URL", "redis://127.0.0.1:6379/0")
-    get_settings.cache_clear()
-    try:
-        assert callable(_resolve(WSGI_APP))
-    finally:
-        get_settings.cache_clear()
+    assert callable(request.getfixturevalue("receiver_wsgi_app"))
     if invocation.where.startswith("Procfile"):
         assert bind.endswith(":${PORT:-8000}"), "honcho assigns the receiver's port"
     else:
@@ -481,19 +497,9 @@ def test_health_check_calls_the_receiver_health_endpoint() -> None:
     ],
 )
 def test_paths_the_deployment_relies_on_are_routes_of_the_receiver(
-    method: str, path: str, monkeypatch, tmp_path: Path
+    method: str, path: str, receiver_wsgi_app: Any
 ) -> None:
-    from connector.settings import get_settings
-
-    # Its own deployment settings: the module may not have been imported by an earlier test
-    # of this process (pytest-xdist splits them), and it refuses the embedded defaults.
-    monkeypatch.setenv("CONNECTOR_DATABASE_URL", f"sqlite:///{tmp_path / 'c.db'}")
-    monkeypatch.setenv("CONNECTOR_BROKER_URL", "redis://127.0.0.1:6379/0")
-    get_settings.cache_clear()
-    try:
-        app = _resolve(WSGI_APP)
-    finally:
-        get_settings.cache_clear()
+    app = receiver_wsgi_app
     url_map = getattr(app, "url_map", None)
     assert url_map is not None, f"{WSGI_APP} is expected to be the Flask app"
     url_map.bind("localhost").match(path, method=method)  # raises NotFound / MethodNotAllowed

@@ -14,27 +14,9 @@ from connector.sync.engine import Outcome, TenantSync
 from sandbox.stack import Stack
 from simulators.ifs.schema import customer_order
 from tests.connector.sync.support import run_sync
+from tests.fixtures.tenants import EXTRA_ORDER_FIELDS
 
 pytestmark = pytest.mark.integration
-
-EXTRA = {
-    "delivery_terms": {
-        "property": "DeliveryTerms",
-        "field": "Delivery terms",
-        "type": "enum",
-        "options": {"EXW": "Ex works", "DAP": "Delivered at place"},
-    },
-    "prepayment": {
-        "property": "ProposedPrepaymentAmount",
-        "field": "Proposed prepayment",
-        "type": "monetary",
-    },
-    "wanted_delivery": {
-        "property": "WantedDeliveryDate",
-        "field": "Wanted delivery",
-        "type": "date",
-    },
-}
 
 
 def _deal_writes(stack: Stack) -> int:
@@ -51,7 +33,7 @@ def _deal_writes(stack: Stack) -> int:
 def test_extra_order_fields_are_provisioned_synced_updated_and_left_alone_when_unchanged(
     stack_factory: Callable[..., Stack],
 ) -> None:
-    stack = stack_factory(tenant_overrides={"order_mapping": {"extra": EXTRA}})
+    stack = stack_factory(tenant_overrides={"order_mapping": {"extra": EXTRA_ORDER_FIELDS}})
     stack.ifs.seed(customers=2, orders=4, seed=7)
     sync = TenantSync(stack.runtime, stack.tenant)
 
