@@ -15,6 +15,9 @@ Enqueue = Callable[[str, dict[str, Any]], None]
 PLAN_SYNC = "ml_connector.plan_sync"
 SYNC_CUSTOMER = "ml_connector.sync_customer"
 SYNC_ORDER = "ml_connector.sync_order"
+# Several released records of one tenant in one message (the dispatcher's batches): kwargs
+# `tenant` and `records`, each one record job's kwargs with its `job` name.
+SYNC_RECORDS = "ml_connector.sync_records"
 PUSH_STAGE = "ml_connector.push_stage_to_ifs"
 RECONCILE_STAGES = "ml_connector.reconcile_stages"
 ENSURE_WEBHOOK = "ml_connector.ensure_webhook"

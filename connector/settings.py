@@ -53,6 +53,21 @@ class Settings(BaseSettings):
             "about 4 x the bulk workers' total concurrency keeps them busy without a long queue."
         ),
     )
+    dispatch_batch: int = Field(
+        default=10,
+        gt=0,
+        description=(
+            "Released records of one tenant sent in one message, at most (1 = one message "
+            "per record); each still has its own lock, audit row, retries and work item end."
+        ),
+    )
+    task_events: bool = Field(
+        default=True,
+        description=(
+            "Celery task events (what Flower shows: received, started, succeeded, failed, "
+            "and sent by the sender); off = none, for deployments without Flower."
+        ),
+    )
     absent_tenant_backlog_days: float = Field(
         default=7.0,
         gt=0,

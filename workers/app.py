@@ -84,8 +84,10 @@ def create_celery_app(settings: Settings | None = None, *, sent_events: bool = T
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_transport_options(settings),
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=sent_events,
+        # What Flower shows; each message costs a few event messages on the broker with them
+        # (bench/README.md: measured), so a deployment without Flower may turn them off.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=sent_events and settings.task_events,
         # Beat's schedule comes from the tenants file and follows its changes while it runs.
         beat_scheduler="workers.schedule:LiveScheduler",
     )

@@ -25,6 +25,11 @@ A task body only calls the library; the library raises and never counts. Around 
   database is down), the message is rejected back to the queue (`Reject(requeue=True)`);
 - a record the dispatcher released retries through its stored work item instead of a
   countdown message (RecordSyncTask);
+- several released records of one tenant in one message (RecordBatchTask) end each on its
+  own, as a lone record's task would: one that fails or retries never fails or repeats the
+  others;
+- a queued task and a released record decide what a transient error makes of them in one
+  place (`transient_end`: defer, retry, fail);
 - each run that ends is observed once, with its outcome; a run that retries has none yet.
 
 Jobs are sent with keyword arguments (connector.jobs), which is what these read.
@@ -36,7 +41,9 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
@@ -53,10 +60,12 @@ from connector.storage.audit import (
     FAILED,
     IFS_TO_PIPEDRIVE,
     PIPEDRIVE_TO_IFS,
+    RETRYING,
     Attempt,
     AuditLog,
 )
 from connector.storage.models import utcnow
+from connector.sync import JOB_FOR_ENTITY
 from workers.app import VISIBILITY_TIMEOUT_S
 from workers.runtime import get_runtime
 
@@ -81,6 +90,7 @@ TASK_RETRY_POLICY = RetryPolicy(max_tries=MAX_RETRIES + 1, base_s=2.0, cap_s=60.
 REQUEUE_PAUSE_S = 2.0
 # What a failed row written here keeps for `replay` (what the library's own rows keep).
 REPLAY_ARGUMENTS = ("tenant", "key", "webhook_event_id", "entity", "full")
+ENTITY_FOR_JOB = {job: entity for entity, job in JOB_FOR_ENTITY.items()}
 
 
 class ConnectorTask(Task):
@@ -140,19 +150,11 @@ class ConnectorTask(Task):
         the task's arguments for the retry (a plan retries only what it has still to plan).
         """
         retries = self.request.retries or 0
-        row_id = audit_id if audit_id is not None else getattr(error, "audit_id", None)
-        wait = retry_after_s(error)
-        if wait is not None and wait > MAX_COUNTDOWN_S:
-            reason = (
-                f"deferred: the wait of {wait:.0f}s is longer than a queued task may sleep "
-                f"({MAX_COUNTDOWN_S:.0f}s); the next scheduled plan syncs the record again"
-            )
-            log.warning("%s: %s: %s", self.name, reason, error)
-            if row_id is not None:
-                self._record(lambda audit: audit.mark_deferred(row_id, reason))
-            return DEFERRED
-        if retries < self.max_retries:
-            countdown = min(TASK_RETRY_POLICY.delay_s(retries, wait), MAX_COUNTDOWN_S)
+        end = transient_end(error, retries, self.max_retries)
+        if end.action is DEFER:
+            return self.defer(error, audit_id=audit_id)
+        if end.action is RETRY:
+            countdown = min(end.delay_s, MAX_COUNTDOWN_S)
             if is_connection_loss(error):
                 self._log_connection_loss(error, retries + 1, countdown)
             try:
@@ -162,6 +164,21 @@ class ConnectorTask(Task):
                 # the retry: keep it instead.
                 self.requeue(f"cannot queue the retry: {unsent}")
         return self.fail(error, audit_id=audit_id, kwargs=kwargs)
+
+    def defer(self, error: Exception, *, audit_id: int | None = None) -> str:
+        """End the run "deferred": its wait is too long to sleep in a message (a spent daily
+        budget); its "retrying" row (`audit_id`, else the error's) says why, and the next
+        scheduled plan queues the record again."""
+        wait = retry_after_s(error) or 0.0
+        reason = (
+            f"deferred: the wait of {wait:.0f}s is longer than a queued task may sleep "
+            f"({MAX_COUNTDOWN_S:.0f}s); the next scheduled plan syncs the record again"
+        )
+        log.warning("%s: %s: %s", self.name, reason, error)
+        row_id = audit_id if audit_id is not None else getattr(error, "audit_id", None)
+        if row_id is not None:
+            self._record(lambda audit: audit.mark_deferred(row_id, reason))
+        return DEFERRED
 
     def fail(
         self,
@@ -257,7 +274,10 @@ class RecordSyncTask(ConnectorTask):
     def failure_row(self, kwargs: dict[str, Any], error: Exception) -> Attempt | None:
         row = super().failure_row(kwargs, error)
         if row is not None:
-            row.entity, row.operation = self.entity, "sync"
+            # A record of a batch (RecordBatchTask) names its own job and attempt.
+            job = str(kwargs.get("job") or self.name)
+            row.entity, row.operation = ENTITY_FOR_JOB.get(job, self.entity), "sync"
+            row.replay_task, row.attempt = job, int(kwargs.get("attempt") or row.attempt)
         return row
 
     def retry_transient(
@@ -270,30 +290,44 @@ class RecordSyncTask(ConnectorTask):
         item = (self.request.kwargs or {}).get("work_item")
         if item is None:
             return super().retry_transient(error, audit_id=audit_id, kwargs=kwargs)
-        item_id = int(item)
-        wait = retry_after_s(error)
-        retries = self.attempt - 1
-        if wait is not None and wait > MAX_COUNTDOWN_S:
-            # A spent day: deferred with its reason, as a queued task is (ConnectorTask).
-            outcome = super().retry_transient(error, audit_id=audit_id)
-            self._record_item(lambda items: items.finish(item_id))
-            return outcome
-        if _only_tokens_missing(error):
-            delay, attempts = wait or 0.0, retries  # the dispatcher's pacing, not a failure
-        elif retries < self.max_retries:
-            delay, attempts = TASK_RETRY_POLICY.delay_s(retries, wait), retries + 1
-            if is_connection_loss(error):
-                self._log_connection_loss(error, retries + 1, delay)
+        outcome = self.end_item(error, int(item), self.attempt, audit_id=audit_id, kwargs=kwargs)
+        if outcome is None:
+            # Acknowledged and done with: the stored item is the retry.
+            raise Ignore()
+        return outcome
+
+    def end_item(
+        self,
+        error: Exception,
+        item_id: int,
+        attempt: int,
+        *,
+        audit_id: int | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> str | None:
+        """End the released record of `item_id`, whose attempt `attempt` met the transient
+        `error`: deferred or failed (its outcome; the item is finished), or given back to
+        the store to run again when due (None)."""
+        retries = attempt - 1
+        end = transient_end(error, retries, self.max_retries, paced=True)
+        if end.action is RETRY:
+            if end.counted and is_connection_loss(error):
+                self._log_connection_loss(error, retries + 1, end.delay_s)
+            self.give_back(item_id, end.delay_s, retries + 1 if end.counted else retries)
+            return None
+        if end.action is DEFER:
+            outcome = self.defer(error, audit_id=audit_id)
         else:
             outcome = self.fail(error, audit_id=audit_id, kwargs=kwargs)
-            self._record_item(lambda items: items.finish(item_id))
-            return outcome
-        not_before = utcnow() + timedelta(seconds=delay)
+        self._record_item(lambda items: items.finish(item_id))
+        return outcome
+
+    def give_back(self, item_id: int, delay_s: float, attempts: int) -> None:
+        """Hand the released item back to the store, due again in `delay_s`."""
+        not_before = utcnow() + timedelta(seconds=delay_s)
         self._record_item(
             lambda items: items.give_back(item_id, not_before=not_before, attempts=attempts)
         )
-        # Acknowledged and done with: the stored item is the retry.
-        raise Ignore()
 
     def _record_item(self, write: Callable[[WorkItems], object]) -> None:
         # As an outcome (_record): a database that cannot take the item's change sends the
@@ -304,6 +338,100 @@ class RecordSyncTask(ConnectorTask):
 
     def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
         metrics.record_sync(str(kwargs.get("tenant")), self.entity, str(outcome))
+
+
+class RecordBatchTask(RecordSyncTask):
+    """Runs several released records of one tenant (connector.jobs.SYNC_RECORDS), one by one.
+
+    Each record is what a lone record's task would be: its own lock, audit row, work item
+    end and retries (`end_item`), counted on its own in mlc_records_synced_total; one that
+    fails or retries neither fails nor repeats the others. What the records share is the
+    message, the configuration check and the tenant's sync. A record that did not get its
+    tokens within the short wait gives back the records after it too, unrun: the tenant's
+    budget is spent for now, and a batch never waits it out.
+
+    A message that comes again (redelivered after its worker died, or sent back because an
+    outcome could not be stored) runs only its records still released: the others ended.
+    """
+
+    def run_records(
+        self,
+        tenant: str,
+        records: list[dict[str, Any]],
+        run_one: Callable[[str, str, int, int, dict[str, Any]], str],
+    ) -> dict[str, int]:
+        """Run each record with `run_one(entity, key, work_item, attempt, options)`; the
+        number of records per outcome (those given back: "retrying")."""
+        from connector.storage.work_items import WorkItems
+
+        items = [int(record["work_item"]) for record in records]
+        pending = WorkItems(get_runtime().database).still_released(items)
+        outcomes: dict[str, int] = {}
+        paced_s: float | None = None
+        for record in records:
+            item, attempt = int(record["work_item"]), int(record.get("attempt") or 1)
+            if item not in pending:
+                continue
+            entity, key = ENTITY_FOR_JOB[str(record["job"])], str(record["key"])
+            options = {n: v for n, v in record.items() if n not in _NOT_OPTIONS}
+            if paced_s is not None:
+                self.give_back(item, paced_s, attempt - 1)
+                outcome: str | None = None
+            else:
+                with log_context(record_key=key, correlation_id=record.get("run_id")):
+                    outcome, paced_s = self._run_one(
+                        run_one, entity, key, item, attempt, record, options
+                    )
+            name = outcome or RETRYING
+            outcomes[name] = outcomes.get(name, 0) + 1
+            if outcome is not None:
+                metrics.record_sync(tenant, entity, outcome)
+        return outcomes
+
+    def _run_one(
+        self,
+        run_one: Callable[[str, str, int, int, dict[str, Any]], str],
+        entity: str,
+        key: str,
+        item: int,
+        attempt: int,
+        record: dict[str, Any],
+        options: dict[str, Any],
+    ) -> tuple[str | None, float | None]:
+        """(The record's outcome, None when given back; the limiter's wait when it was given
+        back for want of tokens, else None.)"""
+        # A Reject (an outcome the database cannot take) ends the batch: the message goes
+        # back to the queue, and its next run skips the records that ended.
+        try:
+            return run_one(entity, key, item, attempt, options), None
+        except (Retry, Reject, Ignore):
+            raise
+        except Exception as error:
+            if is_transient(error):
+                outcome = self.end_item(error, item, attempt, kwargs=record)
+                return outcome, _paced_s(error) if outcome is None else None
+            # A lone record's task would fail and its item be released again until given
+            # up; in a batch the others go on, and this one ends failed for `replay` at once.
+            log.exception("%s: record %s %s failed", self.name, entity, key)
+            failure = self.failure_row(record, error)
+            if failure is not None:
+                self._record(lambda audit: audit.write(failure))
+            self._record_item(lambda items: items.finish(item))
+            return FAILED, None
+
+    def observe(self, kwargs: dict[str, Any], outcome: Any, seconds: float) -> None:
+        """Nothing for the batch: each of its records is observed as it ends."""
+
+
+# What a batch's record carries that is not an option of the record's sync.
+_NOT_OPTIONS = frozenset({"job", "tenant", "key", "work_item", "attempt"})
+
+
+def _paced_s(error: BaseException) -> float | None:
+    """The limiter's wait when `error` says our own limiter had no tokens, else None."""
+    if not _only_tokens_missing(error):
+        return None
+    return retry_after_s(error) or 0.0
 
 
 def _only_tokens_missing(error: BaseException) -> bool:
@@ -317,6 +445,47 @@ def _only_tokens_missing(error: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+class Then(Enum):
+    """How a run goes on after a transient error."""
+
+    DEFER = "defer"
+    RETRY = "retry"
+    FAIL = "fail"
+
+
+DEFER, RETRY, FAIL = Then.DEFER, Then.RETRY, Then.FAIL
+
+
+@dataclass(frozen=True)
+class TransientEnd:
+    """What a transient error makes of a run (`transient_end`)."""
+
+    action: Then
+    delay_s: float = 0.0  # RETRY: not before this many seconds (uncapped)
+    counted: bool = True  # RETRY: it spends one of the task's retries
+
+
+def transient_end(
+    error: BaseException, retries: int, max_retries: int, *, paced: bool = False
+) -> TransientEnd:
+    """The one decision after a transient `error`, for a queued task (ConnectorTask) and a
+    released record (RecordSyncTask) alike, after `retries` retries so far.
+
+    A wait longer than a message may sleep defers; `paced` (a released record): tokens our
+    own limiter did not have within the short wait are the dispatcher's pacing, retried
+    after the limiter's wait and not counted; else a retry with the one policy's delay,
+    never sooner than the error asks, while retries are left; else the run fails.
+    """
+    wait = retry_after_s(error)
+    if wait is not None and wait > MAX_COUNTDOWN_S:
+        return TransientEnd(DEFER)
+    if paced and _only_tokens_missing(error):
+        return TransientEnd(RETRY, wait or 0.0, counted=False)
+    if retries < max_retries:
+        return TransientEnd(RETRY, TASK_RETRY_POLICY.delay_s(retries, wait))
+    return TransientEnd(FAIL)
 
 
 class StagePushTask(ConnectorTask):

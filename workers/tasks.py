@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -27,7 +26,9 @@ from workers.app import celery_app, enqueue
 from workers.base import (
     DISPATCHED_STARTED_WAIT_S,
     DISPATCHED_TOKEN_WAIT_S,
+    ENTITY_FOR_JOB,
     ConnectorTask,
+    RecordBatchTask,
     RecordSyncTask,
     StagePushTask,
 )
@@ -160,19 +161,59 @@ def _sync(task: RecordSyncTask, tenant: str, key: str, options: dict[str, Any]) 
         _unknown_tenant_row(tenant, task.entity, key, error)
         _finish(item)
         return FAILED
+    if item is None:
+        result = sync.sync_record(
+            task.entity, key, attempt=task.attempt, redelivered=task.redelivered, **options
+        )
+        return result.outcome.value
+    attempt, redelivered = task.attempt, task.redelivered
+    return _sync_released(sync, task.entity, key, int(item), attempt, redelivered, options)
+
+
+def _sync_released(
+    sync: TenantSync,
+    entity: str,
+    key: str,
+    item: int,
+    attempt: int,
+    redelivered: bool,
+    options: dict[str, Any],
+) -> str:
     # Released within the tenant's budget, so tokens are there; if not, the item goes back
     # to the store at once rather than hold the worker asleep (unless it has spent some).
     capped = waits_at_most(DISPATCHED_TOKEN_WAIT_S, once_started_s=DISPATCHED_STARTED_WAIT_S)
-    with capped if item is not None else nullcontext():
+    with capped:
         result = sync.sync_record(
-            task.entity,
-            key,
-            attempt=task.attempt,
-            redelivered=task.redelivered,
-            work_item=item,
-            **options,
+            entity, key, attempt=attempt, redelivered=redelivered, work_item=item, **options
         )
     return result.outcome.value
+
+
+@celery_app.task(name=jobs.SYNC_RECORDS, bind=True, base=RecordBatchTask)
+def sync_records(
+    self: RecordBatchTask, tenant: str, records: list[dict[str, Any]]
+) -> dict[str, int]:
+    """Upsert several released records of one tenant, one by one (the dispatcher's batch)."""
+    try:
+        sync = _tenant_sync(tenant)
+    except ConnectorError as error:
+        for record in records:
+            entity = ENTITY_FOR_JOB[str(record["job"])]
+            _unknown_tenant_row(tenant, entity, str(record["key"]), error)
+            _finish(int(record["work_item"]))
+            metrics.record_sync(tenant, entity, FAILED)
+        return {FAILED: len(records)}
+
+    # A message that came again may have sent some of its records' creates already: each of
+    # them then searches before it creates (TenantSync.sync_record). Besides a redelivery,
+    # that is a retry of the whole message (sent again when the database was away before
+    # any record could be given back): its records keep the attempt they were released with.
+    redelivered = self.redelivered or bool(self.request.retries)
+
+    def run_one(entity: str, key: str, item: int, attempt: int, options: dict[str, Any]) -> str:
+        return _sync_released(sync, entity, key, item, attempt, redelivered, options)
+
+    return self.run_records(tenant, records, run_one)
 
 
 def _finish(item: int | None) -> None:

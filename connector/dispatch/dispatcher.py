@@ -12,18 +12,22 @@ taken over by another worker within seconds when its holder dies). A tick:
    Pipedrive work is paused after a 403 block page, is passed over and holds no place in
    the queue (a tick every 0.5 s keeps up with a budget that frees as its window rolls);
 3. hands out the room left under the deployment's in-flight cap round-robin (pacing.py),
-   marks those items released (one transaction), then sends them, alternating tenants.
+   marks those items released (one transaction), then sends them, alternating tenants,
+   several records of one tenant per message (`messages`: at most `dispatch_batch`, and
+   spread over a few messages so that several workers share a small release).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
@@ -38,7 +42,7 @@ from connector.dispatch.pacing import (
     releases,
 )
 from connector.errors import ConnectorError, UnknownTenantError, is_connection_loss
-from connector.jobs import Enqueue
+from connector.jobs import SYNC_RECORDS, Enqueue
 from connector.pipedrive.client import SEARCH_BUCKET, burst_limits, daily_limit
 from connector.ratelimit import LimitUsage
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
@@ -76,6 +80,47 @@ ABSENT_CHECK_EVERY_S = 60.0
 # Releases without an end (each a lost message or a crashed task) before an item is given up
 # with a failed audit row, for `replay`.
 MAX_RELEASES = 10
+# A tenant's release of one tick goes out in at least this many messages (when it has that
+# many items): the bulk workers' processes share it instead of one running it all.
+SPREAD = 4
+
+
+def messages(items: Sequence[ReleasedItem], batch_size: int) -> list[list[ReleasedItem]]:
+    """The released items (in queue order, tenants alternating) grouped into messages: each
+    tenant's items in runs of at most `batch_size`, and in at least SPREAD messages when it
+    has that many, so that a small release still reaches several workers; the messages
+    alternate between tenants as the items did.
+    """
+    by_tenant: dict[str, list[ReleasedItem]] = {}
+    for item in items:
+        by_tenant.setdefault(item.tenant, []).append(item)
+    runs: dict[str, list[list[ReleasedItem]]] = {}
+    for tenant, mine in by_tenant.items():
+        size = max(1, min(batch_size, math.ceil(len(mine) / SPREAD)))
+        runs[tenant] = [mine[start : start + size] for start in range(0, len(mine), size)]
+    ordered: list[list[ReleasedItem]] = []
+    while runs:
+        for tenant in list(runs):
+            ordered.append(runs[tenant].pop(0))
+            if not runs[tenant]:
+                del runs[tenant]
+    return ordered
+
+
+def message(batch: Sequence[ReleasedItem]) -> tuple[str, dict[str, Any]]:
+    """(job, kwargs) of one message: a lone record as its own record job, several as one
+    SYNC_RECORDS job that runs them one by one."""
+    records = [
+        {**item.kwargs, "work_item": item.id, "attempt": item.attempts + 1} for item in batch
+    ]
+    if len(batch) == 1:
+        return batch[0].job, records[0]
+    return SYNC_RECORDS, {
+        "tenant": batch[0].tenant,
+        "records": [
+            {**record, "job": item.job} for item, record in zip(batch, records, strict=True)
+        ],
+    }
 
 
 @dataclass
@@ -133,6 +178,7 @@ class Dispatcher:
         in_flight_cap: int | None = None,
         stale_after_s: float | None = None,
         cost: ItemCost | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.runtime = runtime
         self.enqueue = enqueue
@@ -144,6 +190,7 @@ class Dispatcher:
         )
         # `cost`: what a record is taken to cost until its tenant's attempts say otherwise.
         self.costs = RecordCosts(cost)
+        self.batch_size = batch_size or runtime.settings.dispatch_batch
         self._turn = 0
         self._last_sweep = 0.0
         self._last_costs = 0.0
@@ -257,15 +304,21 @@ class Dispatcher:
         return dropped
 
     def _send(self, items: list[ReleasedItem]) -> int:
-        for position, item in enumerate(items):
-            kwargs = {**item.kwargs, "work_item": item.id, "attempt": item.attempts + 1}
+        """Send the released items in messages (`messages`), in their order; what could not
+        be sent is put back. The number of items sent."""
+        sent = 0
+        batches = messages(items, self.batch_size)
+        for position, batch in enumerate(batches):
+            job, kwargs = message(batch)
             try:
-                self.enqueue(item.job, kwargs)
+                self.enqueue(job, kwargs)
             except ConnectorError as error:  # the broker is down: they wait for the next tick
-                log.warning("dispatch: %s; %d items put back", error, len(items) - position)
-                self.items.unrelease([left.id for left in items[position:]])
-                return position
-        return len(items)
+                left = [item.id for rest in batches[position:] for item in rest]
+                log.warning("dispatch: %s; %d items put back", error, len(left))
+                self.items.unrelease(left)
+                return sent
+            sent += len(batch)
+        return sent
 
     def _sweep(self) -> tuple[int, int]:
         cutoff = utcnow() - timedelta(seconds=self.stale_after_s)

@@ -161,6 +161,21 @@ class WorkItems:
 
         return self.database.transaction(work)
 
+    def still_released(self, ids: Sequence[int]) -> set[int]:
+        """Those of `ids` still released and unfinished (a redelivered batch's message runs
+        only these: the others ended, or went back to wait for a release of their own)."""
+        if not ids:
+            return set()
+
+        def work(session: Session) -> Any:
+            return session.scalars(
+                select(WorkItemRecord.id).where(
+                    WorkItemRecord.id.in_(list(ids)), WorkItemRecord.released_at.is_not(None)
+                )
+            ).all()
+
+        return {int(item_id) for item_id in self.database.read(work)}
+
     def unrelease(self, ids: Sequence[int]) -> None:
         """Put released items back unchanged (their messages could not be sent)."""
         if not ids:

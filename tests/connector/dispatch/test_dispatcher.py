@@ -11,14 +11,16 @@ from sqlalchemy import select
 
 from connector.diagnostics.backlog import absent_tenants
 from connector.diagnostics.headroom import PIPEDRIVE, tenant_limits
-from connector.dispatch.dispatcher import MAX_RELEASES, OWNER_KEY, Dispatcher
+from connector.dispatch.dispatcher import MAX_RELEASES, OWNER_KEY, Dispatcher, message, messages
+from connector.errors import BrokerUnavailableError
+from connector.jobs import SYNC_RECORDS
 from connector.pipedrive.client import rate_limit_key
 from connector.runtime import Runtime
 from connector.settings import Settings
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, SKIPPED, Attempt, AuditLog
 from connector.storage.models import AuditRecord
 from connector.storage.tenant_state import DatabaseTenantState
-from connector.storage.work_items import WorkItems
+from connector.storage.work_items import ReleasedItem, WorkItems
 from connector.tenants import parse_tenants
 from tests.connector.webhooks.support import tenant_body, unique_tenant
 
@@ -33,7 +35,8 @@ class Queue:
         self.sent.append((job, kwargs))
 
     def tenants(self) -> list[str]:
-        return [kwargs["tenant"] for _, kwargs in self.sent]
+        """The tenant of each record sent, a batch's records one by one."""
+        return [record["tenant"] for _, record in _records(self.sent)]
 
 
 @pytest.fixture
@@ -66,7 +69,8 @@ def test_each_tenant_gets_what_its_budget_takes_and_the_queue_alternates(
     _plan(runtime, slow, 50)
     _plan(runtime, fast, 6)
     queue = Queue()
-    dispatcher = Dispatcher(runtime, queue)
+    # One message per record: what this proves is the alternation of records.
+    dispatcher = Dispatcher(runtime, queue, batch_size=1)
 
     dispatcher.tick()
 
@@ -234,3 +238,77 @@ def test_records_of_a_tenant_absent_past_the_grace_are_dropped_with_an_audit_row
     # Never served here: never dropped here.
     assert WorkItems(runtime.database).backlog(theirs) == (2, 0)
     WorkItems(runtime.database).forget(theirs)
+
+
+def _records(sent: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Each record of the messages sent, a batch's records one by one."""
+    return [
+        (record["job"], record) if job == SYNC_RECORDS else (job, kwargs)
+        for job, kwargs in sent
+        for record in (kwargs["records"] if job == SYNC_RECORDS else [kwargs])
+    ]
+
+
+def test_a_tenants_release_goes_out_in_batches_spread_over_messages_that_alternate(
+    deployment: tuple[Runtime, str, str],
+) -> None:
+    runtime, slow, fast = deployment
+    _plan(runtime, slow, 50)
+    _plan(runtime, fast, 6)
+    queue = Queue()
+
+    Dispatcher(runtime, queue).tick()
+
+    # The slow tenant's budget takes 4: one per message, so that 4 workers can share them;
+    # the fast tenant's 6 go in 2s (at least SPREAD messages); the messages alternate.
+    shapes = [(kwargs["tenant"], len(kwargs.get("records", [kwargs]))) for _, kwargs in queue.sent]
+    assert shapes in (
+        [(slow, 1), (fast, 2)] * 3 + [(slow, 1)],
+        [(fast, 2), (slow, 1)] * 3 + [(slow, 1)],
+    )
+    for job, kwargs in queue.sent:
+        if kwargs["tenant"] == fast:
+            assert job == SYNC_RECORDS
+    records = _records(queue.sent)
+    assert all(job == SYNC_ORDER and record["attempt"] == 1 for job, record in records)
+    items = [record["work_item"] for _, record in records]
+    assert len(set(items)) == len(items) == 10
+    assert WorkItems(runtime.database).backlog(fast) == (0, 6)
+
+
+def test_messages_hold_at_most_the_batch_size_and_at_least_spread_messages_go_out() -> None:
+    def released(count: int, tenant: str = "a") -> list[ReleasedItem]:
+        return [ReleasedItem(i, tenant, "order", f"O{i}", SYNC_ORDER, {}, 0) for i in range(count)]
+
+    assert [len(batch) for batch in messages(released(95), 10)] == [10] * 9 + [5]
+    assert [len(batch) for batch in messages(released(3), 10)] == [1, 1, 1]
+    assert [len(batch) for batch in messages(released(9), 10)] == [3, 3, 3]
+    assert [len(batch) for batch in messages(released(40), 1)] == [1] * 40
+    both = messages(released(8, "a") + released(2, "b"), 10)
+    assert [(batch[0].tenant, len(batch)) for batch in both] == [
+        ("a", 2),
+        ("b", 1),
+        ("a", 2),
+        ("b", 1),
+        ("a", 2),
+        ("a", 2),
+    ]
+    assert message(released(1)[:1]) == (SYNC_ORDER, {"work_item": 0, "attempt": 1})
+
+
+def test_the_records_of_messages_the_broker_did_not_take_are_put_back(
+    deployment: tuple[Runtime, str, str],
+) -> None:
+    runtime, _, fast = deployment
+    _plan(runtime, fast, 8)
+    sent: list[dict[str, Any]] = []
+
+    def broker_down_after_one(job: str, kwargs: dict[str, Any]) -> None:
+        if sent:
+            raise BrokerUnavailableError("the broker does not answer")
+        sent.append(kwargs)
+
+    done = Dispatcher(runtime, broker_down_after_one).tick()
+
+    assert done.released == len(sent[0]["records"]) == 2
+    assert WorkItems(runtime.database).backlog(fast) == (6, 2)
