@@ -312,9 +312,19 @@ class Dispatcher:
             job, kwargs = message(batch)
             try:
                 self.enqueue(job, kwargs)
-            except ConnectorError as error:  # the broker is down: they wait for the next tick
-                left = [item.id for rest in batches[position:] for item in rest]
-                log.warning("dispatch: %s; %d items put back", error, len(left))
+            except ConnectorError as error:  # the broker is down: the rest wait for a tick
+                # The failed message itself stays released: a publish that raised may still
+                # have reached the broker, and a record of it put back would be released again
+                # as a first attempt, whose create does not search before posting (a crash
+                # after its POST would then duplicate). Left released, the stale sweep sends it
+                # again as one attempt more, which searches first.
+                left = [item.id for rest in batches[position + 1 :] for item in rest]
+                log.warning(
+                    "dispatch: %s; %d items put back, %d left to the stale sweep",
+                    error,
+                    len(left),
+                    len(batch),
+                )
                 self.items.unrelease(left)
                 return sent
             sent += len(batch)

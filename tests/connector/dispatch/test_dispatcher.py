@@ -311,4 +311,31 @@ def test_the_records_of_messages_the_broker_did_not_take_are_put_back(
     done = Dispatcher(runtime, broker_down_after_one).tick()
 
     assert done.released == len(sent[0]["records"]) == 2
-    assert WorkItems(runtime.database).backlog(fast) == (6, 2)
+    # The message whose publish raised may have reached the broker: its 2 records stay
+    # released (for the stale sweep, as a later attempt); the 4 after it are put back.
+    assert WorkItems(runtime.database).backlog(fast) == (4, 4)
+
+
+def test_a_message_whose_publish_raised_comes_back_as_a_later_attempt(
+    deployment: tuple[Runtime, str, str],
+) -> None:
+    runtime, _, fast = deployment
+    _plan(runtime, fast, 2)
+    failed = []
+
+    def refuse(job: str, kwargs: dict[str, Any]) -> None:
+        failed.append(kwargs)
+        raise BrokerUnavailableError("the broker does not answer")
+
+    Dispatcher(runtime, refuse, in_flight_cap=1).tick()
+    assert [kwargs["attempt"] for kwargs in failed] == [1]
+
+    sent: list[dict[str, Any]] = []
+    sweeping = Dispatcher(runtime, lambda job, kwargs: sent.append(kwargs), stale_after_s=0)
+    sweeping.tick()
+    attempts = sorted(
+        record.get("attempt", 0) for kwargs in sent for record in kwargs.get("records", [kwargs])
+    )
+    # The record of the failed publish goes out again with attempt 2 (its create searches
+    # first); the record that was never sent is still a first attempt.
+    assert attempts == [1, 2]
