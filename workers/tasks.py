@@ -8,13 +8,14 @@ leaves a failed audit row that `replay` can run again.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from connector import jobs, metrics
-from connector.errors import ConnectorError, is_transient
+from connector.errors import ConnectorError, is_connection_loss, is_transient
 from connector.ratelimit import waits_at_most
 from connector.replay import Replay
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
@@ -33,6 +34,8 @@ from workers.base import (
     StagePushTask,
 )
 from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
 
 
 @celery_app.task(name=jobs.PLAN_SYNC, bind=True, base=ConnectorTask)
@@ -276,7 +279,21 @@ def sweep_webhook_events(self: ConnectorTask) -> dict[str, Any]:
 
     runtime = get_runtime()
     events = WebhookEvents(runtime.database)
-    return asdict(sweep_unfinished_events(events, enqueue, grace_s=runtime.settings.sweep_grace_s))
+    try:
+        swept = sweep_unfinished_events(events, enqueue, grace_s=runtime.settings.sweep_grace_s)
+    except Exception as error:
+        if not is_connection_loss(error):
+            raise
+        # During a Postgres or broker outage every sweep fails the same way: one line each,
+        # not a traceback per sweep; the next scheduled sweep is the retry.
+        reason = str(error).splitlines()[0] if str(error) else ""
+        log.warning(
+            "sweep of webhook events skipped, connection lost (%s: %s); the next sweep tries again",
+            type(error).__name__,
+            reason,
+        )
+        return {"skipped": f"{type(error).__name__}: {reason}"}
+    return asdict(swept)
 
 
 # Who a replay sent as a task (from Flower's API or a script) is recorded as, unless it says.

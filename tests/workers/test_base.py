@@ -375,3 +375,22 @@ def test_an_outcome_the_database_cannot_take_sends_the_message_back_to_the_queue
     finally:
         set_runtime(None)
         down.close()
+
+
+def test_a_sweep_during_a_database_outage_logs_one_line_and_is_not_a_task_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from workers.tasks import sweep_webhook_events
+
+    # A database that refuses connections (nothing listens on port 9 of this machine).
+    down = make_runtime("postgresql+psycopg2://postgres@127.0.0.1:9/none", {})
+    set_runtime(down)
+    try:
+        result = sweep_webhook_events.apply()
+        assert result.state == "SUCCESS", result.state
+        assert "OperationalError" in result.get()["skipped"]
+        (line,) = [r for r in caplog.records if "sweep of webhook events skipped" in r.message]
+        assert line.exc_info is None  # one line, no traceback
+    finally:
+        set_runtime(None)
+        down.close()
