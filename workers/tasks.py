@@ -280,7 +280,9 @@ def sweep_webhook_events(self: ConnectorTask) -> dict[str, Any]:
     runtime = get_runtime()
     events = WebhookEvents(runtime.database)
     try:
-        swept = sweep_unfinished_events(events, enqueue, grace_s=runtime.settings.sweep_grace_s)
+        swept = sweep_unfinished_events(
+            events, enqueue, tenants=runtime.tenants, grace_s=runtime.settings.sweep_grace_s
+        )
     except Exception as error:
         if not is_connection_loss(error):
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from connector.jobs import PUSH_STAGE, Enqueue
@@ -34,15 +35,24 @@ class SweepResult:
 
 
 def sweep_unfinished_events(
-    events: WebhookEvents, enqueue: Enqueue, *, grace_s: float, limit: int = SWEEP_LIMIT
+    events: WebhookEvents,
+    enqueue: Enqueue,
+    *,
+    tenants: Collection[str],
+    grace_s: float,
+    limit: int = SWEEP_LIMIT,
 ) -> SweepResult:
-    """Queue again every event unfinished after `grace_s`, at most `limit`.
+    """Queue again every event of `tenants` unfinished after `grace_s`, at most `limit`.
+
+    Only the tenants this deployment serves: deployments may share a database (each with
+    its own queue), and another's events queued here would fail as an unknown tenant; the
+    events of a tenant taken out of the file wait, unfinished, until it comes back.
 
     Raises what `enqueue` raises (the broker is down): the events queued until then are
     marked, the others are found again by the next sweep.
     """
     counts: Counter[str] = Counter()
-    for stuck in events.unfinished(grace_s, limit=limit):
+    for stuck in events.unfinished(grace_s, tenants=tenants, limit=limit):
         enqueue(PUSH_STAGE, {"tenant": stuck.tenant, "webhook_event_id": stuck.id})
         events.mark_requeued(stuck.id)
         counts[stuck.tenant] += 1

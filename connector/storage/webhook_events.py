@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -221,14 +221,24 @@ class WebhookEvents:
                 .values(status=target.value)
             )
 
-    def unfinished(self, grace_s: float, *, limit: int, now: datetime | None = None) -> list[Stuck]:
-        """Events of every tenant still unfinished `grace_s` after they arrived and after
+    def unfinished(
+        self,
+        grace_s: float,
+        *,
+        tenants: Collection[str],
+        limit: int,
+        now: datetime | None = None,
+    ) -> list[Stuck]:
+        """Events of `tenants` still unfinished `grace_s` after they arrived and after
         the sweeper last queued them (`processed_at`), oldest first, at most `limit`."""
+        if not tenants:
+            return []
         before = (now or utcnow()) - timedelta(seconds=grace_s)
         with self.database.session() as session:
             rows = session.execute(
                 select(WebhookEvent.id, WebhookEvent.tenant, WebhookEvent.status)
                 .where(
+                    WebhookEvent.tenant.in_(list(tenants)),
                     WebhookEvent.status.in_([status.value for status in UNFINISHED]),
                     WebhookEvent.received_at < before,
                     or_(WebhookEvent.processed_at.is_(None), WebhookEvent.processed_at < before),

@@ -383,7 +383,9 @@ def test_a_sweep_during_a_database_outage_logs_one_line_and_is_not_a_task_failur
     from workers.tasks import sweep_webhook_events
 
     # A database that refuses connections (nothing listens on port 9 of this machine).
-    down = make_runtime("postgresql+psycopg2://postgres@127.0.0.1:9/none", {})
+    tenant = unique_tenant("sweep")
+    body = tenant_body(ifs_url="http://127.0.0.1:9", namespace="ns", client_id="c")
+    down = make_runtime("postgresql+psycopg2://postgres@127.0.0.1:9/none", {tenant: body})
     set_runtime(down)
     try:
         result = sweep_webhook_events.apply()

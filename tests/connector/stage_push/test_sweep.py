@@ -41,14 +41,24 @@ def _stored(events: WebhookEvents, tenant: str, deal_id: int, status: str, age_s
 def _sweep(events: WebhookEvents, tenant: str) -> list[int]:
     queued: list[tuple[str, dict[str, Any]]] = []
     sweep_unfinished_events(
-        events, lambda job, kwargs: queued.append((job, kwargs)), grace_s=GRACE_S
+        events, lambda job, kwargs: queued.append((job, kwargs)), tenants=[tenant], grace_s=GRACE_S
     )
-    # Other tests' tenants share the session database: look at this one's only.
-    return [
-        kwargs["webhook_event_id"]
-        for job, kwargs in queued
-        if job == PUSH_STAGE and kwargs["tenant"] == tenant
-    ]
+    assert all(job == PUSH_STAGE and kwargs["tenant"] == tenant for job, kwargs in queued)
+    return [kwargs["webhook_event_id"] for _, kwargs in queued]
+
+
+def test_events_of_tenants_this_deployment_does_not_serve_are_left_alone(
+    events: WebhookEvents,
+) -> None:
+    # Deployments may share a database, and other tests' tenants share this one.
+    ours, theirs = unique_tenant("sweep"), unique_tenant("sweep")
+    mine = _stored(events, ours, 1, "enqueued", GRACE_S + 60)
+    other = _stored(events, theirs, 2, "enqueued", GRACE_S + 60)
+
+    assert _sweep(events, ours) == [mine]
+    row = events.get(theirs, other)
+    assert row is not None and row.processed_at is None  # not marked as queued again
+    assert _sweep(events, theirs) == [other]
 
 
 def test_events_left_unfinished_past_the_grace_period_are_queued_again_once(
