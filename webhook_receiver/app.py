@@ -167,8 +167,10 @@ def _context() -> ReceiverContext:
 
 def _answer(body: dict[str, Any], status: int) -> tuple[Response, int]:
     """A delivery's JSON answer, built directly: flask.jsonify goes through the app's JSON
-    provider (its settings, key sorting, the response class look-up) on every delivery."""
-    return Response(json.dumps(body), status=status, mimetype="application/json"), status
+    provider (its settings and the response class look-up) on every delivery. The bytes are
+    what jsonify sends (compact, keys sorted, a final newline)."""
+    text = json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n"
+    return Response(text, status=status, mimetype="application/json"), status
 
 
 def _count(tenant: str, result: str, reason: str | None = None) -> None:

@@ -25,6 +25,7 @@ from celery.utils.nodenames import anon_nodename
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps as json_dumps
 from kombu.utils.url import maybe_sanitize_url
 from kombu.utils.uuid import uuid
 
@@ -46,7 +47,9 @@ class _HeldClientChannel(kombu_redis.Channel):
     `redis.Redis` on the same connection pool for every publish, which costs about 0.05 ms
     of CPU (its ~170 response callbacks), a third of a send. The client only borrows a pooled
     connection for each command, as the per-command clients do, so holding it changes
-    nothing else (redis-py's clients are thread-safe)."""
+    nothing else (redis-py's clients are thread-safe). A publish (`_put`) goes further: its
+    LPUSH is written to one pooled connection the channel holds (HeldPublisher sends one
+    at a time)."""
 
     _held_client: Any = None
     _held_connection: Any = None
@@ -57,15 +60,18 @@ class _HeldClientChannel(kombu_redis.Channel):
         deprecation checks, the response callbacks) cost more CPU than the command itself.
         A failed command drops the connection and raises, and HeldPublisher sends once more
         on a new one, as before. Batches and queues with an expiry take kombu's own way."""
-        if kwargs.get("_publish_batch") is not None or (self._expires and queue in self._expires):
+        channel: Any = self  # kombu's Channel is untyped where its Redis attributes are
+        if kwargs.get("_publish_batch") is not None or (
+            channel._expires and queue in channel._expires
+        ):
             super()._put(queue, message, **kwargs)
             return
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        key = channel._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         connection = self._held_connection
         if connection is None:
             connection = self._held_connection = self.pool.get_connection()
         try:
-            connection.send_command("LPUSH", key, kombu_redis.dumps(message))
+            connection.send_command("LPUSH", key, json_dumps(message))
             connection.read_response()
         except BaseException:
             self._drop_held_connection(broken=True)
