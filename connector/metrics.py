@@ -137,14 +137,31 @@ def observe_limiter_wait(system: str, seconds: float) -> None:
     LIMITER_WAIT.labels(system=system).observe(max(seconds, 0.0))
 
 
+# The label children of the webhook counters, resolved once per label set: `labels()`
+# validates and looks them up under a lock on every call, a few µs of each delivery. The
+# label sets are bounded (configured tenants and "unknown", fixed results and reasons), and
+# the children are never removed from their counters, so a cached one is always counted.
+_webhook_children: dict[tuple[str, str], Any] = {}
+_rejection_children: dict[str, Any] = {}
+
+
 def count_webhook(tenant: str, result: str, reason: str | None = None) -> None:
     """Count one webhook delivery; result is accepted|rejected|duplicate, a rejection has a
     reason (e.g. bad_auth, bad_signature, unknown_tenant, too_large, bad_payload)."""
-    if result not in WEBHOOK_RESULTS:
-        raise ValueError(f"webhook result must be one of {sorted(WEBHOOK_RESULTS)}, not {result!r}")
-    WEBHOOKS.labels(tenant=tenant, result=result).inc()
+    child = _webhook_children.get((tenant, result))
+    if child is None:
+        if result not in WEBHOOK_RESULTS:
+            raise ValueError(
+                f"webhook result must be one of {sorted(WEBHOOK_RESULTS)}, not {result!r}"
+            )
+        child = _webhook_children[(tenant, result)] = WEBHOOKS.labels(tenant=tenant, result=result)
+    child.inc()
     if result == "rejected":
-        WEBHOOK_REJECTIONS.labels(reason=reason or "unspecified").inc()
+        reason = reason or "unspecified"
+        rejection = _rejection_children.get(reason)
+        if rejection is None:
+            rejection = _rejection_children[reason] = WEBHOOK_REJECTIONS.labels(reason=reason)
+        rejection.inc()
 
 
 def observe_stage_push(tenant: str, outcome: str, seconds: float) -> None:

@@ -10,6 +10,7 @@ retries. Refusals are kept (connector.storage.webhook_refusals) for the console.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,6 +165,14 @@ def _context() -> ReceiverContext:
     return context
 
 
+def _answer(body: dict[str, Any], status: int) -> tuple[Response, int]:
+    """A delivery's JSON answer, built directly: flask.jsonify goes through the app's JSON
+    provider (its settings and the response class look-up) on every delivery. The bytes are
+    what jsonify sends (compact, keys sorted, a final newline)."""
+    text = json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n"
+    return Response(text, status=status, mimetype="application/json"), status
+
+
 def _count(tenant: str, result: str, reason: str | None = None) -> None:
     try:
         metrics.count_webhook(tenant, result, reason)
@@ -198,7 +207,7 @@ def receive_pipedrive(tenant_id: str) -> tuple[Response, int]:
         )
         _count(label, "rejected", rejection.reason)
         _keep_refusal(context, tenant.id if tenant is not None else None, rejection)
-        return jsonify(rejection.body), rejection.status
+        return _answer(rejection.body, rejection.status)
     assert tenant is not None, "only a known tenant's delivery is authenticated"
     return _accept(context, tenant, payload, event)
 
@@ -317,14 +326,14 @@ def _accept(
     except SQLAlchemyError as error:
         log.error("tenant %s: cannot store webhook event: %s", tenant.id, type(error).__name__)
         _count(tenant.id, "rejected", "unavailable")
-        return jsonify({"error": "unavailable"}), 503
+        return _answer({"error": "unavailable"}, 503)
     if stored.status == WebhookEventStatus.IGNORED:
         _count(tenant.id, "accepted" if stored.created else "duplicate")
-        return jsonify({"status": "ignored" if stored.created else "duplicate"}), 200
+        return _answer({"status": "ignored" if stored.created else "duplicate"}, 200)
     retry = not stored.created and stored.status == WebhookEventStatus.RECEIVED
     if not stored.created and not retry:
         _count(tenant.id, "duplicate")
-        return jsonify({"status": "duplicate"}), 200
+        return _answer({"status": "duplicate"}, 200)
     try:
         context.enqueue(PUSH_STAGE, {"tenant": tenant.id, "webhook_event_id": stored.id})
     except Exception as error:
@@ -337,11 +346,11 @@ def _accept(
         if stored.created:
             _set_status(events, stored.id, WebhookEventStatus.RECEIVED)
         _count(tenant.id, "rejected", "unavailable")
-        return jsonify({"error": "unavailable"}), 503
+        return _answer({"error": "unavailable"}, 503)
     if retry:
         _set_status(events, stored.id, WebhookEventStatus.ENQUEUED)
     _count(tenant.id, "accepted" if stored.created else "duplicate")
-    return jsonify({"status": "accepted", "event_id": event.event_id}), 200
+    return _answer({"status": "accepted", "event_id": event.event_id}, 200)
 
 
 def _persist(
@@ -469,4 +478,4 @@ def _measure_sync_freshness() -> None:
 def too_large(_error: RequestEntityTooLarge) -> tuple[Response, int]:
     """The process-wide MAX_CONTENT_LENGTH tripped before a view read the body."""
     _count("unknown", "rejected", "too_large")
-    return jsonify({"error": "too_large"}), 413
+    return _answer({"error": "too_large"}, 413)

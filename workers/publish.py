@@ -14,15 +14,18 @@ new one; a duplicate that this may cause is harmless, as every job is idempotent
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps as json_dumps
 from kombu.utils.url import maybe_sanitize_url
 from kombu.utils.uuid import uuid
 
@@ -44,9 +47,48 @@ class _HeldClientChannel(kombu_redis.Channel):
     `redis.Redis` on the same connection pool for every publish, which costs about 0.05 ms
     of CPU (its ~170 response callbacks), a third of a send. The client only borrows a pooled
     connection for each command, as the per-command clients do, so holding it changes
-    nothing else (redis-py's clients are thread-safe)."""
+    nothing else (redis-py's clients are thread-safe). A publish (`_put`) goes further: its
+    LPUSH is written to one pooled connection the channel holds (HeldPublisher sends one
+    at a time)."""
 
     _held_client: Any = None
+    _held_connection: Any = None
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        """One LPUSH on a connection held by the channel, sent and read directly: the client's
+        command path (its retry wrapper, the pool's checkout and release with their fork and
+        deprecation checks, the response callbacks) cost more CPU than the command itself.
+        A failed command drops the connection and raises, and HeldPublisher sends once more
+        on a new one, as before. Batches and queues with an expiry take kombu's own way."""
+        channel: Any = self  # kombu's Channel is untyped where its Redis attributes are
+        if kwargs.get("_publish_batch") is not None or (
+            channel._expires and queue in channel._expires
+        ):
+            super()._put(queue, message, **kwargs)
+            return
+        key = channel._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        connection = self._held_connection
+        if connection is None:
+            connection = self._held_connection = self.pool.get_connection()
+        try:
+            connection.send_command("LPUSH", key, json_dumps(message))
+            connection.read_response()
+        except BaseException:
+            self._drop_held_connection(broken=True)
+            raise
+
+    def close(self) -> None:
+        self._drop_held_connection()
+        super().close()
+
+    def _drop_held_connection(self, *, broken: bool = False) -> None:
+        connection, self._held_connection = self._held_connection, None
+        if connection is None:
+            return
+        with suppress(Exception):
+            if broken:
+                connection.disconnect()
+            self.pool.release(connection)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -78,6 +120,7 @@ class HeldPublisher:
         self._connection: Connection | None = None
         self._producer: Producer | None = None
         self._declared: set[str] = set()  # queues declared on the held connection
+        self._origin_of: tuple[int, str] = (0, "")  # (pid, origin): see _origin
         probe = app.connection_for_write()  # not connected: its transport's error classes
         self._broker_errors: tuple[type[BaseException], ...] = (
             OSError,
@@ -135,10 +178,19 @@ class HeldPublisher:
             kwargsrepr=repr(kwargs),
             ignore_result=self.app.conf.task_ignore_result,
             create_sent_event=False,
+            origin=self._origin(),
         )
         self.app.amqp.send_task_message(
             producer, job, message, queue=queue, retry=False, declare=[]
         )
+
+    def _origin(self) -> str:
+        """The message's origin field, as Celery names it ("gen<pid>@<host>"), kept per
+        process: Celery asks the system for the host name on every message otherwise."""
+        pid = os.getpid()
+        if self._origin_of[0] != pid:
+            self._origin_of = (pid, anon_nodename())
+        return self._origin_of[1]
 
     def _connect(self) -> Producer:
         url = str(self.app.conf.broker_write_url or self.app.conf.broker_url)

@@ -78,7 +78,7 @@ def parse_body(body: bytes) -> tuple[dict[str, Any], WebhookEventData]:
     from connector.webhooks.shape import check_shape, decode
 
     payload = decode(body)
-    check_shape(payload)
+    check_shape(payload, body)
     event = parse_payload(payload)  # refuses anything but an object, so payload is a dict
     return payload, event
 

@@ -59,9 +59,12 @@ def decode(body: bytes) -> Any:
         raise PayloadError("body is not valid JSON") from error
 
 
-def check_shape(payload: Any) -> None:
-    """PayloadError unless `payload` is a webhook delivery of version 1 or 2 that can be stored."""
-    _check_tree(payload)
+def check_shape(payload: Any, body: bytes | None = None) -> None:
+    """PayloadError unless `payload` is a webhook delivery of version 1 or 2 that can be stored.
+    With the raw `body` it was decoded from, the walk of every value is left out when the
+    bytes show that no value can fail it (`_tree_is_plain`)."""
+    if body is None or not _tree_is_plain(body):
+        _check_tree(payload)
     if not isinstance(payload, dict):
         raise PayloadError("expected a JSON object")
     meta = payload.get("meta")
@@ -84,6 +87,31 @@ def check_shape(payload: Any) -> None:
             if record is not None:
                 _check_deal(key, record)
     _check_entity_id(meta, version, data, previous)
+
+
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")  # MAX_ID has 19 digits: anything past it has more
+
+
+def _tree_is_plain(body: bytes) -> bool:
+    """Whether `_check_tree` must pass for what `body` decodes to, seen in the bytes (scans
+    in C, where the walk visits every value in Python, the most of the shape check's time).
+    Conservative: text that only might fail (in a string, say) leaves the walk to decide.
+
+    - No NUL byte: json.loads then decodes UTF-8 (UTF-16 or 32 JSON has one in every ASCII
+      character), and a raw NUL is no JSON anyway.
+    - No backslash-u escape, and no 0xED byte (which starts the UTF-8 form of a surrogate,
+      that json.loads' "surrogatepass" lets through): no string or key holds a NUL or an
+      unpaired surrogate.
+    - No run of 19 digits: no number past 64 bits.
+    - Fewer opening brackets than MAX_DEPTH: no nesting as deep as the limit.
+    """
+    return (
+        b"\x00" not in body
+        and b"\\u" not in body
+        and b"\xed" not in body
+        and body.count(b"{") + body.count(b"[") < MAX_DEPTH
+        and _LONG_NUMBER.search(body) is None
+    )
 
 
 def _check_tree(payload: Any) -> None:

@@ -92,6 +92,20 @@ def test_count_webhook_results_and_rejection_reasons() -> None:
         metrics.count_webhook(tenant, "ignored")
 
 
+def test_count_webhook_keeps_counting_with_its_label_children_resolved_once() -> None:
+    tenant, reason = _unique("t"), _unique("bad_payload")
+    for _ in range(3):
+        metrics.count_webhook(tenant, "accepted")
+        metrics.count_webhook(tenant, "rejected", reason=reason)
+    metrics.count_webhook(tenant, "rejected")
+    assert _value("mlc_webhooks_total", tenant=tenant, result="accepted") == 3
+    assert _value("mlc_webhooks_total", tenant=tenant, result="rejected") == 4
+    assert _value("mlc_webhook_rejections_total", reason=reason) == 3
+    assert _value("mlc_webhook_rejections_total", reason="unspecified") >= 1
+    with pytest.raises(ValueError):  # still refused once valid results are cached
+        metrics.count_webhook(tenant, "ignored")
+
+
 def test_render_latest_exposes_every_metric(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     tenant = _unique("t")

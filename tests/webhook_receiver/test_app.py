@@ -157,6 +157,33 @@ def test_a_valid_event_is_persisted_and_enqueued_once_when_delivered_three_times
     assert broker.calls == [(PUSH_STAGE, {"tenant": tenant, "webhook_event_id": rows[0].id})]
 
 
+def test_every_answer_to_a_delivery_is_json_with_its_content_type(server, tenants):
+    """The answers are built without flask.jsonify: still JSON objects, named as such."""
+    tenant = tenants["basic"]
+    body = encode(v2_deal_event(102, event_id="evt-answers-102"))
+    answers = {
+        "accepted": post(server, tenant, body, basic()),
+        "duplicate": post(server, tenant, body, basic()),
+        "bad_payload": post(server, tenant, b'{"meta": []}', basic()),
+        "bad_auth": post(server, tenant, body, basic(password="guess")),
+        "unknown_tenant": post(server, "no-such-tenant", body, basic()),
+    }
+    assert {name: a.status_code for name, a in answers.items()} == {
+        "accepted": 200,
+        "duplicate": 200,
+        "bad_payload": 400,
+        "bad_auth": 401,
+        "unknown_tenant": 401,
+    }
+    for answer in answers.values():
+        assert answer.headers["Content-Type"] == "application/json"
+    assert answers["accepted"].json() == {"status": "accepted", "event_id": "evt-answers-102"}
+    assert answers["duplicate"].json() == {"status": "duplicate"}
+    assert (
+        answers["bad_auth"].json() == answers["unknown_tenant"].json() == {"error": "unauthorized"}
+    )
+
+
 def test_a_v1_event_without_an_event_id_is_deduplicated_by_its_content(
     server, runtime, broker, tenants
 ):

@@ -127,3 +127,25 @@ def test_on_redis_the_publisher_holds_one_client_for_its_sends(redis_url) -> Non
     finally:
         publisher.close()
     assert len(_messages(redis_url, f"{queue}-interactive")) == 2
+
+
+def test_on_redis_the_publisher_sends_on_one_held_connection(redis_url) -> None:
+    """Each LPUSH goes out on the channel's held connection (not a pool checkout per send);
+    closing the publisher gives it back to the pool."""
+    queue = f"mlc-test-publish-{uuid.uuid4().hex[:10]}"
+    publisher = _publisher(redis_url, queue)
+    try:
+        publisher(jobs.PUSH_STAGE, {"tenant": "t1", "webhook_event_id": 1})
+        assert publisher._connection is not None
+        channel: Any = publisher._connection.default_channel
+        held = channel._held_connection
+        assert held is not None
+        publisher(jobs.PUSH_STAGE, {"tenant": "t1", "webhook_event_id": 2})
+        assert channel._held_connection is held
+        pool = channel.pool
+    finally:
+        publisher.close()
+    assert channel._held_connection is None
+    assert held in pool._available_connections
+    taken = _messages(redis_url, f"{queue}-interactive")
+    assert [m["kwargs"]["webhook_event_id"] for m in taken] == [1, 2]

@@ -179,6 +179,20 @@ def malformed_variants(deal_id: int = 41) -> list[tuple[str, bytes]]:
     variants.append(
         ("nul-in-key", encode(v2_deal_event(deal_id)).replace(b'"title"', b'"t\\u0000"'))
     )
+    # What json.loads lets through without an escape: the UTF-8 form of a surrogate (its
+    # "surrogatepass"), and a UTF-16 body (no NUL byte in UTF-8 text, one in every ASCII
+    # character of UTF-16); and a number past 64 bits in a field the connector does not read.
+    body = encode(v2_deal_event(deal_id))
+    variants.append(("utf8-surrogate", body.replace(b'"title":"Deal"', b'"title":"\xed\xa0\x80"')))
+    variants.append(
+        (
+            "utf16-surrogate",
+            body.decode().replace('"Deal"', '"\ud800"').encode("utf-16-le", "surrogatepass"),
+        )
+    )
+    variants.append(
+        ("huge-int-unread", body.replace(b'"title":"Deal"', b'"title":123456789012345678901'))
+    )
     variants.append(("body-array", b"[1,2,3]"))
     variants.append(("body-string", b'"deal"'))
     variants.append(("body-null", b"null"))

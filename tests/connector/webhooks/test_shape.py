@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from connector.webhooks.events import PayloadError, parse_body
-from connector.webhooks.shape import MAX_DEPTH
+from connector.webhooks.shape import MAX_DEPTH, _tree_is_plain, check_shape, decode
 from simulators.pipedrive.state import PipedriveSim
 from tests.connector.webhooks.support import encode, malformed_variants, v2_deal_event
 
@@ -80,3 +80,23 @@ def test_the_reason_names_the_field():
     payload["meta"]["entity_id"] = {"id": 1}
     with pytest.raises(PayloadError, match=r"meta\.entity_id must be an id"):
         parse_body(encode(payload))
+
+
+def test_a_plain_delivery_is_seen_plain_in_its_bytes():
+    """The walk of every value is left out for what deliveries look like (so the check the
+    variants above pass through is the byte check's fall-back, not a rarely used path)."""
+    assert _tree_is_plain(encode(v2_deal_event(1)))
+    assert all(_tree_is_plain(json.dumps(p).encode()) for p in simulator_deliveries())
+
+
+@pytest.mark.parametrize("body", [pytest.param(b, id=n) for n, b in malformed_variants()])
+def test_with_or_without_the_body_the_shape_check_refuses_alike(body):
+    try:
+        payload = decode(body)
+    except PayloadError:
+        return  # refused before the shape check
+    with pytest.raises(PayloadError) as walked:
+        check_shape(payload)
+    with pytest.raises(PayloadError) as seen:
+        check_shape(payload, body)
+    assert str(seen.value) == str(walked.value)
