@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, aliased
 
 from connector.storage import run_records
 from connector.storage.database import Database, run
-from connector.storage.models import AuditRecord, utcnow
+from connector.storage.models import AuditRecord, table_of, utcnow
 
 IFS_TO_PIPEDRIVE = "ifs_to_pipedrive"
 PIPEDRIVE_TO_IFS = "pipedrive_to_ifs"
@@ -396,7 +396,7 @@ def _superseding_statement(columns: tuple[str, ...], closed: tuple[str, ...]) ->
     once with bound parameters (`new_<column>`): building it per row, with its cache key,
     was a third of the audit row's CPU. The UPDATE finds the record by the new row's own
     values."""
-    table = AuditRecord.__table__
+    table = table_of(AuditRecord)
     bound = {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in columns}
     new = insert(table).values(bound).returning(table.c.id).cte("new_row")
     superseded = (

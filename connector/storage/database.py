@@ -6,13 +6,13 @@ import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement, Executable
 
 from connector.errors import ConfigError
 
@@ -203,7 +203,9 @@ def run(
 def _compiled(
     statement: Executable, dialect: Dialect, column_keys: tuple[str, ...]
 ) -> tuple[str, Callable[[dict[str, Any]], dict[str, Any]], tuple[tuple[str, Any], ...]] | None:
-    compiled: Any = statement.compile(dialect=dialect, column_keys=list(column_keys) or None)
+    compiled: Any = cast(ClauseElement, statement).compile(
+        dialect=dialect, column_keys=list(column_keys) or None
+    )
     if (
         compiled.insert_prefetch
         or compiled.update_prefetch

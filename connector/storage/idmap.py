@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
-from connector.storage.models import IdMapEntry, utcnow
+from connector.storage.models import IdMapEntry, table_of, utcnow
 from connector.storage.upsert import upsert
 
 CUSTOMER = "customer"
@@ -26,13 +26,13 @@ def content_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-_COLUMNS = tuple(column.key for column in IdMapEntry.__table__.columns)
+_COLUMNS = tuple(column.key for column in table_of(IdMapEntry).columns)
 
 
 @functools.lru_cache(maxsize=8)
 def _entries_statement(count: int) -> Any:
     """`IdMap.get_many`'s read of `count` entries, built once (see database.run)."""
-    table = IdMapEntry.__table__
+    table = table_of(IdMapEntry)
     return select(*(table.c[name] for name in _COLUMNS)).where(
         table.c.tenant == bindparam("tenant"),
         or_(

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.orm import Session
 
 from connector.storage.database import run
-from connector.storage.models import AuditRecord, RunRecord, RunTotals, utcnow
+from connector.storage.models import AuditRecord, RunRecord, RunTotals, table_of, utcnow
 from connector.storage.upsert import dialect_insert, upsert
 
 PLAN_KEY = "*"
@@ -190,7 +190,7 @@ def _enter_new_statement(*, planned: bool) -> Any:
     """`_enter_new`'s Postgres statement, built once with bound parameters (`entry_<column>`,
     `totals_<column>`): building it per record, with its cache key, cost more CPU than
     Postgres spent running it."""
-    entries, table = RunRecord.__table__, RunTotals.__table__
+    entries, table = table_of(RunRecord), table_of(RunTotals)
     entry = (
         postgresql_insert(entries)
         .values({name: bindparam(f"entry_{name}", type_=entries.c[name].type) for name in _ENTRY})

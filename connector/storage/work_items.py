@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from connector.storage.database import Database, run
-from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, aware, utcnow
+from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, aware, table_of, utcnow
 from connector.storage.upsert import insert_many_if_absent
 
 # The tenants with waiting items, one index probe per tenant (a loose index scan over
@@ -40,15 +40,15 @@ _WAITING_TENANTS = text(
 )
 
 # Built once: a record's transaction ends its item with it (connector.storage.database.run).
-_FINISH = delete(WorkItemRecord.__table__).where(
-    WorkItemRecord.__table__.c.id == bindparam("item_id")
+_FINISH = delete(table_of(WorkItemRecord)).where(
+    table_of(WorkItemRecord).c.id == bindparam("item_id")
 )
 
 
 @functools.lru_cache(maxsize=2)
 def _tried_before_statement(others: bool) -> Any:
     """`WorkItems.tried_before`'s read, built once; `others`: leave out the item `mine`."""
-    table = WorkItemRecord.__table__
+    table = table_of(WorkItemRecord)
     conditions: list[Any] = [
         table.c.tenant == bindparam("tenant"),
         table.c.entity == bindparam("entity"),
@@ -229,7 +229,7 @@ class WorkItems:
         An item released and never finished is the trace a crashed attempt leaves: its POST
         may have reached Pipedrive. `mine`: the item of the asking attempt, counted only with
         `mine_too` (its own message says it may not be the first: a redelivery or retry)."""
-        parameters = {"tenant": tenant, "entity": entity, "record_key": record_key}
+        parameters: dict[str, Any] = {"tenant": tenant, "entity": entity, "record_key": record_key}
         others = mine is not None and not mine_too
         if others:
             parameters["mine"] = mine
