@@ -116,18 +116,39 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+# The label children of the per-record series (records synced, remote requests), resolved
+# once per label set, as the webhook counters' below: a record's `labels()` calls were a few
+# µs each on every record. The label sets are bounded (tenants, entities, fixed outcomes,
+# systems, methods and statuses) and never removed, so a cached child is always counted.
+_sync_children: dict[tuple[str, str, str], Any] = {}
+_remote_children: dict[tuple[str, str, int | None], tuple[Any, Any]] = {}
+
+
 def record_sync(tenant: str, entity: str, outcome: str) -> None:
     """Count one record a sync handled; outcome is created|updated|unchanged|failed|deferred."""
-    if outcome not in SYNC_OUTCOMES:
-        raise ValueError(f"sync outcome must be one of {sorted(SYNC_OUTCOMES)}, not {outcome!r}")
-    RECORDS_SYNCED.labels(tenant=tenant, entity=entity, outcome=outcome).inc()
+    child = _sync_children.get((tenant, entity, outcome))
+    if child is None:
+        if outcome not in SYNC_OUTCOMES:
+            raise ValueError(
+                f"sync outcome must be one of {sorted(SYNC_OUTCOMES)}, not {outcome!r}"
+            )
+        child = RECORDS_SYNCED.labels(tenant=tenant, entity=entity, outcome=outcome)
+        _sync_children[(tenant, entity, outcome)] = child
+    child.inc()
 
 
 def observe_remote(system: str, method: str, status: int | None, seconds: float) -> None:
     """Count one HTTP attempt to `system` (ifs|pipedrive); status None = no response."""
-    status_label = "error" if status is None else str(status)
-    REMOTE_REQUESTS.labels(system=system, method=method.upper(), status=status_label).inc()
-    REMOTE_SECONDS.labels(system=system, method=method.upper()).observe(max(seconds, 0.0))
+    children = _remote_children.get((system, method, status))
+    if children is None:
+        status_label = "error" if status is None else str(status)
+        children = (
+            REMOTE_REQUESTS.labels(system=system, method=method.upper(), status=status_label),
+            REMOTE_SECONDS.labels(system=system, method=method.upper()),
+        )
+        _remote_children[(system, method, status)] = children
+    children[0].inc()
+    children[1].observe(max(seconds, 0.0))
     if status == 429:
         REMOTE_429.labels(system=system).inc()
 

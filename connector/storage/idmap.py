@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.storage.database import Database
-from connector.storage.models import IdMapEntry, utcnow
+from connector.storage.models import IdMapEntry, table_of, utcnow
 from connector.storage.upsert import upsert
 
 CUSTOMER = "customer"
@@ -23,6 +24,25 @@ def content_hash(payload: dict[str, Any]) -> str:
     """A stable hash of mapped content: equal payloads, equal hashes."""
     encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+_COLUMNS = tuple(column.key for column in table_of(IdMapEntry).columns)
+
+
+@functools.lru_cache(maxsize=8)
+def _entries_statement(count: int) -> Any:
+    """`IdMap.get_many`'s read of `count` entries, built once (see database.run)."""
+    table = table_of(IdMapEntry)
+    return select(*(table.c[name] for name in _COLUMNS)).where(
+        table.c.tenant == bindparam("tenant"),
+        or_(
+            *(
+                (table.c.entity == bindparam(f"entity_{index}"))
+                & (table.c.ifs_key == bindparam(f"ifs_key_{index}"))
+                for index in range(count)
+            )
+        ),
+    )
 
 
 class PushedState(NamedTuple):
@@ -58,21 +78,13 @@ class IdMap:
         if not wanted:
             return {}
 
-        def read(session: Session) -> dict[tuple[str, str], IdMapEntry]:
-            rows = session.scalars(
-                select(IdMapEntry).where(
-                    IdMapEntry.tenant == tenant,
-                    or_(
-                        *(
-                            (IdMapEntry.entity == entity) & (IdMapEntry.ifs_key == ifs_key)
-                            for entity, ifs_key in wanted
-                        )
-                    ),
-                )
-            )
-            return {(row.entity, row.ifs_key): row for row in rows}
-
-        return self.database.read(read)
+        parameters: dict[str, Any] = {"tenant": tenant}
+        for index, (entity, ifs_key) in enumerate(wanted):
+            parameters[f"entity_{index}"], parameters[f"ifs_key_{index}"] = entity, ifs_key
+        rows = self.database.fetch(_entries_statement(len(wanted)), parameters)
+        # Detached entries, as a session's would be once it closed: only read.
+        entries = [IdMapEntry(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+        return {(entry.entity, entry.ifs_key): entry for entry in entries}
 
     def by_pipedrive_id(self, tenant: str, entity: str, pipedrive_id: int) -> IdMapEntry | None:
         """The entry linked to a Pipedrive record; of several (a relinked record), the oldest."""

@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -38,6 +39,13 @@ def utcnow() -> datetime:
 def aware(moment: datetime) -> datetime:
     """A stored moment with its zone: SQLite drops it, and stored values are UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's table, typed as one (a declarative `__table__` is typed as any FROM)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Base(DeclarativeBase):

@@ -9,16 +9,19 @@ writer of audit rows); connector.storage.runs reads both tables.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, literal, select, update
+from sqlalchemy import bindparam, case, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.orm import Session
 
-from connector.storage.models import AuditRecord, RunRecord, RunTotals, utcnow
+from connector.storage.database import run
+from connector.storage.models import AuditRecord, RunRecord, RunTotals, table_of, utcnow
 from connector.storage.upsert import dialect_insert, upsert
 
 PLAN_KEY = "*"
@@ -31,6 +34,20 @@ COUNTERS = (
     "done",
     "retrying",
     "records_failed",
+)
+
+
+# The columns of a run entry `enter` writes.
+_ENTRY = (
+    "run_id",
+    "entity",
+    "record_key",
+    "tenant",
+    "audit_id",
+    "status",
+    "queued",
+    "started_at",
+    "finished_at",
 )
 
 
@@ -142,13 +159,13 @@ def _enter_new(session: Session, values: dict[str, Any], totals: dict[str, Any])
     """Insert the entry unless the run has one for the record, and if it was inserted, add
     `totals` to the run's; whether it was. One statement on Postgres (the entry's INSERT a
     data-modifying CTE whose RETURNING feeds the totals' INSERT), two on SQLite."""
-    entry = (
-        dialect_insert(session, RunRecord)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=list(ENTRY_KEY))
-        .returning(RunRecord.run_id)
-    )
     if session.get_bind().dialect.name != "postgresql":
+        entry = (
+            dialect_insert(session, RunRecord)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=list(ENTRY_KEY))
+            .returning(RunRecord.run_id)
+        )
         if session.execute(entry).first() is None:
             return False
         step = {name: totals[name] for name in COUNTERS}
@@ -162,24 +179,35 @@ def _enter_new(session: Session, values: dict[str, Any], totals: dict[str, Any])
             planned_at=totals["planned_at"],
         )
         return True
+    statement = _enter_new_statement(planned=totals["planned_at"] is not None)
+    parameters = {f"entry_{name}": value for name, value in values.items()}
+    parameters.update({f"totals_{name}": value for name, value in totals.items()})
+    return bool(run(session, statement, parameters))
+
+
+@functools.lru_cache(maxsize=2)
+def _enter_new_statement(*, planned: bool) -> Any:
+    """`_enter_new`'s Postgres statement, built once with bound parameters (`entry_<column>`,
+    `totals_<column>`): building it per record, with its cache key, cost more CPU than
+    Postgres spent running it."""
+    entries, table = table_of(RunRecord), table_of(RunTotals)
+    entry = (
+        postgresql_insert(entries)
+        .values({name: bindparam(f"entry_{name}", type_=entries.c[name].type) for name in _ENTRY})
+        .on_conflict_do_nothing(index_elements=list(ENTRY_KEY))
+        .returning(entries.c.run_id)
+    )
     new = entry.cte("new_entry")
-    table = RunTotals.__table__
-    columns = list(totals)
+    columns = ["run_id", "tenant", "planned_at", "started_at", "finished_at", *COUNTERS]
     source = select(
-        *(literal(totals[name], type_=table.c[name].type).label(name) for name in columns)
+        *(bindparam(f"totals_{name}", type_=table.c[name].type).label(name) for name in columns)
     ).select_from(new)
-    statement = dialect_insert(session, RunTotals).from_select(columns, source)
-    moved = session.execute(
-        _totals_conflict(
-            statement,
-            started=True,
-            finished=True,
-            planned_at=totals["planned_at"] is not None,
-        )
+    statement = postgresql_insert(table).from_select(columns, source)
+    return (
+        _totals_conflict(statement, started=True, finished=True, planned_at=planned)
         .returning(table.c.run_id)
         .add_cte(new)
-    ).first()
-    return moved is not None
+    )
 
 
 def restate(session: Session, audit_ids: Sequence[int], status: str) -> None:

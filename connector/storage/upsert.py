@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from connector.storage.database import run
 from connector.storage.models import Base
 
 
@@ -50,15 +51,29 @@ def upsert(
     in `values` and `update`. An empty `update` leaves an existing row as it is.
     """
     columns = [name for name in (update if update is not None else values) if name not in key]
-    statement = _insert(session, model).values(dict(values))
+    statement = _upsert_statement(
+        _bind(session).dialect.name, model.__table__, tuple(key), tuple(columns)
+    )
+    run(session, statement, values, column_keys=tuple(values))
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(
+    dialect: str, table: Table, key: tuple[str, ...], columns: tuple[str, ...]
+) -> Any:
+    """Built once per table, key and updated columns, the values bound per execution: building
+    it per call (and its cache key) was a third of an id-map write's CPU."""
+    statement = _dialect_insert(dialect, table)
     if columns:
-        statement = statement.on_conflict_do_update(
+        return statement.on_conflict_do_update(
             index_elements=list(key),
             set_={name: statement.excluded[name] for name in columns},
         )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=list(key))
-    session.execute(statement)
+    return statement.on_conflict_do_nothing(index_elements=list(key))
+
+
+def _bind(session: Session | Connection) -> Any:
+    return session if isinstance(session, Connection) else session.get_bind()
 
 
 def insert_if_absent(

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.exc import DBAPIError
 
-from connector.storage.database import Database
+from connector.storage.database import Database, cursor_execute
 from connector.storage.idmap import ORDER, IdMap
 from connector.storage.models import WebhookEvent, utcnow
 from connector.storage.upsert import insert_if_absent
@@ -78,38 +77,14 @@ def _insert_event(connection: Connection, values: Mapping[str, Any]) -> int | No
     about 0.045 of 0.11 ms CPU per delivery, a tenth of the receiver's own work. The one
     parameter SQLAlchemy would process, the JSON payload, is serialised as it would be
     (json.dumps, the engine's default serializer); errors and cursor events are handled as
-    SQLAlchemy's execute handles them."""
+    SQLAlchemy's execute handles them (connector.storage.database.cursor_execute)."""
     if connection.dialect.driver != "psycopg2":
         return insert_if_absent(connection, WebhookEvent, values, key=_KEY)
     sql = _psycopg2_insert_sql(tuple(values))
     parameters = dict(values)
     parameters["payload"] = json.dumps(parameters["payload"])
-    raw = connection.connection.dbapi_connection
-    assert raw is not None, "a checked-out connection has its DBAPI connection"
-    cursor = raw.cursor()
-    dbapi_error = connection.dialect.loaded_dbapi.Error
-    # The engine's cursor events still see the statement (statement counts, tracing), as
-    # from SQLAlchemy's execute, without an execution context (None).
-    events = connection.dispatch
-    try:
-        for before in events.before_cursor_execute:
-            sql, parameters = before(connection, cursor, sql, parameters, None, False)
-        cursor.execute(sql, parameters)
-        for after in events.after_cursor_execute:
-            after(connection, cursor, sql, parameters, None, False)
-        row = cursor.fetchone()
-    except dbapi_error as error:
-        # As SQLAlchemy's own execute would: a dead connection leaves the pool, and the
-        # caller sees an SQLAlchemyError (the receiver answers 503, Pipedrive retries).
-        invalidated = connection.dialect.is_disconnect(error, raw, cursor)
-        if invalidated:
-            connection.invalidate(error)
-        raise DBAPIError.instance(
-            sql, parameters, error, dbapi_error, connection_invalidated=invalidated
-        ) from error
-    finally:
-        cursor.close()
-    return int(row[0]) if row is not None else None
+    rows = cursor_execute(connection, sql, parameters)
+    return int(rows[0][0]) if rows else None
 
 
 @functools.lru_cache(maxsize=4)

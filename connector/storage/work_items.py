@@ -9,16 +9,17 @@ lost its queue).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy import bindparam, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from connector.storage.database import Database
-from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, aware, utcnow
+from connector.storage.database import Database, run
+from connector.storage.models import WORK_ITEM_TRIED, WorkItemRecord, aware, table_of, utcnow
 from connector.storage.upsert import insert_many_if_absent
 
 # The tenants with waiting items, one index probe per tenant (a loose index scan over
@@ -37,6 +38,26 @@ _WAITING_TENANTS = text(
     SELECT tenant FROM waiting WHERE tenant IS NOT NULL
     """
 )
+
+# Built once: a record's transaction ends its item with it (connector.storage.database.run).
+_FINISH = delete(table_of(WorkItemRecord)).where(
+    table_of(WorkItemRecord).c.id == bindparam("item_id")
+)
+
+
+@functools.lru_cache(maxsize=2)
+def _tried_before_statement(others: bool) -> Any:
+    """`WorkItems.tried_before`'s read, built once; `others`: leave out the item `mine`."""
+    table = table_of(WorkItemRecord)
+    conditions: list[Any] = [
+        table.c.tenant == bindparam("tenant"),
+        table.c.entity == bindparam("entity"),
+        table.c.record_key == bindparam("record_key"),
+        text(f"({WORK_ITEM_TRIED})"),  # parenthesized: an OR among ANDs
+    ]
+    if others:
+        conditions.append(table.c.id != bindparam("mine"))
+    return select(func.min(table.c.created_at)).where(*conditions)
 
 
 @dataclass(frozen=True)
@@ -194,11 +215,10 @@ class WorkItems:
     def finish(self, item_id: int, *, session: Session | None = None) -> None:
         """The item's task ended for good (its audit row says how). `session`: join the
         caller's transaction (a record's audit row and its item's end commit together)."""
-        statement = delete(WorkItemRecord).where(WorkItemRecord.id == item_id)
         if session is not None:
-            session.execute(statement)
+            run(session, _FINISH, {"item_id": item_id})
             return
-        self.database.transaction(lambda own: own.execute(statement))
+        self.database.transaction(lambda own: run(own, _FINISH, {"item_id": item_id}))
 
     def tried_before(
         self, tenant: str, entity: str, record_key: str, *, mine: int | None, mine_too: bool
@@ -209,21 +229,13 @@ class WorkItems:
         An item released and never finished is the trace a crashed attempt leaves: its POST
         may have reached Pipedrive. `mine`: the item of the asking attempt, counted only with
         `mine_too` (its own message says it may not be the first: a redelivery or retry)."""
-        conditions: list[Any] = [
-            WorkItemRecord.tenant == tenant,
-            WorkItemRecord.entity == entity,
-            WorkItemRecord.record_key == record_key,
-            text(f"({WORK_ITEM_TRIED})"),  # parenthesized: an OR among ANDs
-        ]
-        if mine is not None and not mine_too:
-            conditions.append(WorkItemRecord.id != mine)
-
-        def work(session: Session) -> datetime | None:
-            oldest: Any = select(func.min(WorkItemRecord.created_at)).where(*conditions)
-            found: datetime | None = session.scalar(oldest)
-            return aware(found) if found is not None else None
-
-        return self.database.read(work)
+        parameters: dict[str, Any] = {"tenant": tenant, "entity": entity, "record_key": record_key}
+        others = mine is not None and not mine_too
+        if others:
+            parameters["mine"] = mine
+        rows = self.database.fetch(_tried_before_statement(others), parameters)
+        found: datetime | None = rows[0][0] if rows else None
+        return aware(found) if found is not None else None
 
     def give_back(self, item_id: int, *, not_before: datetime, attempts: int) -> None:
         """The item's task ended transiently: release it again from `not_before` on."""
