@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -28,10 +29,8 @@ class _KeepAliveServer(ThreadedWSGIServer):
         with self.open_connections_lock:
             connections = list(self.open_connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):  # already closed by the client
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:  # already closed by the client
-                pass
 
 
 class _KeepAliveHandler(WSGIRequestHandler):
