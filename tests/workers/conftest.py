@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from workers.runtime import close_runtime
+from connector.runtime import Runtime
+from tests.connector.webhooks.support import make_runtime
+from workers.runtime import close_runtime, set_runtime
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +18,13 @@ def no_process_runtime_left() -> Iterator[None]:
     test, so that no thread outlives it and checks a tenants file nobody wrote."""
     yield
     close_runtime()
+
+
+@pytest.fixture
+def runtime(postgres_url: str) -> Iterator[Runtime]:
+    """A runtime on the real database, without tenants, used by the tasks of this process."""
+    runtime = make_runtime(postgres_url, {})
+    set_runtime(runtime)
+    yield runtime
+    set_runtime(None)
+    runtime.close()

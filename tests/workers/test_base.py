@@ -68,16 +68,6 @@ def countdowns() -> Iterator[list[float]]:
     signals.task_retry.disconnect(on_retry)
 
 
-@pytest.fixture
-def runtime(postgres_url: str) -> Iterator[Runtime]:
-    """A runtime on the real database, used by the tasks of this process."""
-    runtime = make_runtime(postgres_url, {})
-    set_runtime(runtime)
-    yield runtime
-    set_runtime(None)
-    runtime.close()
-
-
 @pytest.mark.parametrize(
     "error",
     [

@@ -26,21 +26,11 @@ from connector.runtime import Runtime
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, SUCCEEDED, Attempt, AuditLog
 from connector.storage.models import WorkItemRecord, utcnow
 from connector.storage.work_items import WorkItems
-from tests.connector.webhooks.support import make_runtime, unique_tenant
+from tests.connector.webhooks.support import unique_tenant
 from workers.base import RecordBatchTask
-from workers.runtime import set_runtime
 
 app = Celery("test-batch", broker="memory://", set_as_current=False)
 RunOne = Callable[[str, str, int, int, dict[str, Any]], str]
-
-
-@pytest.fixture
-def runtime(postgres_url: str) -> Iterator[Runtime]:
-    runtime = make_runtime(postgres_url, {})
-    set_runtime(runtime)
-    yield runtime
-    set_runtime(None)
-    runtime.close()
 
 
 @pytest.fixture
