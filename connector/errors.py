@@ -103,6 +103,13 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, TransientError | BrokerUnavailableError) or is_connection_loss(error)
 
 
+def summary(error: BaseException) -> str:
+    """`error` in one line for a log line repeated during an outage: its type and the first
+    line of its message (a driver's message goes on with the failed SQL or a hint)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def is_connection_loss(error: BaseException) -> bool:
     """The database, Redis or the broker could not be reached or dropped the connection.
 

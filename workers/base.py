@@ -50,7 +50,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from connector import jobs, metrics
-from connector.errors import is_connection_loss, is_transient, retry_after_s
+from connector.errors import is_connection_loss, is_transient, retry_after_s, summary
 from connector.http import RetryPolicy
 from connector.logs import log_context
 from connector.pipedrive.client import BURST_WINDOW_S
@@ -202,12 +202,11 @@ class ConnectorTask(Task):
     def _log_connection_loss(self, error: Exception, retry: int, delay_s: float) -> None:
         # The library logs remote errors; an outage of our own services is said here.
         log.warning(
-            "%s: connection lost, retry %d in %.1fs: %s: %s",
+            "%s: connection lost, retry %d in %.1fs: %s",
             self.name,
             retry,
             delay_s,
-            type(error).__name__,
-            str(error).splitlines()[0] if str(error) else "",
+            summary(error),
         )
 
     def failure_row(self, kwargs: dict[str, Any], error: Exception) -> Attempt | None:

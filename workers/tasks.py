@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from connector import jobs, metrics
-from connector.errors import ConnectorError, is_connection_loss, is_transient
+from connector.errors import ConnectorError, is_connection_loss, is_transient, summary
 from connector.ratelimit import waits_at_most
 from connector.replay import Replay
 from connector.storage.audit import FAILED, IFS_TO_PIPEDRIVE, RETRYING, Attempt, AuditLog
@@ -288,13 +288,11 @@ def sweep_webhook_events(self: ConnectorTask) -> dict[str, Any]:
             raise
         # During a Postgres or broker outage every sweep fails the same way: one line each,
         # not a traceback per sweep; the next scheduled sweep is the retry.
-        reason = str(error).splitlines()[0] if str(error) else ""
         log.warning(
-            "sweep of webhook events skipped, connection lost (%s: %s); the next sweep tries again",
-            type(error).__name__,
-            reason,
+            "sweep of webhook events skipped, connection lost (%s); the next sweep tries again",
+            summary(error),
         )
-        return {"skipped": f"{type(error).__name__}: {reason}"}
+        return {"skipped": summary(error)}
     return asdict(swept)
 
 

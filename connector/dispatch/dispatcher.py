@@ -41,7 +41,7 @@ from connector.dispatch.pacing import (
     interleave,
     releases,
 )
-from connector.errors import ConnectorError, UnknownTenantError, is_connection_loss
+from connector.errors import ConnectorError, UnknownTenantError, is_connection_loss, summary
 from connector.jobs import SYNC_RECORDS, Enqueue
 from connector.pipedrive.client import SEARCH_BUCKET, burst_limits, daily_limit
 from connector.ratelimit import LimitUsage
@@ -381,9 +381,8 @@ class Dispatcher:
                         # twice a second.
                         outage_logged_at = started
                         log.warning(
-                            "dispatch: paused, connection lost (%s: %s); trying every %.1fs",
-                            type(error).__name__,
-                            str(error).splitlines()[0] if str(error) else "",
+                            "dispatch: paused, connection lost (%s); trying every %.1fs",
+                            summary(error),
                             tick_s,
                         )
                 stop.wait(max(0.0, tick_s - (time.monotonic() - started)))

@@ -13,6 +13,7 @@ from connector.errors import (
     TransientError,
     is_connection_loss,
     is_transient,
+    summary,
 )
 
 
@@ -97,3 +98,9 @@ class _PgError(Exception):
 def test_postgres_errors_are_judged_by_their_sqlstate(pgcode: str, transient: bool) -> None:
     error = sqlalchemy.exc.OperationalError("SELECT 1", {}, _PgError(pgcode))
     assert is_transient(error) is transient
+
+
+def test_summary_is_the_type_and_the_first_line_of_the_message() -> None:
+    error = ConnectionError("could not connect to server\nIs the server running on 127.0.0.1?")
+    assert summary(error) == "ConnectionError: could not connect to server"
+    assert summary(TimeoutError()) == "TimeoutError: "
